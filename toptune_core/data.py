@@ -1,0 +1,215 @@
+"""Datasets: a folder of labelled photos, its fingerprint, and the train/test split.
+
+Two layouts are read:
+
+* ImageFolder: ``ROOT/<class name>/**/*.jpg``; the class is the folder name.
+* Eden Library: ``ROOT/<Eden dataset folder>/`` side by side, one per species
+  and condition, e.g. ``Black nightsade-220519-Weed-zz-V1-20210225102034``
+  (images directly inside) or ``Cucumber-Cucumis_sativus-Healthy-PRX-RGB-NA-20210607``
+  (images in ``images/``). The class is the folder-name prefix before the first
+  ``-``, as in Eden's notebooks; folders with the same prefix are merged.
+
+Scanning reads directory entries only (no pixels); non-image files are skipped
+and counted so the user can see them. Unreadable images are found and
+reported when features are extracted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import DatasetError
+from .images import UNSUPPORTED_EXTENSIONS, is_image_file
+
+# "<Common name>-<DDMMYY>-<condition>-zz-..." / "<Common>-<Genus_species>-<condition>-PRX-RGB-NA-<YYYYMMDD>"
+_EDEN_FOLDER = re.compile(r"^[^-]+-.+-(zz|PRX)(-|$)")
+
+
+def is_eden_folder(name: str) -> bool:
+    """True for an Eden Library dataset folder name (see the module docstring)."""
+    return bool(_EDEN_FOLDER.match(name))
+
+
+def eden_label(folder_name: str) -> str:
+    """The class of an Eden dataset folder: its name up to the first ``-``."""
+    return folder_name.split("-", 1)[0].strip()
+
+
+@dataclass
+class Dataset:
+    """Labelled photos found under ``root``.
+
+    ``paths[i]`` has class ``classes[labels[i]]``. ``skipped`` lists files that are
+    not used, as ``(path relative to root, reason)``; ``warnings`` are plain-word
+    notes for the user (empty class folders, small or unbalanced classes).
+    """
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+    layout: str = "imagefolder"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def relpaths(self) -> list[str]:
+        return [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels.tolist())
+        return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
+
+    def fingerprint(self) -> str:
+        """Changes when any image is added, removed, renamed, relabelled or modified."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.classes).encode())
+        for rel, path, label in zip(self.relpaths, self.paths, self.labels.tolist()):
+            st = path.stat()
+            h.update(f"\n{rel}\t{label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:32]
+
+    def subset(self, indices: Sequence[int]) -> "Dataset":
+        idx = list(indices)
+        return Dataset(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx], self.layout)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name not in ("__MACOSX", "Thumbs.db", "desktop.ini")
+
+
+def _images_under(folder: Path, root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """All image files below ``folder`` (recursive, sorted); non-images go to ``skipped``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not _visible(path):
+                continue
+            if is_image_file(path):
+                found.append(path)
+            else:
+                suffix = path.suffix.lower()
+                reason = (f"{UNSUPPORTED_EXTENSIONS[suffix]} is not supported; export as JPEG"
+                          if suffix in UNSUPPORTED_EXTENSIONS else "not an image file")
+                skipped.append((path.relative_to(root).as_posix(), reason))
+    return found
+
+
+def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, min_classes: int = 2) -> Dataset:
+    """Scan a dataset folder (ImageFolder or Eden layout).
+
+    ``classes``: force this class list (for a separate test folder, so labels
+    line up with the training data); a folder of another name is an error.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"The dataset folder '{root}' does not exist. Check the path.")
+    if not root.is_dir():
+        raise DatasetError(f"'{root}' is a file, not a folder. A dataset is a folder with one sub-folder per class.")
+    root = root.resolve()
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+    skipped: list[tuple[str, str]] = []
+    for p in sorted(root.iterdir()):
+        if p.is_file() and _visible(p) and is_image_file(p):
+            skipped.append((p.name, "image outside any class folder"))
+    if not subdirs:
+        raise DatasetError(f"'{root}' has no class folders. Put the photos of each class in a sub-folder named after the class.")
+
+    eden = all(is_eden_folder(d.name) for d in subdirs)
+    by_class: dict[str, list[Path]] = {}
+    for d in subdirs:
+        label = eden_label(d.name) if eden else d.name
+        by_class.setdefault(label, []).extend(_images_under(d, root, skipped))
+
+    warnings = []
+    empty = sorted(c for c, files in by_class.items() if not files)
+    if empty:
+        warnings.append("Empty class folder(s) ignored: " + ", ".join(f"'{c}'" for c in empty) + ".")
+    by_class = {c: files for c, files in by_class.items() if files}
+
+    if classes is not None:
+        unknown = sorted(set(by_class) - set(classes))
+        if unknown:
+            raise DatasetError(f"The test folder has classes not in the training data: {', '.join(unknown)}. "
+                               f"The training classes are: {', '.join(classes)}.")
+        class_list = list(classes)
+    else:
+        class_list = sorted(by_class)
+        if len(class_list) == 0:
+            raise DatasetError(f"No images found in '{root}'. Supported formats: JPEG, PNG, BMP, GIF, TIFF, WebP.")
+        if len(class_list) < min_classes:
+            raise DatasetError(f"'{root}' has only one class ('{class_list[0]}') with images; a classifier needs "
+                               f"at least {min_classes} classes. Add a folder of photos for each other class.")
+
+    paths, labels = [], []
+    for i, c in enumerate(class_list):
+        files = by_class.get(c, [])
+        paths.extend(files)
+        labels.extend([i] * len(files))
+    if skipped:
+        warnings.append(f"{len(skipped)} file(s) skipped (not images or outside class folders).")
+    counts = Counter(labels)
+    if counts and classes is None:
+        small = [class_list[i] for i, n in sorted(counts.items()) if n < 10]
+        if small:
+            warnings.append("Very few photos (under 10) in: " + ", ".join(small) + "; results will be unreliable.")
+        if max(counts.values()) > 5 * min(counts.values()):
+            warnings.append("Classes are strongly unbalanced (largest over 5x the smallest); look at balanced accuracy.")
+    return Dataset(root, class_list, paths, np.asarray(labels, dtype=np.int64), "eden" if eden else "imagefolder",
+                   skipped, warnings)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which images train and which test, and how that was decided (recorded with every run)."""
+
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    method: str
+    seed: int
+    test_size: float
+
+    def describe(self) -> dict:
+        return {"method": self.method, "seed": self.seed, "test_size": self.test_size,
+                "n_train": int(len(self.train_idx)), "n_test": int(len(self.test_idx))}
+
+
+def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, seed: int = 0) -> Split:
+    """A seeded split that keeps each class's share in both parts (scikit-learn's train_test_split)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_size < 1:
+        raise DatasetError(f"The test share must be between 0 and 1 (got {test_size}).")
+    labels = np.asarray(labels)
+    counts = Counter(labels.tolist())
+    n_classes = len(counts)
+    too_small = [c for c, n in counts.items() if n < 2]
+    if too_small:
+        raise DatasetError("Each class needs at least 2 photos (one to train, one to test); "
+                           f"{len(too_small)} class(es) have only 1. Add photos or remove those folders.")
+    n_test = int(np.ceil(test_size * len(labels)))
+    if n_test < n_classes or len(labels) - n_test < n_classes:
+        raise DatasetError(f"Too few photos ({len(labels)}) to hold out {test_size:.0%} for testing across "
+                           f"{n_classes} classes. Add photos or change the test share.")
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
+    return Split(np.sort(train_idx), np.sort(test_idx),
+                 f"stratified random split, {test_size:.0%} held out for testing, seed {seed}", seed, test_size)
+
+
+def test_folder_split(n_train: int, n_test: int) -> Split:
+    """All of the training folder trains; all of the separate test folder tests."""
+    return Split(np.arange(n_train), np.arange(n_train, n_train + n_test), "separate test folder", 0, 0.0)

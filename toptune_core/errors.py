@@ -1,0 +1,30 @@
+"""Errors a user can act on.
+
+Every error raised on purpose by toptune_core is a ``ToptuneError``: its
+``str()`` is one clear line meant for an agronomist, shown in the dashboard or
+printed by the command line without a traceback.
+"""
+
+
+class ToptuneError(Exception):
+    """An error the user can act on; str(e) is one clear line, shown without a traceback."""
+
+
+class DatasetError(ToptuneError):
+    """The dataset folder cannot be used as it is (missing, empty, one class...)."""
+
+
+class ImageError(ToptuneError):
+    """One image cannot be read (corrupt, not an image, too large)."""
+
+
+class BackboneError(ToptuneError):
+    """The backbone is unknown or its weights cannot be loaded here."""
+
+
+class RunNotFound(ToptuneError):
+    """No recorded run has the given id."""
+
+
+class Cancelled(ToptuneError):
+    """The user cancelled the job."""

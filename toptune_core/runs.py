@@ -1,0 +1,268 @@
+"""The run store: every top-tuning and fine-tuning run, kept on disk.
+
+One SQLite database (``$TOPTUNE_HOME/runs.sqlite``) holds each run's
+parameters, split, metrics, timings, training curve and status; each run's
+files (per-image predictions, the fitted classifier or fine-tuned weights) live
+in ``$TOPTUNE_HOME/runs/<run id>/``. Writes are SQLite transactions and files
+are written to a temporary name then renamed, so a crash never leaves a run
+half-recorded. A run whose process died while ``running`` is shown as
+``interrupted`` the next time the store is opened.
+
+Models are only ever loaded from this store's own folder, never from a file a
+user uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pandas as pd
+
+from .errors import RunNotFound, ToptuneError
+from .settings import toptune_home
+
+STATUSES = ("running", "completed", "cancelled", "failed", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    finished REAL,
+    method TEXT NOT NULL,
+    status TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    classifier TEXT,
+    dataset TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    split TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    timings TEXT NOT NULL DEFAULT '{}',
+    curve TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    pid INTEGER,
+    host TEXT
+)
+"""
+_JSON_FIELDS = ("params", "split", "metrics", "timings", "curve")
+
+
+@dataclass
+class RunRecord:
+    """One recorded run, as read from the store."""
+
+    id: str
+    created: float
+    finished: Optional[float]
+    method: str  # "toptune" or "finetune"
+    status: str
+    backbone: str
+    classifier: Optional[str]
+    dataset: str
+    params: dict = field(default_factory=dict)
+    split: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)
+    error: Optional[str] = None
+    pid: Optional[int] = None
+    host: Optional[str] = None
+    dir: Path = Path()
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.metrics.get("accuracy")
+
+    @property
+    def label(self) -> str:
+        """A short human label, e.g. ``20261124-2231-ab12 · top-tune rf · tf_efficientnet_lite0 · acc 0.92``."""
+        how = f"top-tune {self.classifier}" if self.method == "toptune" else "fine-tune"
+        acc = f" · acc {self.accuracy:.3f}" if self.accuracy is not None else ""
+        return f"{self.id} · {how} · {self.backbone}{acc}"
+
+    def predictions(self) -> pd.DataFrame:
+        """Per-image held-out predictions (path, true, predicted, confidence, correct, p_<class>...)."""
+        path = self.dir / "predictions.csv"
+        if not path.exists():
+            raise ToptuneError(f"Run {self.id} has no saved predictions (status: {self.status}).")
+        return pd.read_csv(path)
+
+
+def _pid_alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """Runs under ``root`` (default ``$TOPTUNE_HOME``)."""
+
+    def __init__(self, root: Optional[str | Path] = None):
+        self.root = Path(root) if root else toptune_home()
+        self.runs_dir = self.root / "runs"
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            with self._connect() as conn:
+                conn.execute(_SCHEMA)
+        except (OSError, sqlite3.OperationalError) as e:
+            raise ToptuneError(f"Cannot write to the data folder '{self.root}' ({e}). Check that it exists, is "
+                               "writable and the disk is not full, or set TOPTUNE_HOME to another folder.") from None
+        self.mark_interrupted()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.root / "runs.sqlite", timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            conn.close()
+
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(sql, args)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.OperationalError as e:
+            raise ToptuneError(f"Could not save to the run store in '{self.root}' ({e}); check free disk space "
+                               "and permissions. Earlier runs are unchanged.") from None
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def start(self, *, method: str, backbone: str, dataset: str, classifier: Optional[str] = None,
+              params: Optional[dict] = None, pid: Optional[int] = None) -> RunRecord:
+        """Record a new run as ``running`` and make its folder."""
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+        (self.runs_dir / run_id).mkdir(parents=True)
+        self._write("INSERT INTO runs (id, created, method, status, backbone, classifier, dataset, params, pid, host)"
+                    " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (run_id, time.time(), method, backbone, classifier, dataset, json.dumps(params or {}),
+                     pid or os.getpid(), socket.gethostname()))
+        return self.get(run_id)
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Set columns of a run (JSON fields take Python objects)."""
+        if not fields:
+            return
+        cols, args = [], []
+        for key, value in fields.items():
+            cols.append(f"{key} = ?")
+            args.append(json.dumps(value) if key in _JSON_FIELDS else value)
+        self._write(f"UPDATE runs SET {', '.join(cols)} WHERE id = ?", (*args, run_id))
+
+    def save_predictions(self, run_id: str, predictions: pd.DataFrame) -> None:
+        path = self.run_dir(run_id) / "predictions.csv"
+        tmp = path.with_suffix(".tmp")
+        predictions.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+    def complete(self, run_id: str, *, metrics: dict, timings: dict, split: dict,
+                 predictions: Optional[pd.DataFrame] = None, curve: Optional[list] = None) -> RunRecord:
+        """Store the results and mark the run ``completed`` (the files first, then one transaction)."""
+        if predictions is not None:
+            self.save_predictions(run_id, predictions)
+        fields = dict(metrics=metrics, timings=timings, split=split, status="completed", finished=time.time())
+        if curve is not None:
+            fields["curve"] = curve
+        self.update(run_id, **fields)
+        return self.get(run_id)
+
+    def save_model(self, run_id: str, obj: Any) -> None:
+        """Save a fitted model into the run's own folder (atomically)."""
+        import joblib
+
+        path = self.run_dir(run_id) / "model.joblib"
+        tmp = path.with_suffix(".tmp")
+        joblib.dump(obj, tmp)
+        os.replace(tmp, path)
+
+    def load_model(self, run_id: str) -> Any:
+        """Load a model saved by ``save_model``. Only files inside this store's own run folders are loaded."""
+        import joblib
+
+        run = self.get(run_id)
+        path = (self.run_dir(run.id) / "model.joblib").resolve()
+        if self.runs_dir.resolve() not in path.parents:
+            raise ToptuneError(f"Refusing to load a model from outside the data folder: {path}")
+        if not path.exists():
+            raise ToptuneError(f"Run {run.id} has no saved model (status: {run.status}); choose a completed run.")
+        return joblib.load(path)
+
+    def finish(self, run_id: str, status: str, error: Optional[str] = None, **fields: Any) -> None:
+        """Mark a run ``cancelled``, ``failed`` or ``interrupted``, keeping what it recorded so far."""
+        assert status in STATUSES
+        self.update(run_id, status=status, error=error, finished=time.time(), **fields)
+
+    def mark_interrupted(self) -> int:
+        """Runs left ``running`` by a process on this machine that no longer exists become ``interrupted``."""
+        host = socket.gethostname()
+        stale = [r.id for r in self.list(status="running") if r.host == host and not _pid_alive(r.pid)]
+        for run_id in stale:
+            self.finish(run_id, "interrupted", "The process running it stopped (crash, kill or restart).")
+        return len(stale)
+
+    def delete(self, run_id: str) -> None:
+        self.get(run_id)
+        self._write("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(self.runs_dir / run_id, ignore_errors=True)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def _record(self, row: sqlite3.Row) -> RunRecord:
+        data = dict(row)
+        for key in _JSON_FIELDS:
+            data[key] = json.loads(data[key]) if data[key] else ({} if key != "curve" else [])
+        return RunRecord(**data, dir=self.runs_dir / data["id"])
+
+    def get(self, run_id: str) -> RunRecord:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"No run with id '{run_id}'. List runs with: python -m toptune_core runs")
+        return self._record(row)
+
+    def list(self, *, status: Optional[str] = None, method: Optional[str] = None) -> list[RunRecord]:
+        """Runs, newest first."""
+        sql, args = "SELECT * FROM runs", []
+        where = []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if method:
+            where.append("method = ?")
+            args.append(method)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._connect() as conn:
+            rows = conn.execute(sql + " ORDER BY created DESC", args).fetchall()
+        return [self._record(r) for r in rows]
+
+    def best(self) -> Optional[RunRecord]:
+        """The completed run with the highest held-out accuracy (newest on ties), or None."""
+        done = [r for r in self.list(status="completed") if r.accuracy is not None]
+        return max(done, key=lambda r: (r.accuracy, r.created), default=None)

@@ -1,0 +1,16 @@
+"""Where toptune keeps its data (runs, feature cache, downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The demo dataset shipped with the repository (300 iBean bean-leaf photos, MIT).
+DEMO_DATASET = Path(__file__).resolve().parent.parent / "demo_data" / "ibean_leaf_disease"
+
+
+def toptune_home() -> Path:
+    """The data directory: ``$TOPTUNE_HOME`` or ``~/.toptune``. Created on first use."""
+    home = Path(os.environ.get("TOPTUNE_HOME") or Path.home() / ".toptune").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
