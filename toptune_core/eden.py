@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from .archive import ArchiveError, safe_extract_zip
+from .data import eden_label  # noqa: F401  (re-exported: the label rule lives with the dataset scanner)
 from .errors import Cancelled, ToptuneError
 
 EDEN_BASE_URL = "https://api.edenlibrary.ai/datasets/"
@@ -71,11 +72,6 @@ EDEN_CATALOGUE: tuple[EdenDataset, ...] = (
     EdenDataset("Pepper-Capsicum_annuum-Healthy-PRX-RGB-NA-20210607", "Pepper", "Healthy", 400),
     EdenDataset("Broccoli-Brassica_oleracea-Healthy-PRX-RGB-NA-20210607", "Broccoli", "Healthy", 1200),
 )
-
-
-def eden_label(folder_name: str) -> str:
-    """The class of an Eden dataset folder: its name up to the first ``-``, stripped."""
-    return folder_name.split("-", 1)[0].strip()
 
 
 def eden_url(name: str, base_url: str = EDEN_BASE_URL) -> str:

@@ -1,0 +1,62 @@
+"""Shared fixtures: real leaf photos from the shipped demo dataset, real offline backbone weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from toptune_core.settings import DEMO_DATASET
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def copy_subset(src: Path, dest: Path, per_class: int, classes=None) -> Path:
+    """Copy the first ``per_class`` photos of each class folder of ``src`` to ``dest``."""
+    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        if classes is not None and class_dir.name not in classes:
+            continue
+        (dest / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted(class_dir.glob("*.jpg"))[:per_class]:
+            shutil.copy2(photo, dest / class_dir.name / photo.name)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def toptune_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own empty data directory (runs, cache, downloads)."""
+    home = tmp_path / "toptune_home"
+    monkeypatch.setenv("TOPTUNE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_dataset() -> Path:
+    assert (DEMO_DATASET / "healthy").is_dir(), "the demo dataset is missing from the repository"
+    return DEMO_DATASET
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """20 real photos per class (60 in all), copied from the demo dataset. Do not modify it."""
+    return copy_subset(DEMO_DATASET, tmp_path_factory.mktemp("small") / "beans", 20)
+
+
+@pytest.fixture(scope="session")
+def lite0_extractor():
+    """One loaded tf_efficientnet_lite0 feature extractor (real offline ImageNet weights) for the session."""
+    from toptune_core.features import FeatureExtractor
+
+    extractor = FeatureExtractor("tf_efficientnet_lite0")
+    _ = extractor.model
+    return extractor
+
+
+@pytest.fixture
+def subprocess_env(toptune_home) -> dict:
+    env = dict(os.environ)
+    env["TOPTUNE_HOME"] = str(toptune_home)
+    env["PYTHONPATH"] = str(REPO)
+    return env
