@@ -58,19 +58,16 @@ class EdenDataset:
         return eden_label(self.name)
 
 
-#: Eden datasets offered in the dashboard. Older names are
-#: ``<Common name>-<DDMMYY>-<condition>-zz-V1-<export timestamp>`` (images directly in the
-#: folder), newer ones ``<Common>-<Genus_species>-<condition>-PRX-RGB-NA-<YYYYMMDD>``
-#: (images in ``images/``). Sizes are approximate.
+#: Eden datasets offered in the dashboard: only folder names seen in Eden's own notebooks
+#: or the dataset notes (shared/datasets/README.md), since a wrong name is a failed download.
+#: Older names are ``<Common name>-<DDMMYY>-<condition>-zz-V1-<export timestamp>`` (images
+#: directly in the folder), newer ones ``<Common>-<Genus_species>-<condition>-PRX-RGB-NA-<YYYYMMDD>``
+#: (images in ``images/``). Zip sizes are rough (Eden's zips are 0.2 to 1.2 GB); other Eden
+#: names can be typed in the dashboard.
 EDEN_CATALOGUE: tuple[EdenDataset, ...] = (
-    EdenDataset("Black nightsade-220519-Weed-zz-V1-20210225102034", "Black nightshade", "Weed", 450),
+    EdenDataset("Black nightsade-220519-Weed-zz-V1-20210225102034", "Black nightshade", "Weed", 500),
     EdenDataset("Tomato-240519-Healthy-zz-V1-20210225103740", "Tomato", "Healthy", 600),
-    EdenDataset("Velvet leaf-220519-Weed-zz-V1-20210225104123", "Velvet leaf", "Weed", 500),
-    EdenDataset("Cotton-100619-Healthy-zz-V1-20210225102300", "Cotton", "Healthy", 700),
     EdenDataset("Cucumber-Cucumis_sativus-Healthy-PRX-RGB-NA-20210607", "Cucumber", "Healthy", 300),
-    EdenDataset("Lettuce-Lactuca_sativa-Healthy-PRX-RGB-NA-20210607", "Lettuce", "Healthy", 250),
-    EdenDataset("Pepper-Capsicum_annuum-Healthy-PRX-RGB-NA-20210607", "Pepper", "Healthy", 400),
-    EdenDataset("Broccoli-Brassica_oleracea-Healthy-PRX-RGB-NA-20210607", "Broccoli", "Healthy", 1200),
 )
 
 
