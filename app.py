@@ -1,0 +1,44 @@
+"""Toptune dashboard: the entry point (``make run`` = ``streamlit run app.py``).
+
+Routes the pages with ``st.navigation``; each page is one file in ``pages/``
+and only lays out widgets and calls ``toptune_core``.
+
+Streamlit runs this file as ``__main__``. A training process that
+``multiprocessing`` starts with "spawn" (the fine-tune) re-imports the main
+module under the name ``__mp_main__``: there, nothing must be drawn, hence
+the guard at the bottom.
+"""
+
+
+def main() -> None:
+    import streamlit as st
+
+    from pages._ui import PAGES, current_dataset, friendly_errors
+    from toptune_core.jobs import registry
+
+    st.set_page_config(page_title="Toptune · leaf photo diagnosis", page_icon="🌱", layout="wide")
+
+    pages = {
+        "Toptune": [st.Page(PAGES["home"], title="Home", icon=":material/home:", default=True)],
+        "Steps": [
+            st.Page(PAGES["data"], title="Data", icon=":material/photo_library:"),
+            st.Page(PAGES["toptune"], title="Top-tune", icon=":material/bolt:"),
+            st.Page(PAGES["finetune"], title="Fine-tune", icon=":material/model_training:"),
+            st.Page(PAGES["compare"], title="Compare", icon=":material/scatter_plot:"),
+            st.Page(PAGES["predictions"], title="Predictions", icon=":material/grid_on:"),
+            st.Page(PAGES["classify"], title="Classify a photo", icon=":material/eco:"),
+        ],
+    }
+    page = st.navigation(pages)
+
+    with st.sidebar, friendly_errors():
+        choice = current_dataset()
+        st.caption("Dataset: " + (choice["label"] if choice else "none chosen yet"))
+        for job in registry().list(active=True):
+            st.caption(f":material/hourglass_top: {job.title} (running)")
+
+    page.run()
+
+
+if __name__ == "__main__":
+    main()

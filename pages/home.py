@@ -1,0 +1,37 @@
+"""Home: what top-tuning is, in three sentences, and a one-click start with the demo dataset."""
+
+import streamlit as st
+
+from pages._ui import PAGES, choose_dataset, completed_runs, friendly_errors, percent, through_router
+from toptune_core.dashboard import demo_choice
+
+through_router()
+st.title("Toptune: diagnose leaf photos")
+st.markdown(
+    "**Top-tuning** takes a network already trained on millions of everyday photos, keeps it frozen, and uses it "
+    "to turn each of your leaf photos into a list of numbers that describe what it sees. "
+    "A small, fast classifier (a Random Forest) then learns from those numbers which class each photo belongs "
+    "to, so training takes seconds on a laptop instead of hours on a graphics card. "
+    "Every model is tested on photos it never saw during training, so the accuracy you see is what to expect "
+    "on new photos."
+)
+
+if st.button("Try the demo dataset", type="primary", icon=":material/play_arrow:"):
+    with friendly_errors():
+        choose_dataset(demo_choice())
+        st.switch_page(PAGES["data"])
+
+st.markdown("##### The steps")
+st.page_link(PAGES["data"], label="1 · Data: choose your photos (demo, Eden Library, a folder or a zip)")
+st.page_link(PAGES["toptune"], label="2 · Top-tune: train a classifier on a frozen backbone in seconds")
+st.page_link(PAGES["finetune"], label="3 · Fine-tune: the slow comparison, running in the background")
+st.page_link(PAGES["compare"], label="4 · Compare: accuracy against training time for every run")
+st.page_link(PAGES["predictions"], label="5 · Predictions: where a model is right and wrong")
+st.page_link(PAGES["classify"], label="6 · Classify a photo: diagnose one leaf")
+
+with friendly_errors():
+    runs = completed_runs()
+    if runs:
+        best = max(runs, key=lambda r: (r.accuracy, r.created))
+        st.caption(f"{len(runs)} trained model(s) so far; the best reaches {percent(best.accuracy)} held-out "
+                   f"accuracy ({best.backbone}, {'top-tuned' if best.method == 'toptune' else 'fine-tuned'}).")

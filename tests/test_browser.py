@@ -1,0 +1,165 @@
+"""End to end in a real browser: Debian's chromium, driven by Playwright, against `streamlit run app.py`.
+
+A new user's path: home -> "Try the demo dataset" -> Data -> Top-tune (progress bars, a reload in the
+middle, the result) -> a second run from the feature cache -> Compare -> Predictions (click a cell of the
+confusion matrix) -> Classify a photo (upload).
+Screenshots of each step go to test-artifacts/browser/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from toptune_core.settings import DEMO_DATASET
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CLASSES = ("angular_leaf_spot", "bean_rust", "healthy")
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} is missing (install Debian's chromium: `make browser`)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(toptune_home):
+    """`streamlit run app.py` on a free local port with an empty data folder; yields its URL."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    port = free_port()
+    env = {**os.environ, "TOPTUNE_HOME": str(toptune_home), "PYTHONPATH": str(REPO)}
+    log = open(ARTIFACTS / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
+         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                    if resp.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, f"streamlit exited; see {ARTIFACTS / 'streamlit.log'}"
+            assert time.monotonic() < deadline, "streamlit did not start within 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own process group: streamlit and nothing else
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def test_new_user_gets_from_home_to_a_prediction(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = sorted((DEMO_DATASET / "healthy").glob("*.jpg"))[5]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 1000})
+        page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)
+        step = 0
+
+        def shot(name: str) -> None:
+            nonlocal step
+            step += 1
+            page.screenshot(path=str(ARTIFACTS / f"{step:02d}-{name}.png"), full_page=True)
+
+        def open_page(title: str) -> None:
+            page.get_by_role("link", name=title, exact=True).first.click()
+
+        try:
+            page.goto(server)
+            expect(page.get_by_text("takes a network already trained")).to_be_visible()
+            shot("home")
+
+            page.get_by_role("button", name=re.compile("Try the demo dataset")).click()
+            expect(page.get_by_role("heading", name="1 · Data")).to_be_visible()
+            expect(page.get_by_text("Demo: bean leaf diseases (iBean, 300 photos)").first).to_be_visible()
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("300")
+            expect(page.get_by_text("A few photos of each class")).to_be_visible()
+            shot("data")
+
+            open_page("Top-tune")
+            expect(page.get_by_role("heading", name="2 · Top-tune")).to_be_visible()
+            page.get_by_role("button", name=re.compile(r"Top-tune$")).click()
+            expect(page.get_by_text(re.compile(r"Reading the photos with the backbone.*of 300 photos"))).to_be_visible()
+            shot("toptune-progress")
+
+            page.reload()  # the job runs on in the server; the reloaded page finds it
+            expect(page.get_by_text(re.compile(r"Reading the photos with the backbone|Trained and tested in"))
+                   .first).to_be_visible()
+            expect(page.get_by_text("Trained and tested in")).to_be_visible(timeout=300_000)
+            expect(page.get_by_text("Features extracted from 300 photos")).to_be_visible()
+            accuracy = page.get_by_test_id("stMetric").filter(has_text="Accuracy").first
+            expect(accuracy).to_contain_text("%")
+            shot("toptune-done")
+
+            page.get_by_role("button", name=re.compile(r"Top-tune$")).click()
+            expect(page.get_by_text("Features from cache")).to_be_visible()
+            shot("toptune-from-cache")
+
+            open_page("Compare")
+            expect(page.get_by_role("heading", name="4 · Compare")).to_be_visible()
+            expect(page.locator(".js-plotly-plot .scatterlayer .point")).to_have_count(2)
+            shot("compare")
+
+            open_page("Predictions")
+            expect(page.get_by_role("heading", name="5 · Predictions")).to_be_visible()
+            expect(page.get_by_text("75 photo(s), least confident first")).to_be_visible()
+            cells = page.locator(".js-plotly-plot .scatterlayer .point")
+            expect(cells).to_have_count(9)
+            cells.nth(4).click(force=True)  # row bean_rust, column bean_rust: the rust leaves it got right
+            expect(page.get_by_role("combobox", name="True class")).to_match_aria_snapshot(
+                '- combobox "True class": bean_rust')
+            expect(page.get_by_role("combobox", name="Predicted class")).to_match_aria_snapshot(
+                '- combobox "Predicted class": bean_rust')
+            expect(page.get_by_text("75 photo(s), least confident first")).to_have_count(0)
+            gallery = page.get_by_test_id("stImage")
+            expect(gallery.first).to_contain_text("Right · true: bean_rust · predicted: bean_rust")
+            expect(gallery.filter(has_not_text="true: bean_rust · predicted: bean_rust")).to_have_count(0)
+            shot("predictions-cell")
+
+            open_page("Classify a photo")
+            expect(page.get_by_role("heading", name="6 · Classify a photo")).to_be_visible()
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(photo))
+            expect(page.get_by_test_id("stMetric").filter(has_text="Confidence")).to_be_visible()
+            answer = page.locator("h3").filter(has_text=re.compile("|".join(CLASSES)))
+            expect(answer).to_have_count(1)
+            assert answer.inner_text().strip() in CLASSES
+            shot("classify")
+
+            assert page.get_by_test_id("stException").count() == 0, "no traceback anywhere"
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
