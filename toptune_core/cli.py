@@ -43,7 +43,11 @@ def _print_report(run) -> None:
         print(f"  training time: {t['train_seconds_without_extraction']:.2f} s without feature extraction, "
               f"{t['train_seconds_with_extraction']:.1f} s with it")
     if s.get("unreadable"):
-        print(f"  {len(s['unreadable'])} unreadable photo(s) skipped, e.g. {s['unreadable'][0][0]}: {s['unreadable'][0][1]}")
+        print(f"  {len(s['unreadable'])} unreadable photo(s) skipped:")
+        for path, reason in s["unreadable"][:20]:
+            print(f"    {path}: {reason}")
+        if len(s["unreadable"]) > 20:
+            print(f"    ... and {len(s['unreadable']) - 20} more (all are listed in the run's split record)")
 
 
 @command("toptune")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,11 @@ class Dataset:
         h = hashlib.sha256()
         h.update("\n".join(self.classes).encode())
         for rel, path, label in zip(self.relpaths, self.paths, self.labels.tolist()):
-            st = path.stat()
+            try:
+                st = path.stat()
+            except OSError as e:
+                raise DatasetError(f"'{rel}' disappeared or became unreadable while the dataset was being read "
+                                   f"({e.strerror}). Check the folder and try again.") from None
             h.update(f"\n{rel}\t{label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
         return h.hexdigest()[:32]
 
@@ -89,22 +94,75 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name not in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
-def _images_under(folder: Path, root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    """All image files below ``folder`` (recursive, sorted); non-images go to ``skipped``."""
+def _usable_name(name: str) -> bool:
+    """False for a name that is not valid UTF-8 on disk (it could not be stored, shown or written to a CSV)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A name that can be shown and stored: undecodable bytes appear as ``\\xe9``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _images_under(folder: Path, root: Path, skipped: list[tuple[str, str]],
+                  seen_dirs: set[tuple[int, int]]) -> list[Path]:
+    """All image files below ``folder`` (recursive, sorted); everything else goes to ``skipped``.
+
+    Symbolic links to folders are followed once: a link back to a folder already
+    seen (a loop, or the same photos twice) is skipped. Only regular files are
+    kept: a broken link, a pipe or a device named ``x.jpg`` would fail or block
+    later.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))
+
+    def rel(path: Path) -> str:
+        return _shown(path.relative_to(root).as_posix())
+
+    def unreadable_dir(err: OSError) -> None:
+        where = rel(Path(err.filename)) if err.filename else rel(folder)
+        skipped.append((where, f"folder cannot be read ({err.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable_dir):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            skipped.append((rel(Path(dirpath)), "folder link to a folder already read (skipped to avoid a loop)"))
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        for d in dirnames:
+            if _visible(Path(d)) and not _usable_name(d):
+                skipped.append((rel(Path(dirpath) / d), "folder name is not valid UTF-8; rename the folder"))
+        dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)) and _usable_name(d))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if not _visible(path):
                 continue
-            if is_image_file(path):
-                found.append(path)
-            else:
+            if not _usable_name(name):
+                skipped.append((rel(path), "file name is not valid UTF-8; rename the file"))
+                continue
+            if not is_image_file(path):
                 suffix = path.suffix.lower()
                 reason = (f"{UNSUPPORTED_EXTENSIONS[suffix]} is not supported; export as JPEG"
                           if suffix in UNSUPPORTED_EXTENSIONS else "not an image file")
-                skipped.append((path.relative_to(root).as_posix(), reason))
+                skipped.append((rel(path), reason))
+                continue
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:
+                skipped.append((rel(path), "broken link or unreadable file"))
+                continue
+            if not regular:
+                skipped.append((rel(path), "not a regular file (a pipe, device or socket)"))
+                continue
+            found.append(path)
     return found
 
 
@@ -118,21 +176,34 @@ def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, m
     if not root.exists():
         raise DatasetError(f"The dataset folder '{root}' does not exist. Check the path.")
     if not root.is_dir():
-        raise DatasetError(f"'{root}' is a file, not a folder. A dataset is a folder with one sub-folder per class.")
+        hint = " Unzip it first, or upload the zip in the dashboard." if root.suffix.lower() == ".zip" else ""
+        raise DatasetError(f"'{root}' is a file, not a folder. A dataset is a folder with one sub-folder per class.{hint}")
     root = root.resolve()
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
     skipped: list[tuple[str, str]] = []
-    for p in sorted(root.iterdir()):
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise DatasetError(f"The dataset folder '{root}' cannot be read ({e.strerror}).") from None
+    subdirs = []
+    for p in entries:
+        if not (_visible(p) and p.is_dir()):
+            continue
+        if _usable_name(p.name):
+            subdirs.append(p)
+        else:
+            skipped.append((_shown(p.name), "class folder name is not valid UTF-8; rename the folder"))
+    for p in entries:
         if p.is_file() and _visible(p) and is_image_file(p):
-            skipped.append((p.name, "image outside any class folder"))
+            skipped.append((_shown(p.name), "image outside any class folder"))
     if not subdirs:
         raise DatasetError(f"'{root}' has no class folders. Put the photos of each class in a sub-folder named after the class.")
 
     eden = all(is_eden_folder(d.name) for d in subdirs)
     by_class: dict[str, list[Path]] = {}
+    seen_dirs: set[tuple[int, int]] = set()
     for d in subdirs:
         label = eden_label(d.name) if eden else d.name
-        by_class.setdefault(label, []).extend(_images_under(d, root, skipped))
+        by_class.setdefault(label, []).extend(_images_under(d, root, skipped, seen_dirs))
 
     warnings = []
     empty = sorted(c for c, files in by_class.items() if not files)
@@ -160,7 +231,7 @@ def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, m
         paths.extend(files)
         labels.extend([i] * len(files))
     if skipped:
-        warnings.append(f"{len(skipped)} file(s) skipped (not images or outside class folders).")
+        warnings.append(f"{len(skipped)} file(s) skipped (not images, outside class folders, or unusable; see the list).")
     counts = Counter(labels)
     if counts and classes is None:
         small = [class_list[i] for i, n in sorted(counts.items()) if n < 10]

@@ -1,10 +1,13 @@
 """Feature extraction with a frozen backbone, and the on-disk feature cache.
 
-``FeatureExtractor`` turns photos into pooled backbone features: photos are
-decoded and preprocessed in background threads while the model runs on the
-previous batch, under ``torch.inference_mode()``, channels-last. Only a couple
-of batches of decoded images are held at a time, so memory stays flat however
-large the dataset.
+``FeatureExtractor`` turns photos into pooled backbone features. Photos are
+decoded, resized and cropped to 8-bit pixels in a background thread (Pillow
+and NumPy only, JPEG draft mode for large photos) while the model runs on the
+previous batch in the main thread, under ``torch.inference_mode()``,
+channels-last, with one torch thread per available CPU. Only a few batches of
+decoded pixels exist at a time, so memory stays flat however large the
+dataset. ``python -m toptune_core bench`` measures how close this comes to
+the model's own speed.
 
 ``FeatureCache`` keeps one entry per (dataset fingerprint, backbone, weights,
 preprocessing, timm version). Entries are written to a temporary folder and
@@ -35,7 +38,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, create_model, get_backbone
 from .data import Dataset
-from .errors import ImageError, ToptuneError
+from .errors import Cancelled, ImageError, ToptuneError
 from .images import ImageSource, load_rgb
 from .progress import CancelCheck, ProgressCallback, ProgressMeter
 from .settings import toptune_home
@@ -77,10 +80,16 @@ def eval_data_config(backbone: str) -> dict:
     if not pretrained_cfg:
         cfg["input_size"] = (3, spec.input_size, spec.input_size)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-    remembered.parent.mkdir(parents=True, exist_ok=True)
     tmp = remembered.with_suffix(f".{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(cfg))
-    os.replace(tmp, remembered)
+    try:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cfg))
+        os.replace(tmp, remembered)
+    except OSError:  # remembering is only a shortcut: a full disk or read-only folder must not stop the work
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return cfg
 
 
@@ -98,6 +107,29 @@ def resize_side(cfg: dict) -> int:
     return math.floor(cfg["input_size"][-1] / cfg["crop_pct"])
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (which containers, cgroups' cpusets and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU operators on ``n`` intra-op threads inside the block; the previous setting is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @dataclass
 class ExtractionResult:
     """Features of the readable photos; ``ok[i]`` says whether photo i was readable."""
@@ -112,26 +144,52 @@ class ExtractionResult:
         return float(self.ok.sum()) / self.seconds if self.seconds else float("nan")
 
 
+@dataclass
+class PixelBatch:
+    """Decoded, resized and cropped photos of one batch as 8-bit pixels, ready for the model."""
+
+    indices: range  # positions of the batch's photos in the sources
+    pixels: np.ndarray  # (n_ok, H, W, 3) uint8, readable photos only, in order
+    ok: list[bool]  # per photo of the batch
+    errors: list[tuple[int, str]]  # (index in sources, reason)
+
+
 class FeatureExtractor:
     """A frozen pretrained backbone used as a feature extractor.
 
-    Parameters are the backbone's timm name, the batch size, the number of
-    decoding threads, the device (default: CUDA when present, else CPU) and
-    whether to use channels-last memory layout. The model is loaded on first
-    use, so a cache hit never loads it.
+    Parameters: the backbone's timm name; ``batch_size``; ``decode_workers``,
+    the number of threads that decode photos while the model runs (None:
+    chosen from the CPUs available, see ``plan_threads``); ``threads``, the
+    number of torch intra-op threads during extraction (None: one per
+    available CPU); the device (default: CUDA when present, else CPU);
+    channels-last memory layout; and ``draft``, JPEG draft-mode decoding of
+    photos at least twice the size the model needs. The model is loaded on
+    first use, so a cache hit never loads it (nor imports torch).
+
+    How the hot path is built (see README, "Speed"): decoding threads run only
+    Pillow and NumPy code - never a torch operator, because each thread that
+    calls one starts its own OpenMP team, which on a small machine
+    oversubscribes the cores - and hand over whole batches as 8-bit pixels.
+    The main thread turns a batch into a normalised channels-last float tensor
+    in one step (exactly timm's ToTensor + Normalize arithmetic) and runs the
+    model under ``inference_mode``. On CUDA the 8-bit batch goes through
+    pinned memory, is normalised on the GPU and runs under fp16 autocast.
     """
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: int = 32, decode_workers: int = 2,
-                 device: Optional[str] = None, channels_last: bool = True, draft: bool = True):
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: int = 32,
+                 decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
+                 draft: bool = True, threads: Optional[int] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
+        self.threads = threads
         self.device = device
         self.channels_last = channels_last
         self.draft = draft
         self.spec = get_backbone(backbone)
         self.data_config = eval_data_config(backbone)
         self._transform = None
+        self._pixel_steps = None
         self._model: Optional["torch.nn.Module"] = None
 
     @property
@@ -152,20 +210,134 @@ class FeatureExtractor:
         return {"backbone": self.spec.name, "weights": self.spec.weights_id, "data_config": self.data_config,
                 "timm": timm_version()}
 
-    def preprocess(self, source: ImageSource) -> "torch.Tensor":
-        """One photo as the model's normalised input tensor (3, H, W)."""
+    def plan_threads(self) -> tuple[int, int]:
+        """(torch intra-op threads, decoding threads) for an extraction on the CPU.
+
+        torch gets one thread per available CPU (``os.sched_getaffinity``, so a
+        container's or taskset's limit counts, not the host's core count): the
+        model is the expensive part, and it is compute-bound. Decoding gets one
+        thread, which is enough to keep ahead of the model for dataset-sized
+        JPEGs (about 1 ms a photo against 20+ ms of model time) and, with
+        draft mode, for camera photos; a second decoding thread on a 2-CPU
+        machine only takes turns with the model's threads. Machines with more
+        CPUs get one decoding thread per 4 CPUs. Explicit ``threads`` and
+        ``decode_workers`` override the plan.
+        """
+        cpus = available_cpus()
+        threads = self.threads or cpus
+        decode = self.decode_workers if self.decode_workers is not None else max(1, cpus // 4)
+        return threads, decode
+
+    # --- preprocessing -------------------------------------------------------------------------------
+
+    def _eval_transform(self):
         if self._transform is None:
             self._transform = eval_transform(self.data_config)
-        min_size = resize_side(self.data_config) if self.draft else None
-        return self._transform(load_rgb(source, min_size=min_size))
+        return self._transform
 
-    def _preprocess_safe(self, source: ImageSource):
-        try:
-            return self.preprocess(source)
-        except ImageError as e:
-            return e
-        except Exception as e:  # a decoder bug must not kill a whole dataset run
-            return ImageError(f"'{Path(str(source)).name}' could not be read ({type(e).__name__}: {e}).")
+    def _split_transform(self):
+        """timm's eval transform split into its Pillow steps (resize, crop) and its tensor arithmetic.
+
+        Returns (pixel steps, mean, std), or None if the transform has a step this
+        fast path does not reproduce exactly (then photos go through the plain transform).
+        """
+        if self._pixel_steps is None:
+            from torchvision import transforms as T
+
+            steps = list(getattr(self._eval_transform(), "transforms", []))
+            names = [type(t).__name__ for t in steps]
+            split = None
+            if len(steps) >= 2 and names[-2] in ("ToTensor", "MaybeToTensor") and names[-1] == "Normalize" \
+                    and not any(n in ("ToTensor", "MaybeToTensor", "Normalize") for n in names[:-2]):
+                norm = steps[-1]
+                split = (T.Compose(steps[:-2]), [float(v) for v in norm.mean], [float(v) for v in norm.std])
+            self._pixel_steps = split or False
+        return self._pixel_steps or None
+
+    def load_pixels(self, source: ImageSource) -> np.ndarray:
+        """One photo decoded, resized and cropped as the model sees it: (H, W, 3) uint8. Pillow and NumPy only.
+
+        With ``draft``, a JPEG at least twice the resize side is decoded at a
+        power-of-two reduction that keeps its shorter side at or above the
+        resize side (``images.load_rgb(min_size=...)``), so the subsequent
+        resize only ever shrinks: the crop's content differs from a full decode
+        by resampling error only.
+        """
+        split = self._split_transform()
+        if split is None:
+            raise RuntimeError("this backbone's eval transform has no 8-bit pixel stage")
+        min_size = resize_side(self.data_config) if self.draft else None
+        im = split[0](load_rgb(source, min_size=min_size))
+        return np.array(im, dtype=np.uint8)  # a writable copy (150 KB), which torch.from_numpy can share
+
+    def pixels_to_tensor(self, pixels: "np.ndarray | torch.Tensor", device: Optional["torch.device"] = None
+                         ) -> "torch.Tensor":
+        """(N, H, W, 3) uint8 pixels -> normalised float (N, 3, H, W) on ``device`` (channels-last if enabled).
+
+        The arithmetic is timm's ToTensor + Normalize, operator for operator
+        (x / 255, then (x - mean) / std in float32), so the result is bitwise
+        the plain transform's.
+        """
+        import torch
+
+        split = self._split_transform()
+        x = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
+        if device is not None and device.type == "cuda":
+            if not x.is_pinned():
+                x = x.pin_memory()
+            x = x.to(device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: already channels-last
+        if not self.channels_last:
+            x = x.contiguous()
+        x = x.to(torch.float32).div_(255)
+        mean = torch.tensor(split[1], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(split[2], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def preprocess(self, source: ImageSource) -> "torch.Tensor":
+        """One photo as the model's normalised input tensor (3, H, W)."""
+        if self._split_transform() is None:
+            min_size = resize_side(self.data_config) if self.draft else None
+            return self._eval_transform()(load_rgb(source, min_size=min_size))
+        return self.pixels_to_tensor(self.load_pixels(source)[None])[0].contiguous()
+
+    def _load_batch(self, sources: Sequence[ImageSource], indices: range) -> PixelBatch:
+        """Decode one batch (runs in a decoding thread). Unreadable photos are reported, not fatal."""
+        size = tuple(self.data_config["input_size"][-2:])
+        pixels = np.empty((len(indices), *size, 3), dtype=np.uint8)
+        ok, errors, n_ok = [], [], 0
+        for i in indices:
+            try:
+                arr = self.load_pixels(sources[i])
+                if arr.shape != pixels.shape[1:]:
+                    raise ValueError(f"preprocessing gave {arr.shape}, not {pixels.shape[1:]}")
+                pixels[n_ok] = arr
+                n_ok += 1
+                ok.append(True)
+            except ImageError as e:
+                ok.append(False)
+                errors.append((i, str(e)))
+            except Exception as e:  # a decoder bug must not kill a whole dataset run
+                ok.append(False)
+                errors.append((i, f"'{Path(str(sources[i])).name}' could not be read ({type(e).__name__}: {e})."))
+        return PixelBatch(indices, pixels[:n_ok], ok, errors)
+
+    def _load_batch_plain(self, sources: Sequence[ImageSource], indices: range) -> tuple[list, list, list]:
+        """Fallback for transforms without a pixel stage: per-photo tensors (runs in the main thread)."""
+        tensors, ok, errors = [], [], []
+        for i in indices:
+            try:
+                tensors.append(self.preprocess(sources[i]))
+                ok.append(True)
+            except ImageError as e:
+                ok.append(False)
+                errors.append((i, str(e)))
+            except Exception as e:
+                ok.append(False)
+                errors.append((i, f"'{Path(str(sources[i])).name}' could not be read ({type(e).__name__}: {e})."))
+        return tensors, ok, errors
+
+    # --- the model -----------------------------------------------------------------------------------
 
     def features_of(self, batch: "torch.Tensor") -> np.ndarray:
         """Run the backbone on a preprocessed batch (N, 3, H, W); returns (N, feature_dim) float32."""
@@ -174,64 +346,99 @@ class FeatureExtractor:
         model = self.model
         device = next(model.parameters()).device
         with torch.inference_mode():
+            if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
+                batch = batch.pin_memory()
             batch = batch.to(device, non_blocking=True)
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            if device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = model(batch)
-            else:
+            return self._run(model, batch, device)
+
+    def _run(self, model, batch: "torch.Tensor", device: "torch.device") -> np.ndarray:
+        import torch
+
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
                 out = model(batch)
-            return out.float().cpu().numpy()
+        else:
+            out = model(batch)
+        return out.float().cpu().numpy()
+
+    def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels``; (N, feature_dim) float32."""
+        import torch
+
+        model = self.model
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            return self._run(model, self.pixels_to_tensor(pixels, device), device)
+
+    def _pixel_batches(self, sources: Sequence[ImageSource], batches: list[range], workers: int
+                       ) -> Iterator[PixelBatch]:
+        """Decoded batches in order. With ``workers`` > 0, decoding threads work ahead (at most
+        ``workers + 1`` batches queued) while the caller runs the model; with 0, batches are
+        decoded in the calling thread, one at a time."""
+        if workers <= 0:
+            for b in batches:
+                yield self._load_batch(sources, b)
+            return
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        try:
+            pending: deque = deque(pool.submit(self._load_batch, sources, b) for b in batches[:workers + 1])
+            next_batch = len(pending)
+            while pending:
+                batch = pending.popleft().result()
+                if next_batch < len(batches):  # keep the decoders busy while the model runs
+                    pending.append(pool.submit(self._load_batch, sources, batches[next_batch]))
+                    next_batch += 1
+                yield batch
+        finally:  # also on cancel: queued batches are dropped, a running one is waited for
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def transform(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
                   should_cancel: Optional[CancelCheck] = None) -> ExtractionResult:
-        """Features of every readable photo in ``sources``; unreadable ones are reported, not fatal."""
-        import torch
+        """Features of every readable photo in ``sources``; unreadable ones are reported, not fatal.
 
+        Photos stream through: the batch in the model plus at most
+        ``decode_workers + 1`` batches queued behind it exist as 8-bit pixels at a
+        time, so memory does not grow with the number of photos (only the
+        features, 5 KB a photo, accumulate).
+        """
         n = len(sources)
         meter = ProgressMeter("extract", n, progress, "images", should_cancel)
         start = time.perf_counter()
+        meter.update(0, "loading the model" if self._model is None else "")
+        model = self.model
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        threads, workers = self.plan_threads()
         chunks, ok, errors = [], np.zeros(n, dtype=bool), []
         batches = [range(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
-        meter.update(0, "loading the model" if self._model is None else "")
-        _ = self.model
-        done = 0
-        with ThreadPoolExecutor(max_workers=max(1, self.decode_workers), thread_name_prefix="decode") as pool:
-            pending: deque = deque()
+        fast = self._split_transform() is not None
+        with (torch_threads(threads) if on_cpu else _nothing()):
+            if not fast:
+                for b in batches:
+                    tensors, batch_ok, batch_errors = self._load_batch_plain(sources, b)
+                    ok[b.start:b.stop] = batch_ok
+                    errors.extend(batch_errors)
+                    if tensors:
+                        import torch
 
-            def submit(b: range):
-                pending.append((b, [pool.submit(self._preprocess_safe, sources[i]) for i in b]))
-
-            for b in batches[:2]:  # keep at most two batches decoding ahead of the model
-                submit(b)
-            next_batch = 2
-            while pending:
-                b, futures = pending.popleft()
-                tensors = []
-                for i, fut in zip(b, futures):
-                    result = fut.result()
-                    if isinstance(result, ImageError):
-                        errors.append((i, str(result)))
-                    else:
-                        ok[i] = True
-                        tensors.append(result)
-                if next_batch < len(batches):
-                    submit(batches[next_batch])
-                    next_batch += 1
-                if tensors:
-                    chunks.append(self.features_of(torch.stack(tensors)))
-                done += len(b)
-                try:
-                    meter.update(done)
-                except BaseException:
-                    for _, futs in pending:
-                        for f in futs:
-                            f.cancel()
-                    raise
+                        chunks.append(self.features_of(torch.stack(tensors)))
+                    meter.update(b.stop)
+            else:
+                for batch in self._pixel_batches(sources, batches, workers):
+                    ok[batch.indices.start:batch.indices.stop] = batch.ok
+                    errors.extend(batch.errors)
+                    if len(batch.pixels):
+                        chunks.append(self.features_of_pixels(batch.pixels))
+                    meter.update(batch.indices.stop)
         dim = chunks[0].shape[1] if chunks else self.spec.feature_dim
         features = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
         return ExtractionResult(features, ok, errors, time.perf_counter() - start)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 # --- the on-disk cache ------------------------------------------------------------------------------
@@ -260,7 +467,10 @@ class FeatureCache:
 
     def __init__(self, root: Optional[str | Path] = None):
         self.root = Path(root) if root else toptune_home() / "features"
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _cache_error(self.root, e) from None
 
     @staticmethod
     def key(fingerprint: str, identity: dict) -> str:
@@ -290,7 +500,10 @@ class FeatureCache:
     def save(self, key: str, result: ExtractionResult, relpaths: list[str], meta: dict) -> CachedFeatures:
         """Write an entry atomically: to a temporary folder, then one rename."""
         tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            raise _cache_error(self.root, e) from None
         try:
             np.save(tmp / "features.npy", result.features.astype(np.float32), allow_pickle=False)
             record = {**meta, "relpaths": relpaths, "ok": result.ok.tolist(),
@@ -304,6 +517,9 @@ class FeatureCache:
                 os.rename(tmp, self.path(key))
             except OSError:  # another process finished the same entry first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as e:  # disk full, read-only: nothing half-written is left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _cache_error(self.root, e) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -314,10 +530,22 @@ class FeatureCache:
         return entry
 
     @contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Hold an exclusive lock on ``key`` across processes (fcntl)."""
-        with open(self.root / f".{key}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    def lock(self, key: str, should_cancel: Optional[CancelCheck] = None) -> Iterator[None]:
+        """Hold an exclusive lock on ``key`` across processes (fcntl); waiting for it can be cancelled."""
+        try:
+            fh = open(self.root / f".{key}.lock", "w")
+        except OSError as e:
+            raise _cache_error(self.root, e) from None
+        with fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # another session is extracting the same features: wait for it
+                    if should_cancel is not None and should_cancel():
+                        raise Cancelled("Feature extraction was cancelled (while waiting for another session "
+                                        "extracting the same features).") from None
+                    time.sleep(0.1)
             try:
                 yield
             finally:
@@ -331,6 +559,11 @@ class FeatureCache:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
         return removed
+
+
+def _cache_error(root: Path, e: OSError) -> ToptuneError:
+    return ToptuneError(f"Could not write the feature cache in '{root}' ({e.strerror or e}); free some disk space "
+                        "or make the data folder writable (TOPTUNE_HOME). Nothing half-written was kept.")
 
 
 @dataclass
@@ -350,7 +583,7 @@ def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCa
     key = cache.key(dataset.fingerprint(), extractor.cache_identity)
     entry = cache.load(key)
     if entry is None:
-        with cache.lock(key):
+        with cache.lock(key, should_cancel):
             entry = cache.load(key)  # someone else may have made it while we waited
             if entry is None:
                 result = extractor.transform(dataset.paths, progress=progress, should_cancel=should_cancel)

@@ -6,14 +6,20 @@ files (per-image predictions, the fitted classifier or fine-tuned weights) live
 in ``$TOPTUNE_HOME/runs/<run id>/``. Writes are SQLite transactions and files
 are written to a temporary name then renamed, so a crash never leaves a run
 half-recorded. A run whose process died while ``running`` is shown as
-``interrupted`` the next time the store is opened.
+``interrupted`` the next time the store is opened; the process is recognised by
+its id *and* its start time, so a restarted app that happens to get the same
+process id (usual in containers) still sees its predecessor's runs as
+interrupted.
 
 Models are only ever loaded from this store's own folder, never from a file a
-user uploaded.
+user uploaded, and only if the file's SHA-256 matches the one recorded when the
+model was saved. A full disk, a read-only folder or a damaged database gives a
+one-line ``ToptuneError``; earlier runs are left as they were.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,7 +30,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pandas as pd
 
@@ -50,9 +56,13 @@ CREATE TABLE IF NOT EXISTS runs (
     curve TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     pid INTEGER,
-    host TEXT
+    host TEXT,
+    proc_start TEXT,
+    model_sha256 TEXT
 )
 """
+# Columns added after the first release: added to older stores when they are opened.
+_ADDED_COLUMNS = {"proc_start": "TEXT", "model_sha256": "TEXT"}
 _JSON_FIELDS = ("params", "split", "metrics", "timings", "curve")
 
 
@@ -76,6 +86,8 @@ class RunRecord:
     error: Optional[str] = None
     pid: Optional[int] = None
     host: Optional[str] = None
+    proc_start: Optional[str] = None  # identifies the process beyond its pid (boot id + start time)
+    model_sha256: Optional[str] = None  # of model.joblib, recorded by save_model and checked by load_model
     dir: Path = Path()
 
     @property
@@ -97,7 +109,22 @@ class RunRecord:
         return pd.read_csv(path)
 
 
-def _pid_alive(pid: Optional[int]) -> bool:
+def process_start_token(pid: int) -> Optional[str]:
+    """``<boot id>:<start time>`` of process ``pid`` (Linux), or None where that cannot be read.
+
+    Two processes that got the same pid (one after the other, or after a reboot) have different tokens.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        start = stat_line.rsplit(")", 1)[1].split()[19]  # field 22, counted after "pid (comm)"
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{start}"
+
+
+def _pid_alive(pid: Optional[int], proc_start: Optional[str] = None) -> bool:
+    """True if process ``pid`` exists and, when ``proc_start`` is known, is the same process that started the run."""
     if not pid:
         return False
     try:
@@ -105,8 +132,29 @@ def _pid_alive(pid: Optional[int]) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if proc_start:
+        now = process_start_token(pid)
+        if now is not None and now != proc_start:
+            return False  # the pid was reused by another process
     return True
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 class RunStore:
@@ -119,10 +167,31 @@ class RunStore:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
                 conn.execute(_SCHEMA)
-        except (OSError, sqlite3.OperationalError) as e:
-            raise ToptuneError(f"Cannot write to the data folder '{self.root}' ({e}). Check that it exists, is "
-                               "writable and the disk is not full, or set TOPTUNE_HOME to another folder.") from None
+                self._add_missing_columns(conn)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):
+                raise self._unwritable(e) from None
+            raise ToptuneError(f"The run store '{self.root / 'runs.sqlite'}' is damaged ({_one_line(e)}); nothing "
+                               "was changed. Move that file aside to start a new store, or restore it from a "
+                               "backup.") from None
+        except OSError as e:
+            raise self._unwritable(e) from None
         self.mark_interrupted()
+
+    def _unwritable(self, e: BaseException) -> ToptuneError:
+        return ToptuneError(f"Cannot write to the data folder '{self.root}' ({_one_line(e)}). Check that it exists, "
+                            "is writable and the disk is not full, or set TOPTUNE_HOME to another folder.")
+
+    @staticmethod
+    def _add_missing_columns(conn: sqlite3.Connection) -> None:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                try:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as e:  # another process added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -143,11 +212,37 @@ class RunStore:
                     conn.execute(sql, args)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
-        except sqlite3.OperationalError as e:
-            raise ToptuneError(f"Could not save to the run store in '{self.root}' ({e}); check free disk space "
-                               "and permissions. Earlier runs are unchanged.") from None
+        except sqlite3.DatabaseError as e:
+            raise ToptuneError(f"Could not save to the run store in '{self.root}' ({_one_line(e)}); check free disk "
+                               "space and permissions. Earlier runs are unchanged.") from None
+
+    def _read(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
+        try:
+            with self._connect() as conn:
+                return conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise ToptuneError(f"Could not read the run store in '{self.root}' ({_one_line(e)}). Check that the "
+                               "data folder is readable; nothing was changed.") from None
+
+    def _save_file(self, run_id: str, filename: str, write: Callable[[Path], None]) -> Path:
+        """Write a run file atomically: ``write(tmp)``, fsync, one rename. Disk errors become ToptuneError."""
+        path = self.run_dir(run_id) / filename
+        tmp = path.with_name(f".{filename}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            write(tmp)
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise ToptuneError(f"Could not save '{filename}' of run {run_id} in '{self.root}' ({_one_line(e)}); "
+                               "check free disk space and permissions. Earlier runs are unchanged.") from None
+        return path
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -155,11 +250,19 @@ class RunStore:
               params: Optional[dict] = None, pid: Optional[int] = None) -> RunRecord:
         """Record a new run as ``running`` and make its folder."""
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-        (self.runs_dir / run_id).mkdir(parents=True)
-        self._write("INSERT INTO runs (id, created, method, status, backbone, classifier, dataset, params, pid, host)"
-                    " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                    (run_id, time.time(), method, backbone, classifier, dataset, json.dumps(params or {}),
-                     pid or os.getpid(), socket.gethostname()))
+        pid = pid or os.getpid()
+        try:
+            (self.runs_dir / run_id).mkdir(parents=True)
+        except OSError as e:
+            raise self._unwritable(e) from None
+        try:
+            self._write("INSERT INTO runs (id, created, method, status, backbone, classifier, dataset, params, pid,"
+                        " host, proc_start) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                        (run_id, time.time(), method, backbone, classifier, dataset, json.dumps(params or {}),
+                         pid, socket.gethostname(), process_start_token(pid)))
+        except BaseException:
+            shutil.rmtree(self.runs_dir / run_id, ignore_errors=True)
+            raise
         return self.get(run_id)
 
     def update(self, run_id: str, **fields: Any) -> None:
@@ -173,10 +276,7 @@ class RunStore:
         self._write(f"UPDATE runs SET {', '.join(cols)} WHERE id = ?", (*args, run_id))
 
     def save_predictions(self, run_id: str, predictions: pd.DataFrame) -> None:
-        path = self.run_dir(run_id) / "predictions.csv"
-        tmp = path.with_suffix(".tmp")
-        predictions.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        self._save_file(run_id, "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
 
     def complete(self, run_id: str, *, metrics: dict, timings: dict, split: dict,
                  predictions: Optional[pd.DataFrame] = None, curve: Optional[list] = None) -> RunRecord:
@@ -190,24 +290,34 @@ class RunStore:
         return self.get(run_id)
 
     def save_model(self, run_id: str, obj: Any) -> None:
-        """Save a fitted model into the run's own folder (atomically)."""
+        """Save a fitted model into the run's own folder (atomically) and record its SHA-256."""
         import joblib
 
-        path = self.run_dir(run_id) / "model.joblib"
-        tmp = path.with_suffix(".tmp")
-        joblib.dump(obj, tmp)
-        os.replace(tmp, path)
+        path = self._save_file(run_id, "model.joblib", lambda tmp: joblib.dump(obj, tmp))
+        self.update(run_id, model_sha256=_sha256(path))
 
     def load_model(self, run_id: str) -> Any:
-        """Load a model saved by ``save_model``. Only files inside this store's own run folders are loaded."""
+        """Load a model saved by ``save_model``.
+
+        Only a regular file inside this store's own run folder whose SHA-256 is
+        the one recorded by ``save_model`` is unpickled: a file linked in from
+        elsewhere, swapped or modified since is refused, unread.
+        """
         import joblib
 
         run = self.get(run_id)
-        path = (self.run_dir(run.id) / "model.joblib").resolve()
-        if self.runs_dir.resolve() not in path.parents:
+        link = self.run_dir(run.id) / "model.joblib"
+        path = link.resolve()
+        if link.is_symlink() or self.runs_dir.resolve() / run.id not in path.parents:
             raise ToptuneError(f"Refusing to load a model from outside the data folder: {path}")
-        if not path.exists():
+        if not path.is_file():
             raise ToptuneError(f"Run {run.id} has no saved model (status: {run.status}); choose a completed run.")
+        if run.model_sha256 is None:
+            raise ToptuneError(f"Run {run.id} has a model file that this store did not record saving; refusing to "
+                               "load it. Train the model again.")
+        if _sha256(path) != run.model_sha256:
+            raise ToptuneError(f"The model file of run {run.id} was changed after it was saved; refusing to load it. "
+                               "Train the model again.")
         return joblib.load(path)
 
     def finish(self, run_id: str, status: str, error: Optional[str] = None, **fields: Any) -> None:
@@ -216,12 +326,22 @@ class RunStore:
         self.update(run_id, status=status, error=error, finished=time.time(), **fields)
 
     def mark_interrupted(self) -> int:
-        """Runs left ``running`` by a process on this machine that no longer exists become ``interrupted``."""
+        """Runs left ``running`` by a process on this machine that no longer exists become ``interrupted``.
+
+        Returns how many were marked. Where the store cannot be written (full disk), they are left for the next
+        time the store is opened, so that reading it still works.
+        """
         host = socket.gethostname()
-        stale = [r.id for r in self.list(status="running") if r.host == host and not _pid_alive(r.pid)]
+        stale = [r.id for r in self.list(status="running")
+                 if r.host == host and not _pid_alive(r.pid, r.proc_start)]
+        marked = 0
         for run_id in stale:
-            self.finish(run_id, "interrupted", "The process running it stopped (crash, kill or restart).")
-        return len(stale)
+            try:
+                self.finish(run_id, "interrupted", "The process running it stopped (crash, kill or restart).")
+            except ToptuneError:  # a full disk or read-only folder: the runs can still be read; marked next time
+                break
+            marked += 1
+        return marked
 
     def delete(self, run_id: str) -> None:
         self.get(run_id)
@@ -240,8 +360,8 @@ class RunStore:
         return RunRecord(**data, dir=self.runs_dir / data["id"])
 
     def get(self, run_id: str) -> RunRecord:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise RunNotFound(f"No run with id '{run_id}'. List runs with: python -m toptune_core runs")
         return self._record(row)
@@ -258,8 +378,7 @@ class RunStore:
             args.append(method)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._connect() as conn:
-            rows = conn.execute(sql + " ORDER BY created DESC", args).fetchall()
+        rows = self._read(sql + " ORDER BY created DESC", args)
         return [self._record(r) for r in rows]
 
     def best(self) -> Optional[RunRecord]:
