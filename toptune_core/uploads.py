@@ -25,6 +25,10 @@ from .progress import CancelCheck, ProgressCallback, ProgressMeter
 from .settings import toptune_home
 
 _MB = 2 ** 20
+#: Largest single photo accepted (MB). Phone photos are 2-15 MB; a 64-megapixel JPEG is rarely over 40 MB.
+MAX_PHOTO_MB = 50
+#: Largest dataset zip accepted (MB). Eden's own dataset zips are 0.2 to 1.2 GB.
+MAX_ZIP_MB = 2000
 
 
 def uploads_dir() -> Path:
@@ -45,6 +49,9 @@ def save_uploaded_zip(name: str, data: bytes) -> Path:
     """
     if not data:
         raise ArchiveError(f"'{name}' is empty (0 bytes).", "Choose the dataset zip again.")
+    if len(data) > MAX_ZIP_MB * _MB:
+        raise ArchiveError(f"'{name}' is {len(data) / _MB:,.0f} MB; the limit is {MAX_ZIP_MB} MB; nothing was saved.",
+                           "Split the dataset into smaller zips or open it as a local folder.")
     if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise ArchiveError(f"'{name}' is not a zip file; nothing was unpacked.",
                            "Zip the dataset folder (one sub-folder per class) and upload that.")
@@ -90,6 +97,9 @@ def photo_source(data: bytes, name: str = "the uploaded photo") -> io.BytesIO:
                          "export it as JPEG or PNG (or take a screenshot) and try again.")
     if not data:
         raise ImageError(f"'{name}' is empty (0 bytes); choose another photo.")
+    if len(data) > MAX_PHOTO_MB * _MB:
+        raise ImageError(f"'{name}' is {len(data) / _MB:,.0f} MB; the limit is {MAX_PHOTO_MB} MB for one photo. "
+                         "Send a smaller photo (phone photos are usually 2-15 MB).")
     buf = io.BytesIO(data)
     buf.name = name
     return buf
