@@ -1,13 +1,14 @@
 """Feature extraction with a frozen backbone, and the on-disk feature cache.
 
 ``FeatureExtractor`` turns photos into pooled backbone features. Photos are
-decoded, resized and cropped to 8-bit pixels in a background thread (Pillow
-and NumPy only, JPEG draft mode for large photos) while the model runs on the
-previous batch in the main thread, under ``torch.inference_mode()``,
-channels-last, with one torch thread per available CPU. Only a few batches of
-decoded pixels exist at a time, so memory stays flat however large the
-dataset. ``python -m toptune_core bench`` measures how close this comes to
-the model's own speed.
+decoded, resized and cropped to 8-bit pixels by Pillow and NumPy (JPEG draft
+mode for large photos) and batches go through the model under
+``torch.inference_mode()``, channels-last. On a CPU, one "lane" thread per
+core decodes a batch and runs single-threaded torch on it, so one lane's
+decoding overlaps the others' compute; on CUDA, decoding threads feed the GPU
+(pinned memory, fp16 autocast). Only a few batches of pixels exist at a time,
+so memory stays flat however large the dataset. ``python -m toptune_core
+bench`` measures how close this comes to the model's own speed.
 
 ``FeatureCache`` keeps one entry per (dataset fingerprint, backbone, weights,
 preprocessing, timm version). Entries are written to a temporary folder and
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections import deque
@@ -108,26 +110,63 @@ def resize_side(cfg: dict) -> int:
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (which containers, cgroups' cpusets and taskset narrow)."""
+    """CPUs this process may use: its affinity mask (which cpusets and taskset narrow), further capped by a
+    cgroup CPU quota (``docker --cpus``, Kubernetes limits), which the mask does not show."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> Optional[float]:
+    """The cgroup CPU quota in CPUs (v2 ``cpu.max`` or v1 ``cfs_quota_us``), or None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_default = 0
 
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run torch's CPU operators on ``n`` intra-op threads inside the block; the previous setting is restored."""
+    """Run torch's CPU operators on ``n`` intra-op threads inside the block, then restore the setting.
+
+    torch's setting is also a process-wide default that threads started later
+    inherit (the dashboard runs every page in a new thread), and an
+    extraction's lanes change it; so the default from before the first of any
+    overlapping blocks is what is restored, even when extractions in several
+    threads overlap.
+    """
+    global _threads_users, _threads_default
     import torch
 
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_default = torch.get_num_threads()
+        _threads_users += 1
+        default = _threads_default
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        with _threads_lock:
+            _threads_users -= 1
+        torch.set_num_threads(default)
 
 
 @dataclass
@@ -144,6 +183,37 @@ class ExtractionResult:
         return float(self.ok.sum()) / self.seconds if self.seconds else float("nan")
 
 
+#: Default batch sizes (see ``FeatureExtractor.plan``).
+CPU_BATCH_SIZE = 4
+CUDA_BATCH_SIZE = 64
+#: Most CPU lanes; on bigger machines each lane gets several torch threads instead.
+MAX_LANES = 8
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """How an extraction runs.
+
+    ``lanes`` > 1 (CPU): that many threads each decode a batch and run the
+    model on it with ``threads`` torch threads of their own. ``lanes`` == 1:
+    ``decode_workers`` threads decode ahead while the calling thread runs the
+    model (with ``threads`` torch threads on a CPU; 0 leaves torch's setting).
+    """
+
+    device: str
+    batch_size: int
+    lanes: int
+    threads: int
+    decode_workers: int
+
+    def describe(self) -> str:
+        if self.lanes > 1:
+            return (f"{self.device}, {self.lanes} lanes (decode + model) of {self.threads} torch thread(s), "
+                    f"batch {self.batch_size}")
+        threads = f"{self.threads} torch thread(s), " if self.threads else ""
+        return f"{self.device}, batch {self.batch_size}, {threads}{self.decode_workers} decoding thread(s)"
+
+
 @dataclass
 class PixelBatch:
     """Decoded, resized and cropped photos of one batch as 8-bit pixels, ready for the model."""
@@ -152,37 +222,40 @@ class PixelBatch:
     pixels: np.ndarray  # (n_ok, H, W, 3) uint8, readable photos only, in order
     ok: list[bool]  # per photo of the batch
     errors: list[tuple[int, str]]  # (index in sources, reason)
+    features: Optional[np.ndarray] = None  # (n_ok, dim) once the model has run
 
 
 class FeatureExtractor:
     """A frozen pretrained backbone used as a feature extractor.
 
-    Parameters: the backbone's timm name; ``batch_size``; ``decode_workers``,
-    the number of threads that decode photos while the model runs (None:
-    chosen from the CPUs available, see ``plan_threads``); ``threads``, the
-    number of torch intra-op threads during extraction (None: one per
-    available CPU); the device (default: CUDA when present, else CPU);
-    channels-last memory layout; and ``draft``, JPEG draft-mode decoding of
-    photos at least twice the size the model needs. The model is loaded on
-    first use, so a cache hit never loads it (nor imports torch).
+    Parameters: the backbone's timm name; ``batch_size``; ``lanes``,
+    ``threads`` and ``decode_workers``, how the CPUs are used (each None:
+    chosen for this machine, see ``plan``); the device (default: CUDA when
+    present, else CPU); channels-last memory layout; and ``draft``, JPEG
+    draft-mode decoding of photos at least twice the size the model needs.
+    The model is loaded on first use, so a cache hit never loads it (nor
+    imports torch).
 
-    How the hot path is built (see README, "Speed"): decoding threads run only
-    Pillow and NumPy code - never a torch operator, because each thread that
-    calls one starts its own OpenMP team, which on a small machine
-    oversubscribes the cores - and hand over whole batches as 8-bit pixels.
-    The main thread turns a batch into a normalised channels-last float tensor
-    in one step (exactly timm's ToTensor + Normalize arithmetic) and runs the
-    model under ``inference_mode``. On CUDA the 8-bit batch goes through
+    The hot path (``transform``): photos are decoded, resized and cropped to
+    8-bit pixels by Pillow and NumPy, in threads that run no torch operator
+    until the pixels are ready; a batch then becomes a normalised
+    channels-last float tensor in one step (exactly timm's ToTensor +
+    Normalize arithmetic) and goes through the model under
+    ``inference_mode``. On a CPU, ``lanes`` threads each decode and run their
+    own batches with single-threaded torch, so decoding in one lane overlaps
+    the model in the others and no core waits at an OpenMP barrier. On CUDA
+    decoding threads work ahead of the GPU; the 8-bit batch goes through
     pinned memory, is normalised on the GPU and runs under fp16 autocast.
     """
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: int = 32,
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: Optional[int] = None,
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
-                 draft: bool = True, threads: Optional[int] = None):
+                 draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
         self.threads = threads
+        self.lanes = lanes
         self.device = device
         self.channels_last = channels_last
         self.draft = draft
@@ -210,23 +283,36 @@ class FeatureExtractor:
         return {"backbone": self.spec.name, "weights": self.spec.weights_id, "data_config": self.data_config,
                 "timm": timm_version()}
 
-    def plan_threads(self) -> tuple[int, int]:
-        """(torch intra-op threads, decoding threads) for an extraction on the CPU.
+    def plan(self) -> ExtractionPlan:
+        """How an extraction uses this machine. Explicit constructor settings win; otherwise:
 
-        torch gets one thread per available CPU (``os.sched_getaffinity``, so a
-        container's or taskset's limit counts, not the host's core count): the
-        model is the expensive part, and it is compute-bound. Decoding gets one
-        thread, which is enough to keep ahead of the model for dataset-sized
-        JPEGs (about 1 ms a photo against 20+ ms of model time) and, with
-        draft mode, for camera photos; a second decoding thread on a 2-CPU
-        machine only takes turns with the model's threads. Machines with more
-        CPUs get one decoding thread per 4 CPUs. Explicit ``threads`` and
-        ``decode_workers`` override the plan.
+        * CPU: one lane per CPU this process may use (``available_cpus``: the
+          affinity mask and any cgroup CPU quota, not the host's cores), up to
+          ``MAX_LANES``, each with ``cpus // lanes`` torch threads - so one
+          single-threaded lane per core on small machines. A lane decodes its
+          batch (about 1 ms a dataset photo, a few ms a camera photo in draft
+          mode) and runs the model on it (10-25 ms a photo on one core); the
+          lanes' phases interleave, so every core is always computing and
+          none waits at an OpenMP barrier for a core that is decoding - which
+          is what one multi-threaded model plus decoding threads did: on 2
+          CPUs, decoding threads took turns with torch's threads and the
+          extraction ran at less than half the model's speed. Batches of
+          ``CPU_BATCH_SIZE``: small batches keep the activations in cache and
+          ran fastest on the reference machine (the bench prints the ceiling
+          per batch size).
+        * CUDA: the GPU computes; every CPU but the one feeding it decodes,
+          ``CUDA_BATCH_SIZE`` photos a batch.
         """
         cpus = available_cpus()
-        threads = self.threads or cpus
-        decode = self.decode_workers if self.decode_workers is not None else max(1, cpus // 4)
-        return threads, decode
+        on_cuda = (pick_device(self.device).type == "cuda" if self._model is None
+                   else next(self._model.parameters()).device.type == "cuda")
+        if on_cuda:
+            return ExtractionPlan("cuda", self.batch_size or CUDA_BATCH_SIZE, 1, self.threads or 0,
+                                  self.decode_workers if self.decode_workers is not None else max(1, cpus - 1))
+        lanes = self.lanes or min(cpus, MAX_LANES)
+        threads = self.threads or max(1, cpus // lanes)
+        decode = self.decode_workers if self.decode_workers is not None else 1
+        return ExtractionPlan("cpu", self.batch_size or CPU_BATCH_SIZE, lanes, threads, decode)
 
     # --- preprocessing -------------------------------------------------------------------------------
 
@@ -259,9 +345,9 @@ class FeatureExtractor:
 
         With ``draft``, a JPEG at least twice the resize side is decoded at a
         power-of-two reduction that keeps its shorter side at or above the
-        resize side (``images.load_rgb(min_size=...)``), so the subsequent
-        resize only ever shrinks: the crop's content differs from a full decode
-        by resampling error only.
+        resize side (``images.load_rgb(min_size=...)``), so the resize that
+        follows only ever shrinks: the crop differs from a full decode's by
+        resampling error only.
         """
         split = self._split_transform()
         if split is None:
@@ -276,7 +362,8 @@ class FeatureExtractor:
 
         The arithmetic is timm's ToTensor + Normalize, operator for operator
         (x / 255, then (x - mean) / std in float32), so the result is bitwise
-        the plain transform's.
+        the plain transform's. On CUDA the 8 bits travel (pinned, asynchronously)
+        and the arithmetic runs on the GPU.
         """
         import torch
 
@@ -286,7 +373,7 @@ class FeatureExtractor:
             if not x.is_pinned():
                 x = x.pin_memory()
             x = x.to(device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: already channels-last
+        x = x.permute(0, 3, 1, 2)  # an NCHW view of NHWC memory: already channels-last
         if not self.channels_last:
             x = x.contiguous()
         x = x.to(torch.float32).div_(255)
@@ -302,7 +389,7 @@ class FeatureExtractor:
         return self.pixels_to_tensor(self.load_pixels(source)[None])[0].contiguous()
 
     def _load_batch(self, sources: Sequence[ImageSource], indices: range) -> PixelBatch:
-        """Decode one batch (runs in a decoding thread). Unreadable photos are reported, not fatal."""
+        """Decode one batch (Pillow and NumPy only). Unreadable photos are reported, not fatal."""
         size = tuple(self.data_config["input_size"][-2:])
         pixels = np.empty((len(indices), *size, 3), dtype=np.uint8)
         ok, errors, n_ok = [], [], 0
@@ -319,23 +406,8 @@ class FeatureExtractor:
                 errors.append((i, str(e)))
             except Exception as e:  # a decoder bug must not kill a whole dataset run
                 ok.append(False)
-                errors.append((i, f"'{Path(str(sources[i])).name}' could not be read ({type(e).__name__}: {e})."))
+                errors.append((i, _unreadable(sources[i], e)))
         return PixelBatch(indices, pixels[:n_ok], ok, errors)
-
-    def _load_batch_plain(self, sources: Sequence[ImageSource], indices: range) -> tuple[list, list, list]:
-        """Fallback for transforms without a pixel stage: per-photo tensors (runs in the main thread)."""
-        tensors, ok, errors = [], [], []
-        for i in indices:
-            try:
-                tensors.append(self.preprocess(sources[i]))
-                ok.append(True)
-            except ImageError as e:
-                ok.append(False)
-                errors.append((i, str(e)))
-            except Exception as e:
-                ok.append(False)
-                errors.append((i, f"'{Path(str(sources[i])).name}' could not be read ({type(e).__name__}: {e})."))
-        return tensors, ok, errors
 
     # --- the model -----------------------------------------------------------------------------------
 
@@ -348,8 +420,16 @@ class FeatureExtractor:
         with torch.inference_mode():
             if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
                 batch = batch.pin_memory()
-            batch = batch.to(device, non_blocking=True)
-            return self._run(model, batch, device)
+            return self._run(model, batch.to(device, non_blocking=True), device)
+
+    def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels``; (N, feature_dim) float32."""
+        import torch
+
+        model = self.model
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            return self._run(model, self.pixels_to_tensor(pixels, device), device)
 
     def _run(self, model, batch: "torch.Tensor", device: "torch.device") -> np.ndarray:
         import torch
@@ -363,77 +443,147 @@ class FeatureExtractor:
             out = model(batch)
         return out.float().cpu().numpy()
 
-    def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels``; (N, feature_dim) float32."""
+    # --- the pipeline --------------------------------------------------------------------------------
+
+    def transform(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
+                  should_cancel: Optional[CancelCheck] = None) -> ExtractionResult:
+        """Features of every readable photo in ``sources``; unreadable ones are reported, not fatal.
+
+        Photos stream through: a bounded number of batches (``lanes`` + 1, or
+        ``decode_workers`` + 2) exist as pixels at any time, so memory does not
+        grow with the number of photos; only the features (5 KB a photo) do.
+        """
+        n = len(sources)
+        meter = ProgressMeter("extract", n, progress, "images", should_cancel)
+        start = time.perf_counter()
+        meter.update(0, "loading the model" if self._model is None else "")
+        _ = self.model
+        plan = self.plan()
+        bs = plan.batch_size
+        batches = [range(i, min(i + bs, n)) for i in range(0, n, bs)]
+        if self._split_transform() is None:
+            stream = self._plain_batches(sources, batches)
+        elif plan.lanes > 1:
+            stream = self._lane_batches(sources, batches, plan)
+        else:
+            stream = self._pooled_batches(sources, batches, plan)
+        chunks, ok, errors = [], np.zeros(n, dtype=bool), []
+        with (torch_threads(plan.threads) if plan.threads else _nothing()):
+            try:
+                for batch in stream:
+                    ok[batch.indices.start:batch.indices.stop] = batch.ok
+                    errors.extend(batch.errors)
+                    if batch.features is not None:
+                        chunks.append(batch.features)
+                    meter.update(batch.indices.stop)
+            finally:
+                stream.close()  # on cancel or error: stops and joins the threads
+        dim = chunks[0].shape[1] if chunks else self.spec.feature_dim
+        features = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+        return ExtractionResult(features, ok, errors, time.perf_counter() - start)
+
+    def _with_features(self, batch: PixelBatch) -> PixelBatch:
+        if len(batch.pixels):
+            batch.features = self.features_of_pixels(batch.pixels)
+        batch.pixels = batch.pixels[:0]  # the pixels are no longer needed
+        return batch
+
+    def _lane_batches(self, sources, batches: list[range], plan: ExtractionPlan) -> Iterator[PixelBatch]:
+        """CPU: ``plan.lanes`` threads each take the next batch, decode it and run the model on it.
+
+        Finished batches are handed on in order; a lane does not start a batch
+        more than ``lanes + 1`` ahead of the last one handed on, which bounds memory.
+        """
         import torch
 
-        model = self.model
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            return self._run(model, self.pixels_to_tensor(pixels, device), device)
+        done: dict[int, object] = {}
+        state = {"next": 0, "handed": 0, "stop": False}
+        cond = threading.Condition()
+        window = plan.lanes + 1
 
-    def _pixel_batches(self, sources: Sequence[ImageSource], batches: list[range], workers: int
-                       ) -> Iterator[PixelBatch]:
-        """Decoded batches in order. With ``workers`` > 0, decoding threads work ahead (at most
-        ``workers + 1`` batches queued) while the caller runs the model; with 0, batches are
-        decoded in the calling thread, one at a time."""
-        if workers <= 0:
-            for b in batches:
-                yield self._load_batch(sources, b)
-            return
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        def lane() -> None:
+            torch.set_num_threads(plan.threads)  # this thread's own OpenMP team
+            while True:
+                with cond:
+                    while not state["stop"] and state["next"] < len(batches) \
+                            and state["next"] >= state["handed"] + window:
+                        cond.wait()
+                    if state["stop"] or state["next"] >= len(batches):
+                        return
+                    k = state["next"]
+                    state["next"] += 1
+                try:
+                    result: object = self._with_features(self._load_batch(sources, batches[k]))
+                except BaseException as e:  # handed to the caller in order
+                    result = e
+                with cond:
+                    done[k] = result
+                    cond.notify_all()
+
+        workers = [threading.Thread(target=lane, name=f"extract-lane-{j}", daemon=True) for j in range(plan.lanes)]
+        for w in workers:
+            w.start()
         try:
-            pending: deque = deque(pool.submit(self._load_batch, sources, b) for b in batches[:workers + 1])
+            for k in range(len(batches)):
+                with cond:
+                    while k not in done:
+                        cond.wait()
+                    result = done.pop(k)
+                    state["handed"] = k + 1
+                    cond.notify_all()
+                if isinstance(result, BaseException):
+                    raise result
+                yield result
+        finally:
+            with cond:
+                state["stop"] = True
+                cond.notify_all()
+            for w in workers:
+                w.join()
+
+    def _pooled_batches(self, sources, batches: list[range], plan: ExtractionPlan) -> Iterator[PixelBatch]:
+        """``plan.decode_workers`` threads decode ahead (at most that + 1 batches queued) while this
+        thread runs the model; with 0 workers, batches are decoded here, one at a time."""
+        if plan.decode_workers <= 0:
+            for b in batches:
+                yield self._with_features(self._load_batch(sources, b))
+            return
+        pool = ThreadPoolExecutor(max_workers=plan.decode_workers, thread_name_prefix="decode")
+        try:
+            ahead = plan.decode_workers + 1
+            pending: deque = deque(pool.submit(self._load_batch, sources, b) for b in batches[:ahead])
             next_batch = len(pending)
             while pending:
                 batch = pending.popleft().result()
                 if next_batch < len(batches):  # keep the decoders busy while the model runs
                     pending.append(pool.submit(self._load_batch, sources, batches[next_batch]))
                     next_batch += 1
-                yield batch
+                yield self._with_features(batch)
         finally:  # also on cancel: queued batches are dropped, a running one is waited for
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def transform(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
-                  should_cancel: Optional[CancelCheck] = None) -> ExtractionResult:
-        """Features of every readable photo in ``sources``; unreadable ones are reported, not fatal.
+    def _plain_batches(self, sources, batches: list[range]) -> Iterator[PixelBatch]:
+        """Fallback for an eval transform without a pixel stage: timm's transform per photo, here."""
+        import torch
 
-        Photos stream through: the batch in the model plus at most
-        ``decode_workers + 1`` batches queued behind it exist as 8-bit pixels at a
-        time, so memory does not grow with the number of photos (only the
-        features, 5 KB a photo, accumulate).
-        """
-        n = len(sources)
-        meter = ProgressMeter("extract", n, progress, "images", should_cancel)
-        start = time.perf_counter()
-        meter.update(0, "loading the model" if self._model is None else "")
-        model = self.model
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        threads, workers = self.plan_threads()
-        chunks, ok, errors = [], np.zeros(n, dtype=bool), []
-        batches = [range(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
-        fast = self._split_transform() is not None
-        with (torch_threads(threads) if on_cpu else _nothing()):
-            if not fast:
-                for b in batches:
-                    tensors, batch_ok, batch_errors = self._load_batch_plain(sources, b)
-                    ok[b.start:b.stop] = batch_ok
-                    errors.extend(batch_errors)
-                    if tensors:
-                        import torch
+        for b in batches:
+            tensors, ok, errors = [], [], []
+            for i in b:
+                try:
+                    tensors.append(self.preprocess(sources[i]))
+                    ok.append(True)
+                except ImageError as e:
+                    ok.append(False)
+                    errors.append((i, str(e)))
+                except Exception as e:
+                    ok.append(False)
+                    errors.append((i, _unreadable(sources[i], e)))
+            feats = self.features_of(torch.stack(tensors)) if tensors else None
+            yield PixelBatch(b, np.zeros((0, 0, 0, 3), dtype=np.uint8), ok, errors, feats)
 
-                        chunks.append(self.features_of(torch.stack(tensors)))
-                    meter.update(b.stop)
-            else:
-                for batch in self._pixel_batches(sources, batches, workers):
-                    ok[batch.indices.start:batch.indices.stop] = batch.ok
-                    errors.extend(batch.errors)
-                    if len(batch.pixels):
-                        chunks.append(self.features_of_pixels(batch.pixels))
-                    meter.update(batch.indices.stop)
-        dim = chunks[0].shape[1] if chunks else self.spec.feature_dim
-        features = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
-        return ExtractionResult(features, ok, errors, time.perf_counter() - start)
+
+def _unreadable(source: ImageSource, e: Exception) -> str:
+    return f"'{Path(str(source)).name}' could not be read ({type(e).__name__}: {e})."
 
 
 @contextmanager
