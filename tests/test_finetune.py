@@ -185,7 +185,7 @@ def test_time_budget_stops_training(small_dataset):
     paths = sorted(str(p) for p in small_dataset.rglob("*.jpg"))[::3]
     labels = [["angular_leaf_spot", "bean_rust", "healthy"].index(Path(p).parent.name) for p in paths]
     tuner = FineTuner(epochs=50, head_epochs=0, batch_size=4, freeze_blocks=0, budget_seconds=2.0,
-                      val_fraction=0.3)
+                      val_fraction=0.3, patience=1000)  # only the budget may stop it
     tuner.fit(paths, labels, ["angular_leaf_spot", "bean_rust", "healthy"])
     assert tuner.stop_reason_ == "reached the time budget"
     assert 1 <= tuner.epochs_run_ < 50 and len(tuner.curve) == tuner.epochs_run_

@@ -290,8 +290,9 @@ class FeatureExtractor:
           affinity mask and any cgroup CPU quota, not the host's cores), up to
           ``MAX_LANES``, each with ``cpus // lanes`` torch threads - so one
           single-threaded lane per core on small machines. A lane decodes its
-          batch (about 1 ms a dataset photo, a few ms a camera photo in draft
-          mode) and runs the model on it (10-25 ms a photo on one core); the
+          batch (about 1 ms a 256-px photo, 25-50 ms a 12-MP camera JPEG in
+          draft mode) and runs the model on it (about 25 ms a photo for
+          EfficientNet-Lite0 on one core of the reference machine); the
           lanes' phases interleave, so every core is always computing and
           none waits at an OpenMP barrier for a core that is decoding - which
           is what one multi-threaded model plus decoding threads did: on 2
@@ -311,7 +312,8 @@ class FeatureExtractor:
                                   self.decode_workers if self.decode_workers is not None else max(1, cpus - 1))
         lanes = self.lanes or min(cpus, MAX_LANES)
         threads = self.threads or max(1, cpus // lanes)
-        decode = self.decode_workers if self.decode_workers is not None else 1
+        # (with a single CPU, lanes == 1 and decoding in the model's thread avoids pointless switching)
+        decode = self.decode_workers if self.decode_workers is not None else (1 if cpus > 1 else 0)
         return ExtractionPlan("cpu", self.batch_size or CPU_BATCH_SIZE, lanes, threads, decode)
 
     # --- preprocessing -------------------------------------------------------------------------------
@@ -412,24 +414,42 @@ class FeatureExtractor:
     # --- the model -----------------------------------------------------------------------------------
 
     def features_of(self, batch: "torch.Tensor") -> np.ndarray:
-        """Run the backbone on a preprocessed batch (N, 3, H, W); returns (N, feature_dim) float32."""
+        """Run the backbone on a preprocessed batch (N, 3, H, W); returns (N, feature_dim) float32.
+
+        On a CPU this runs on one lane's torch threads (``plan().threads``: one
+        on machines with up to 8 CPUs), which is what a single photo's
+        prediction wants: a model spread over several OpenMP threads waits at
+        every operator for its slowest thread, so when anything else runs on
+        the machine (another user's extraction in the dashboard, another
+        program) a 2-thread prediction took 600-850 ms on the reference
+        machine against 35-100 ms on one thread.
+        """
         import torch
 
         model = self.model
         device = next(model.parameters()).device
-        with torch.inference_mode():
+        with self._lane_threads(device), torch.inference_mode():
             if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
                 batch = batch.pin_memory()
             return self._run(model, batch.to(device, non_blocking=True), device)
 
     def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels``; (N, feature_dim) float32."""
+        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels``; (N, feature_dim) float32.
+        Threads as in ``features_of``."""
+        device = next(self.model.parameters()).device
+        with self._lane_threads(device):
+            return self._features_of_pixels(pixels)
+
+    def _features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
         model = self.model
         device = next(model.parameters()).device
         with torch.inference_mode():
             return self._run(model, self.pixels_to_tensor(pixels, device), device)
+
+    def _lane_threads(self, device: "torch.device"):
+        return torch_threads(self.plan().threads) if device.type == "cpu" else _nothing()
 
     def _run(self, model, batch: "torch.Tensor", device: "torch.device") -> np.ndarray:
         import torch
@@ -484,7 +504,7 @@ class FeatureExtractor:
 
     def _with_features(self, batch: PixelBatch) -> PixelBatch:
         if len(batch.pixels):
-            batch.features = self.features_of_pixels(batch.pixels)
+            batch.features = self._features_of_pixels(batch.pixels)  # on the threads transform() set up
         batch.pixels = batch.pixels[:0]  # the pixels are no longer needed
         return batch
 
