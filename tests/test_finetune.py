@@ -187,7 +187,9 @@ def test_time_budget_stops_training(small_dataset):
     tuner = FineTuner(epochs=50, head_epochs=0, batch_size=4, freeze_blocks=0, budget_seconds=2.0,
                       val_fraction=0.3, patience=1000)  # only the budget may stop it
     tuner.fit(paths, labels, ["angular_leaf_spot", "bean_rust", "healthy"])
-    assert tuner.stop_reason_ == "reached the time budget"
+    # The budget either stops training, or (on a faster machine) re-plans the schedule to fewer epochs that end
+    # inside it; either way 50 epochs are never run.
+    assert tuner.stop_reason_ in ("reached the time budget", "finished the planned epochs")
     assert 1 <= tuner.epochs_run_ < 50 and len(tuner.curve) == tuner.epochs_run_
     assert tuner.predict_proba(paths[:2]).shape == (2, 3)
 
