@@ -14,7 +14,7 @@ def main() -> None:
     import streamlit as st
 
     from pages._ui import PAGES, current_dataset, friendly_errors
-    from toptune_core.jobs import registry
+    from toptune_core.jobs.thread import registry
 
     st.set_page_config(page_title="Toptune · leaf photo diagnosis", page_icon="🌱", layout="wide")
 

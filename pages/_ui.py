@@ -16,13 +16,13 @@ from typing import Callable, Iterator, Optional
 
 import streamlit as st
 
-from toptune_core.dashboard import Workspace
-from toptune_core.data import Dataset, load_dataset
+from toptune_core.workspace import Workspace
+from toptune_core.data.dataset import Dataset, load_dataset
 from toptune_core.errors import ToptuneError
-from toptune_core.jobs import Job, JobTarget, JobView, registry
+from toptune_core.jobs.thread import Job, JobTarget, JobView, registry
 from toptune_core.progress import Progress
-from toptune_core.runs import RunRecord, RunStore
-from toptune_core.settings import toptune_home
+from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.config import toptune_home
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = {
@@ -156,7 +156,7 @@ def scan_dataset(path: str) -> Dataset:
 @st.cache_resource(show_spinner="Preparing the backbone…")
 def extractor_for(backbone: str):
     """One feature extractor per backbone for the whole server; its model loads on first use."""
-    from toptune_core.features import FeatureExtractor
+    from toptune_core.features.extractor import FeatureExtractor
 
     return FeatureExtractor(backbone)
 
@@ -186,7 +186,7 @@ def completed_runs() -> list[RunRecord]:
 
 def run_label(run: RunRecord) -> str:
     """E.g. ``20261124-2231-ab12 · top-tuned tf_efficientnet_lite0 + Random Forest · accuracy 80.0 %``."""
-    from toptune_core.classifiers import CLASSIFIERS
+    from toptune_core.methods.classifiers import CLASSIFIERS
 
     if run.method == "toptune":
         spec = CLASSIFIERS.get(run.classifier)

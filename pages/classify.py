@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages._ui import (PAGES, completed_runs, friendly_errors, percent, pick_run, predictor_for, seconds, store,
                        through_router)
-from toptune_core.uploads import photo_source, read_uploaded_photo
+from toptune_core.data.uploads import photo_source, read_uploaded_photo
 
 through_router()
 st.title("6 · Classify a photo")

@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._ui import PAGES, completed_runs, friendly_errors, through_router
-from toptune_core.dashboard import runs_frame
+from toptune_core.workspace import runs_frame
 
 through_router()
 st.title("4 · Compare")

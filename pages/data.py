@@ -11,16 +11,16 @@ import streamlit as st
 
 from pages._ui import (PAGES, choose_dataset, current_dataset, draw_failure, follow_job, friendly_errors, job_for,
                        scan_dataset, set_split, split_settings, start_job, through_router, workspace)
-from toptune_core.backbones import DEFAULT_BACKBONE, get_backbone
-from toptune_core.dashboard import demo_choice, describe_sizes, image_sizes
-from toptune_core.data import load_dataset
-from toptune_core.eden import EDEN_BASE_URL, EDEN_CATALOGUE, download_eden_datasets, eden_label
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
+from toptune_core.workspace import demo_choice, describe_sizes, image_sizes
+from toptune_core.data.dataset import load_dataset
+from toptune_core.data.eden import EDEN_BASE_URL, EDEN_CATALOGUE, download_eden_datasets, eden_label
 from toptune_core.errors import ImageError
-from toptune_core.images import load_rgb
-from toptune_core.jobs import JobView
+from toptune_core.data.images import load_rgb
+from toptune_core.jobs.thread import JobView
 from toptune_core.progress import Progress
-from toptune_core.settings import toptune_home
-from toptune_core.uploads import extract_uploaded_zip, save_uploaded_zip
+from toptune_core.config import toptune_home
+from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
 
 THUMBS_PER_CLASS = 4
 MAX_CLASSES_SHOWN = 12

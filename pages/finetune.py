@@ -1,6 +1,6 @@
 """Fine-tune: the slow comparison. Trains the whole backbone in a separate process; this page follows it.
 
-The training runs in its own process (``toptune_core.finetune.FinetuneJob``),
+The training runs in its own process (``toptune_core.finetune.engine.FinetuneJob``),
 which records its progress and curve in the run store, so leaving the page,
 reloading the browser or opening another tab finds it again by its run id.
 """
@@ -16,8 +16,8 @@ from plotly.subplots import make_subplots
 
 from pages._ui import (PAGES, current_dataset, draw_progress, friendly_errors, percent, remember, remembered_run,
                        scan_dataset, seconds, split_settings, store, through_router)
-from toptune_core.backbones import CATALOGUE, DEFAULT_BACKBONE
-from toptune_core.dashboard import training_seconds
+from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE
+from toptune_core.workspace import training_seconds
 from toptune_core.errors import RunNotFound
 from toptune_core.progress import Progress
 
@@ -28,7 +28,7 @@ st.write("Fine-tuning trains every layer of the backbone on your photos. It is t
          "It is tested on the same held-out photos as top-tuning.")
 
 try:
-    from toptune_core import finetune
+    from toptune_core.finetune import engine as finetune
 except ImportError:  # the engine is a separate part; without it the page says so instead of failing
     finetune = None
 

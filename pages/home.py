@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages._ui import PAGES, choose_dataset, completed_runs, friendly_errors, percent, through_router
-from toptune_core.dashboard import demo_choice
+from toptune_core.workspace import demo_choice
 
 through_router()
 st.title("Toptune: diagnose leaf photos")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from pages._ui import PAGES, completed_runs, friendly_errors, percent, pick_run, remembered_run, through_router
 from toptune_core.errors import ImageError
-from toptune_core.images import load_rgb
+from toptune_core.data.images import load_rgb
 
 through_router()
 st.title("5 · Predictions")

@@ -7,12 +7,12 @@ import streamlit as st
 
 from pages._ui import (PAGES, current_dataset, draw_failure, extractor_for, follow_job, friendly_errors, job_for,
                        percent, remember, scan_dataset, seconds, split_settings, start_job, store, through_router)
-from toptune_core.backbones import CATALOGUE, DEFAULT_BACKBONE, describe
-from toptune_core.classifiers import CLASSIFIERS
-from toptune_core.features import FeatureCache
-from toptune_core.jobs import JobView
-from toptune_core.runs import RunRecord, RunStore
-from toptune_core.toptuning import run_toptuning
+from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
+from toptune_core.methods.classifiers import CLASSIFIERS
+from toptune_core.features.cache import FeatureCache
+from toptune_core.jobs.thread import JobView
+from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.experiment import run_toptuning
 
 through_router()
 st.title("2 · Top-tune")

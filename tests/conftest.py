@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.config import DEMO_DATASET
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def small_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0_extractor():
     """One loaded tf_efficientnet_lite0 feature extractor (real offline ImageNet weights) for the session."""
-    from toptune_core.features import FeatureExtractor
+    from toptune_core.features.extractor import FeatureExtractor
 
     extractor = FeatureExtractor("tf_efficientnet_lite0")
     _ = extractor.model

@@ -28,10 +28,10 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import copy_subset
 from toptune_core.errors import Cancelled, DatasetError
-from toptune_core.jobs import JobRegistry
+from toptune_core.jobs.thread import JobRegistry
 from toptune_core.progress import Progress
-from toptune_core.runs import RunStore
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.runs.store import RunStore
+from toptune_core.config import DEMO_DATASET
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGE_TIMEOUT = 120  # seconds for one script run (the first one imports torch and loads a model)
@@ -221,7 +221,7 @@ def test_registry_forgets_oldest_finished_jobs():
 
 
 def test_dashboard_core_modules_do_not_import_streamlit():
-    code = ("import sys, toptune_core.jobs, toptune_core.uploads, toptune_core.dashboard; "
+    code = ("import sys, toptune_core.jobs.thread, toptune_core.data.uploads, toptune_core.workspace; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'streamlit'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=APP.parent, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -422,7 +422,7 @@ def test_eden_download_offline_says_so_plainly(fresh_home, monkeypatch):
     monkeypatch.setenv("TOPTUNE_EDEN_URL", f"http://127.0.0.1:{closed_port()}/datasets/")
     at = goto(new_app(), "data")
     at.radio(key="data_source").set_value("Eden Library").run()
-    from toptune_core.eden import EDEN_CATALOGUE
+    from toptune_core.data.eden import EDEN_CATALOGUE
 
     at.multiselect(key="eden_names").set_value([EDEN_CATALOGUE[1].name]).run()
     assert any("at least two" in i for i in texts(at.info)), "one plant is one class: not enough"

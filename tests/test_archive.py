@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toptune_core.archive import ArchiveError, find_dataset_root, safe_extract_zip
+from toptune_core.data.archive import ArchiveError, find_dataset_root, safe_extract_zip
 from toptune_core.errors import Cancelled, ToptuneError
 
 REPO = Path(__file__).resolve().parent.parent

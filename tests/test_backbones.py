@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from toptune_core.backbones import CATALOGUE, create_model, get_backbone, load_package_weights, offline_backbones
+from toptune_core.backbones.catalogue import CATALOGUE, create_model, get_backbone, load_package_weights, offline_backbones
 from toptune_core.errors import BackboneError
-from toptune_core.features import FeatureExtractor, eval_data_config
+from toptune_core.features.extractor import FeatureExtractor
+from toptune_core.backbones.pixels import eval_data_config
 
 ESPRESSO, CUP, COFFEE_MUG = 967, 968, 504
 TABBY, TIGER_CAT, EGYPTIAN_CAT = 281, 282, 285
@@ -62,7 +63,7 @@ def test_catalogue_metadata_matches_timm():
 
 def test_hub_backbone_offline_gives_clear_error():
     """Here the hub is unreachable: asking for a hub model names the offline backbones instead of a stack trace."""
-    from toptune_core.backbones import hub_reachable
+    from toptune_core.backbones.catalogue import hub_reachable
 
     if hub_reachable():
         pytest.skip("the Hugging Face hub is reachable from this machine")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.config import DEMO_DATASET
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from toptune_core.eden import (EDEN_CATALOGUE, DownloadError, download_eden_dataset, download_eden_datasets,
+from toptune_core.data.eden import (EDEN_CATALOGUE, DownloadError, download_eden_dataset, download_eden_datasets,
                                eden_label, eden_url)
 from toptune_core.errors import Cancelled
 
@@ -266,7 +266,7 @@ def test_combined_download_forms_one_multiclass_folder(server: Server, tmp_path:
 
 
 def test_combined_folder_loads_as_eden_dataset(server: Server, tmp_path: Path) -> None:
-    data = pytest.importorskip("toptune_core.data")
+    data = pytest.importorskip("toptune_core.data.dataset")
     combined = download_eden_datasets([OLD, NEW], tmp_path, base_url=server.base_url)
     ds = data.load_dataset(combined)
     assert sorted(ds.classes) == ["Black nightsade", "Cucumber"]

@@ -19,10 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from toptune_core import features
-from toptune_core.features import FeatureExtractor, eval_transform, resize_side, torch_threads
-from toptune_core.images import load_rgb
-from toptune_core.settings import DEMO_DATASET
+from toptune_core import system
+from toptune_core.features.extractor import FeatureExtractor
+from toptune_core.backbones.pixels import eval_transform, resize_side
+from toptune_core.system import torch_threads
+from toptune_core.data.images import load_rgb
+from toptune_core.config import DEMO_DATASET
 
 PHOTOS = sorted(DEMO_DATASET.glob("*/*.jpg"))
 
@@ -202,7 +204,7 @@ def test_camera_photos_extract_like_the_plain_path(small_batch_extractor, tmp_pa
 @pytest.mark.parametrize("cpus, lanes, threads", [(1, 1, 1), (2, 2, 1), (4, 4, 1), (16, 8, 2)])
 def test_cpu_plan_follows_the_cpus_this_process_may_use(monkeypatch, cpus, lanes, threads):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
-    monkeypatch.setattr(features, "_cgroup_cpu_quota", lambda: None)  # no container CPU quota
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: None)  # no container CPU quota
     extractor = FeatureExtractor("tf_efficientnet_lite0", device="cpu")
     plan = extractor.plan()
     assert (plan.device, plan.lanes, plan.threads) == ("cpu", lanes, threads)
@@ -212,8 +214,8 @@ def test_cpu_plan_follows_the_cpus_this_process_may_use(monkeypatch, cpus, lanes
 
 def test_a_cgroup_cpu_quota_caps_the_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    monkeypatch.setattr(features, "_cgroup_cpu_quota", lambda: 1.5)  # docker --cpus=1.5 on a 64-core host
-    assert features.available_cpus() == 2
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: 1.5)  # docker --cpus=1.5 on a 64-core host
+    assert system.available_cpus() == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toptune_core import finetune
+from toptune_core.finetune import engine as finetune
 from toptune_core.errors import ToptuneError
-from toptune_core.features import FeatureCache
-from toptune_core.finetune import FINETUNE_DEFAULTS, FineTuner, FinetuneJob, load_finetuned, run_finetuning
+from toptune_core.features.cache import FeatureCache
+from toptune_core.finetune.engine import FINETUNE_DEFAULTS, FineTuner, FinetuneJob, load_finetuned, run_finetuning
 from toptune_core.predict import Predictor
-from toptune_core.runs import RunStore
-from toptune_core.toptuning import run_toptuning
+from toptune_core.runs.store import RunStore
+from toptune_core.experiment import run_toptuning
 
 # A tiny but complete fine-tune: one epoch, the last block and the head trainable. Batches of 11: the 33
 # photos left for fitting (42 in the training part, 9 of them for validation) make 3 full batches, so no photo

@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from toptune_core.data import load_dataset
+from toptune_core.data.dataset import load_dataset
 from toptune_core.errors import Cancelled
-from toptune_core.features import FeatureCache, FeatureExtractor, get_features
+from toptune_core.features.cache import FeatureCache, get_features
+from toptune_core.features.extractor import FeatureExtractor
 from toptune_core.predict import Predictor
-from toptune_core.runs import RunStore
-from toptune_core.toptuning import run_toptuning
+from toptune_core.runs.store import RunStore
+from toptune_core.experiment import run_toptuning
 
 SUMMARY_KEYS = {"run_id", "backbone", "classifier", "n_train", "n_test", "accuracy", "balanced_accuracy", "macro_f1",
                 "extract_seconds", "fit_seconds", "cache_hit"}
@@ -142,7 +143,7 @@ def test_cli_bad_input_is_one_clear_line(case, tmp_path, small_dataset, subproce
         store.complete(run.id, metrics={}, timings={}, split={})
         bad = tmp_path / "leaf.jpg"
         bad.write_text("not a photo")
-        from toptune_core.classifiers import make_classifier
+        from toptune_core.methods.classifiers import make_classifier
         clf = make_classifier("logreg").fit(np.random.default_rng(0).normal(size=(6, 1280)), [0, 1, 2] * 2)
         store.save_model(run.id, {"kind": "toptune", "classifier": clf, "classes": ["a", "b", "c"],
                                   "backbone": "tf_efficientnet_lite0"})

@@ -8,11 +8,11 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ToptuneError
-from .evaluation import full_proba
-from .features import FeatureExtractor
-from .images import ImageSource
-from .runs import RunRecord, RunStore
+from toptune_core.errors import ToptuneError
+from toptune_core.evaluation import full_proba
+from toptune_core.features.extractor import FeatureExtractor
+from toptune_core.data.images import ImageSource
+from toptune_core.runs.store import RunRecord, RunStore
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Predictor:
         if run.status != "completed":
             raise ToptuneError(f"Run {run.id} is {run.status}, not completed; choose a completed run.")
         if run.method == "finetune":
-            from .finetune import load_finetuned
+            from toptune_core.finetune.engine import load_finetuned
 
             model = load_finetuned(store, run)
             return cls(run, list(model.classes), finetuned=model)

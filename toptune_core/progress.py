@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .errors import Cancelled
+from toptune_core.errors import Cancelled
 
 
 @dataclass(frozen=True)

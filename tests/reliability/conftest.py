@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.config import DEMO_DATASET
 
 
 # --- a trained run to classify with ---------------------------------------------------------------------
@@ -28,10 +28,10 @@ def trained(tmp_path_factory, lite0_extractor) -> Trained:
     It lives in its own data folder, shared by the session on purpose (tests only read it).
     """
     from tests.conftest import copy_subset
-    from toptune_core.features import FeatureCache
+    from toptune_core.features.cache import FeatureCache
     from toptune_core.predict import Predictor
-    from toptune_core.runs import RunStore
-    from toptune_core.toptuning import run_toptuning
+    from toptune_core.runs.store import RunStore
+    from toptune_core.experiment import run_toptuning
 
     home = tmp_path_factory.mktemp("trained_home")
     data = copy_subset(DEMO_DATASET, tmp_path_factory.mktemp("trained_data") / "beans", 8)

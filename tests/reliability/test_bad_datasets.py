@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_subset
-from toptune_core.data import load_dataset, stratified_split
+from toptune_core.data.dataset import load_dataset, stratified_split
 from toptune_core.errors import DatasetError
-from toptune_core.runs import RunStore
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.runs.store import RunStore
+from toptune_core.config import DEMO_DATASET
 
 from .realfiles import HEIC_LEAF, LEAF, assert_one_line_error, encode, jpeg_claiming, leaf_rgb, run_cli
 
@@ -229,7 +229,7 @@ def test_messy_dataset_run_completes_with_its_names_intact(messy_run) -> None:
 
 
 def test_same_file_name_in_every_class_stays_three_photos(messy_run) -> None:
-    from toptune_core.features import FeatureCache
+    from toptune_core.features.cache import FeatureCache
 
     (key,) = [p.name for p in (messy_run["home"] / "features").iterdir() if not p.name.startswith(".")]
     entry = FeatureCache(messy_run["home"] / "features").load(key)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from toptune_core.errors import ImageError
-from toptune_core.images import MAX_PIXELS, load_rgb
+from toptune_core.data.images import MAX_PIXELS, load_rgb
 
 from .realfiles import (HEIC_LEAF, LEAF, REPO, assert_one_line_error, encode, jpeg_claiming, leaf_rgb,
                        mean_abs_diff, png_16bit_rgb, png_claiming, run_cli, write_big_png)
@@ -270,7 +270,7 @@ def huge_images(tmp_path_factory) -> dict[str, tuple[Path, str]]:
 _MEASURE = r"""
 import json, resource, sys
 from toptune_core.errors import ImageError
-from toptune_core.images import load_rgb
+from toptune_core.data.images import load_rgb
 load_rgb(sys.argv[1])  # a normal photo first: the decoders are loaded and warm
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

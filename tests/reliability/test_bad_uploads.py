@@ -1,4 +1,4 @@
-"""Uploads through the dashboard's own path (``toptune_core.uploads``): hostile and useless zips, odd single
+"""Uploads through the dashboard's own path (``toptune_core.data.uploads``): hostile and useless zips, odd single
 photos, size limits, and the rule that nothing a user uploads is ever unpickled.
 
 ``safe_extract_zip`` itself (zip slip with ``../``, ``..\\`` and absolute paths, symbolic links, zip bombs by
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from toptune_core import uploads
-from toptune_core.archive import ArchiveError
-from toptune_core.data import load_dataset
+from toptune_core.data import uploads
+from toptune_core.data.archive import ArchiveError
+from toptune_core.data.dataset import load_dataset
 from toptune_core.errors import DatasetError, ImageError, ToptuneError
-from toptune_core.runs import RunStore
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.runs.store import RunStore
+from toptune_core.config import DEMO_DATASET
 
 from .realfiles import HEIC_LEAF, LEAF, REPO, encode, leaf_rgb
 

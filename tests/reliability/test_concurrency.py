@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toptune_core.data import load_dataset
+from toptune_core.data.dataset import load_dataset
 from toptune_core.errors import ImageError
-from toptune_core.features import FeatureCache, get_features
-from toptune_core.runs import RunStore
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.features.cache import FeatureCache, get_features
+from toptune_core.runs.store import RunStore
+from toptune_core.config import DEMO_DATASET
 
 from .realfiles import LEAF, encode, leaf_rgb
 

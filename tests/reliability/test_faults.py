@@ -32,10 +32,10 @@ import pytest
 
 from tests.conftest import copy_subset
 from toptune_core.errors import ToptuneError
-from toptune_core.features import FeatureCache
-from toptune_core.runs import RunStore
-from toptune_core.settings import DEMO_DATASET
-from toptune_core.toptuning import run_toptuning
+from toptune_core.features.cache import FeatureCache
+from toptune_core.runs.store import RunStore
+from toptune_core.config import DEMO_DATASET
+from toptune_core.experiment import run_toptuning
 
 from .realfiles import REPO, assert_one_line_error, cli_env, run_cli
 
@@ -200,7 +200,7 @@ def test_kill_during_fine_tune_then_rerun(home_with_earlier_run, tmp_path: Path)
         Predictor.from_run(killed.id, store=store)
     before.assert_intact()
 
-    from toptune_core.finetune import run_finetuning
+    from toptune_core.finetune.engine import run_finetuning
 
     rerun = run_finetuning(data, store=RunStore(home), epochs=0, head_epochs=1, batch_size=6, budget_seconds=None)
     assert rerun.status == "completed" and (rerun.dir / "model.safetensors").exists()
@@ -254,7 +254,7 @@ class _SlowZipServer:
 
 _DOWNLOAD = r"""
 import sys
-from toptune_core.eden import download_eden_dataset
+from toptune_core.data.eden import download_eden_dataset
 download_eden_dataset(sys.argv[1], sys.argv[2], base_url=sys.argv[3],
                       progress=lambda done, total, rate: print(f"got {done} of {total}", flush=True))
 print("done", flush=True)
@@ -265,7 +265,7 @@ def test_kill_during_download_then_resume(tmp_path: Path) -> None:
     import io
     import zipfile
 
-    from toptune_core.eden import download_eden_dataset, eden_url
+    from toptune_core.data.eden import download_eden_dataset, eden_url
 
     name = "Black nightsade-220519-Weed-zz-V1-20210225102034"
     photos = {f"{name}/DSC_{i:04d}.JPG": p.read_bytes() for i, p in enumerate(sorted(DEMO_DATASET.rglob("*.jpg"))[:60])}
@@ -342,7 +342,7 @@ def test_disk_full_during_a_run_is_one_line_and_keeps_earlier_runs(home_with_ear
 _FILL_STORE = r"""
 import sys
 from toptune_core.errors import ToptuneError
-from toptune_core.runs import RunStore
+from toptune_core.runs.store import RunStore
 store = RunStore(sys.argv[1])
 i = 0
 try:
@@ -460,7 +460,7 @@ _WRITER = r"""
 import sys
 import numpy as np
 import pandas as pd
-from toptune_core.runs import RunStore
+from toptune_core.runs.store import RunStore
 store = RunStore(sys.argv[1])
 weights = np.random.default_rng(0).normal(size=(500, 1000))  # a 4 MB model: its write takes a while
 preds = pd.DataFrame({"path": [f"leaf {j}.jpg" for j in range(500)], "true": ["healthy"] * 500,

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from toptune_core.errors import ImageError, ToptuneError
-from toptune_core.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_rgb
-from toptune_core.settings import DEMO_DATASET
+from toptune_core.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_rgb
+from toptune_core.config import DEMO_DATASET
 
 from .realfiles import encode, leaf_rgb, png_16bit_rgb
 
@@ -122,8 +122,8 @@ def zip_members(draw) -> list[tuple[zipfile.ZipInfo, bytes]]:
                                                                   HealthCheck.function_scoped_fixture])
 @given(members=zip_members())
 def test_zip_upload_gives_a_dataset_inside_the_data_folder_or_one_clear_line(members) -> None:
-    from toptune_core import uploads
-    from toptune_core.data import load_dataset
+    from toptune_core.data import uploads
+    from toptune_core.data.dataset import load_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import Cancelled, ToptuneError
+from toptune_core.errors import Cancelled, ToptuneError
 
 _DEFAULT_ADVICE = "Re-create the zip from the dataset folder."
 _DAMAGED_ADVICE = "Download or re-create the zip."

@@ -16,14 +16,15 @@ from typing import Optional
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE
-from .classifiers import CLASSIFIERS, fit_classifier, make_classifier
-from .data import Dataset, Split, load_dataset, stratified_split, test_folder_split
-from .errors import Cancelled, DatasetError
-from .evaluation import evaluate, full_proba
-from .features import FeatureCache, FeatureExtractor, FeatureSet, get_features
-from .progress import CancelCheck, ProgressCallback
-from .runs import RunRecord, RunStore
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
+from toptune_core.methods.classifiers import CLASSIFIERS, fit_classifier, make_classifier
+from toptune_core.data.dataset import Dataset, Split, load_dataset, stratified_split, test_folder_split
+from toptune_core.errors import Cancelled, DatasetError
+from toptune_core.evaluation import evaluate, full_proba
+from toptune_core.features.cache import FeatureCache, FeatureSet, get_features
+from toptune_core.features.extractor import FeatureExtractor
+from toptune_core.progress import CancelCheck, ProgressCallback
+from toptune_core.runs.store import RunRecord, RunStore
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import Optional
 
 from PIL import Image
 
-from .archive import ArchiveError, find_dataset_root, safe_extract_zip
-from .errors import ImageError, ToptuneError
-from .images import UNSUPPORTED_EXTENSIONS, load_rgb
-from .progress import CancelCheck, ProgressCallback, ProgressMeter
-from .settings import toptune_home
+from toptune_core.data.archive import ArchiveError, find_dataset_root, safe_extract_zip
+from toptune_core.errors import ImageError, ToptuneError
+from toptune_core.data.images import UNSUPPORTED_EXTENSIONS, load_rgb
+from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
+from toptune_core.config import toptune_home
 
 _MB = 2 ** 20
 #: Largest single photo accepted (MB). Phone photos are 2-15 MB; a 64-megapixel JPEG is rarely over 40 MB.

@@ -34,8 +34,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import pandas as pd
 
-from .errors import RunNotFound, ToptuneError
-from .settings import toptune_home
+from toptune_core.errors import RunNotFound, ToptuneError
+from toptune_core.config import toptune_home
+from toptune_core.system import pid_alive, process_start_token
 
 STATUSES = ("running", "completed", "cancelled", "failed", "interrupted")
 
@@ -107,37 +108,6 @@ class RunRecord:
         if not path.exists():
             raise ToptuneError(f"Run {self.id} has no saved predictions (status: {self.status}).")
         return pd.read_csv(path)
-
-
-def process_start_token(pid: int) -> Optional[str]:
-    """``<boot id>:<start time>`` of process ``pid`` (Linux), or None where that cannot be read.
-
-    Two processes that got the same pid (one after the other, or after a reboot) have different tokens.
-    """
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        start = stat_line.rsplit(")", 1)[1].split()[19]  # field 22, counted after "pid (comm)"
-    except (OSError, IndexError):
-        return None
-    return f"{boot}:{start}"
-
-
-def _pid_alive(pid: Optional[int], proc_start: Optional[str] = None) -> bool:
-    """True if process ``pid`` exists and, when ``proc_start`` is known, is the same process that started the run."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if proc_start:
-        now = process_start_token(pid)
-        if now is not None and now != proc_start:
-            return False  # the pid was reused by another process
-    return True
 
 
 def _fsync_file(path: Path) -> None:
@@ -333,7 +303,7 @@ class RunStore:
         """
         host = socket.gethostname()
         stale = [r.id for r in self.list(status="running")
-                 if r.host == host and not _pid_alive(r.pid, r.proc_start)]
+                 if r.host == host and not pid_alive(r.pid, r.proc_start)]
         marked = 0
         for run_id in stale:
             try:

@@ -22,8 +22,8 @@ from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 
-from .runs import RunRecord
-from .settings import DEMO_DATASET, toptune_home
+from toptune_core.runs.store import RunRecord
+from toptune_core.config import DEMO_DATASET, toptune_home
 
 DEFAULT_STATE = {"dataset": None, "seed": 0, "test_size": 0.25, "jobs": {}, "finetune_run": None, "last_run": None}
 

@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Targets of issue 5 for a 2-CPU machine (tf_efficientnet_lite0, full iBean set).
 TARGET_CEILING_SHARE = 0.90
@@ -167,7 +167,7 @@ def model_ceiling(extractor, batch_sizes: list[int], seconds: float = 2.0) -> Ce
     """
     import torch
 
-    from .features import available_cpus, torch_threads
+    from toptune_core.system import available_cpus, torch_threads
 
     model = extractor.model
     device = next(model.parameters()).device
@@ -247,8 +247,8 @@ def naive_rate(paths: list[str], backbone: str, device, batch_size: int = 16) ->
     import torch
     from PIL import Image
 
-    from .backbones import create_model
-    from .features import eval_data_config, eval_transform
+    from toptune_core.backbones.catalogue import create_model
+    from toptune_core.backbones.pixels import eval_data_config, eval_transform
 
     model = create_model(backbone, num_classes=0).to(device)
     transform = eval_transform(eval_data_config(backbone))
@@ -357,8 +357,10 @@ def run_bench(data: str, backbone: str, *, seed: int = 0, test_size: float = 0.2
 def _run_bench(data: str, backbone: str, home: Path, camera_images: int, naive_images: int, repeats: int,
                batch_sizes: Optional[tuple[int, ...]], log: Callable[[str], None], seed: int = 0,
                test_size: float = 0.25) -> BenchReport:
-    from .data import load_dataset
-    from .features import FeatureCache, FeatureExtractor, available_cpus, get_features
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.features.cache import FeatureCache, get_features
+    from toptune_core.features.extractor import FeatureExtractor
+    from toptune_core.system import available_cpus
 
     report = BenchReport()
     figs = report.figures
@@ -463,14 +465,14 @@ def _run_bench(data: str, backbone: str, home: Path, camera_images: int, naive_i
                  "--seed", str(seed), "--test-size", str(test_size), "--json", str(summary_json)]
     rerun_s, _ = time_command(rerun_cmd, env, max(3, repeats))
     summary = json.loads(summary_json.read_text())
-    probe = subprocess.run([sys.executable, "-c", "import sys; from toptune_core.cli import main; "
+    probe = subprocess.run([sys.executable, "-c", "import sys; from toptune_core.cli.main import main; "
                             f"rc = main({rerun_cmd[3:]!r}); print('torch' in sys.modules)"],
                            env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     torch_loaded = probe.stdout.strip().splitlines()[-1:] == ["True"]
-    startup_s, _ = time_command([sys.executable, "-c", "from toptune_core.cli import _load_extensions; "
-                                 "_load_extensions(); import toptune_core.toptuning"], env, 3)
+    startup_s, _ = time_command([sys.executable, "-c", "from toptune_core.cli.main import _load_extensions; "
+                                 "_load_extensions(); import toptune_core.experiment"], env, 3)
     figs["startup_imports_s"] = startup_s
-    from .toptuning import run_toptuning
+    from toptune_core.experiment import run_toptuning
 
     warm_reruns = [run_toptuning(dataset.root, backbone=backbone, extractor=extractor, seed=seed,
                                  test_size=test_size).timings["total_seconds"]
@@ -481,7 +483,7 @@ def _run_bench(data: str, backbone: str, home: Path, camera_images: int, naive_i
 
     # 6. single-photo prediction
     log("single-photo prediction, warm and cold")
-    from .predict import Predictor
+    from toptune_core.predict import Predictor
 
     predictor = Predictor.from_run(summary["run_id"], extractor=extractor)
     warm = {}
@@ -570,7 +572,7 @@ def _run_bench(data: str, backbone: str, home: Path, camera_images: int, naive_i
 # --- command line -----------------------------------------------------------------------------------
 
 def add_cli(subparsers, data_args) -> None:
-    from .cli import command
+    from toptune_core.cli.main import command
 
     p = subparsers.add_parser("bench", help="measure extraction, training and prediction speed; prints a table")
     data_args(p)
@@ -585,7 +587,7 @@ def add_cli(subparsers, data_args) -> None:
 
     @command("bench")
     def cmd_bench(args: argparse.Namespace) -> int:
-        from .errors import ToptuneError
+        from toptune_core.errors import ToptuneError
 
         if args.camera_images < 1 or args.naive_images < 1:
             raise ToptuneError("--camera-images and --naive-images must be at least 1.")

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL import features as _pil_features
 
-from .errors import ImageError
+from toptune_core.errors import ImageError
 
 # Register exactly the decoders used below (Image.open(formats=...) needs them loaded).
 from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, MpoImagePlugin, PngImagePlugin  # noqa: E402,F401

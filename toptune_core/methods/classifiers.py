@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .errors import ToptuneError
-from .progress import CancelCheck, ProgressCallback, ProgressMeter
+from toptune_core.errors import ToptuneError
+from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
 
 
 @dataclass(frozen=True)

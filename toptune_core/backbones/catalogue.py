@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from .errors import BackboneError
+from toptune_core.errors import BackboneError
 
 if TYPE_CHECKING:  # torch is imported only where a model is built, so cached runs start fast
     import torch

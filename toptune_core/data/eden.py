@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from .archive import ArchiveError, safe_extract_zip
-from .data import eden_label  # noqa: F401  (re-exported: the label rule lives with the dataset scanner)
-from .errors import Cancelled, ToptuneError
+from toptune_core.data.archive import ArchiveError, safe_extract_zip
+from toptune_core.data.dataset import eden_label  # noqa: F401  (re-exported: the label rule lives with the dataset scanner)
+from toptune_core.errors import Cancelled, ToptuneError
 
 EDEN_BASE_URL = "https://api.edenlibrary.ai/datasets/"
 USER_AGENT = "toptune (Eden Library dataset download)"

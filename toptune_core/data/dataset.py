@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import DatasetError
-from .images import UNSUPPORTED_EXTENSIONS, is_image_file
+from toptune_core.errors import DatasetError
+from toptune_core.data.images import UNSUPPORTED_EXTENSIONS, is_image_file
 
 # "<Common name>-<DDMMYY>-<condition>-zz-..." / "<Common>-<Genus_species>-<condition>-PRX-RGB-NA-<YYYYMMDD>"
 _EDEN_FOLDER = re.compile(r"^[^-]+-.+-(zz|PRX)(-|$)")

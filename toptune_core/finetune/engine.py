@@ -50,14 +50,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .backbones import DEFAULT_BACKBONE, create_model, get_backbone
-from .data import stratified_split
-from .errors import Cancelled, DatasetError, ImageError, ToptuneError
-from .evaluation import evaluate
-from .features import eval_data_config, eval_transform, resize_side
-from .images import ImageSource, load_rgb
-from .progress import CancelCheck, Progress, ProgressCallback, ProgressMeter, check_cancel
-from .runs import RunRecord, RunStore
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, create_model, get_backbone
+from toptune_core.data.dataset import stratified_split
+from toptune_core.errors import Cancelled, DatasetError, ImageError, ToptuneError
+from toptune_core.evaluation import evaluate
+from toptune_core.backbones.pixels import eval_data_config, eval_transform, resize_side
+from toptune_core.data.images import ImageSource, load_rgb
+from toptune_core.progress import CancelCheck, Progress, ProgressCallback, ProgressMeter, check_cancel
+from toptune_core.runs.store import RunRecord, RunStore
 
 if TYPE_CHECKING:
     import torch
@@ -966,7 +966,7 @@ def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, 
     ``run_id``: continue a run already recorded (``FinetuneJob`` records it
     before starting the training process). ``hyper``: any ``FINETUNE_DEFAULTS`` setting.
     """
-    from .toptuning import load_data, split_for
+    from toptune_core.experiment import load_data, split_for
 
     start = time.perf_counter()
     store = store or RunStore()
@@ -1182,7 +1182,7 @@ class FinetuneJob:
     @classmethod
     def start(cls, data: str | Path, *, store_root: Optional[str | Path] = None, **kwargs: Any) -> "FinetuneJob":
         """Check the settings and the data folder, record the run, start the training process; returns at once."""
-        from .toptuning import load_data
+        from toptune_core.experiment import load_data
 
         allowed = {"test_data", "backbone", "seed", "test_size"} | set(FINETUNE_DEFAULTS)
         unknown = sorted(set(kwargs) - allowed)
@@ -1209,7 +1209,7 @@ class FinetuneJob:
         # The run now belongs to the training process: the store judges "still running" by its pid (and, where
         # the store records it, the process's start token, so a reused pid is not mistaken for it).
         owner: dict[str, Any] = {"pid": process.pid, "host": socket.gethostname()}
-        from . import runs as runs_module
+        from toptune_core.runs import store as runs_module
 
         token = getattr(runs_module, "process_start_token", None)
         if token is not None:

@@ -1,4 +1,4 @@
-"""Command-line commands ``finetune`` and ``compare`` (loaded by ``toptune_core.cli``).
+"""Command-line commands ``finetune`` and ``compare`` (loaded by ``toptune_core.cli.main``).
 
 ``python -m toptune_core finetune --data DIR --backbone NAME [--epochs N] [--budget-seconds S] ...``
 fine-tunes on the same split as ``toptune`` and records the run.
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .cli import command
-from .finetune import FINETUNE_DEFAULTS
+from toptune_core.cli.main import command
+from toptune_core.finetune.engine import FINETUNE_DEFAULTS
 
 
 def _optional_int(text: str) -> Optional[int]:
@@ -69,7 +69,7 @@ def _hyper(args: argparse.Namespace) -> dict:
 
 def finetune_summary(run) -> dict:
     """``toptuning.summary`` plus the fine-tune's training seconds and epochs."""
-    from .toptuning import summary
+    from toptune_core.experiment import summary
 
     out = summary(run)
     out["train_seconds"] = run.timings.get("train_seconds")
@@ -99,8 +99,8 @@ def _print_finetune(run) -> None:
 
 @command("finetune")
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import run_finetuning
-    from .progress import TextProgressBar
+    from toptune_core.finetune.engine import run_finetuning
+    from toptune_core.progress import TextProgressBar
 
     run = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
                          test_size=args.test_size, progress=TextProgressBar(), **_hyper(args))
@@ -139,10 +139,10 @@ def _load() -> str:
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .finetune import run_finetuning
-    from .progress import TextProgressBar
-    from .runs import RunStore
-    from .toptuning import run_toptuning
+    from toptune_core.finetune.engine import run_finetuning
+    from toptune_core.progress import TextProgressBar
+    from toptune_core.runs.store import RunStore
+    from toptune_core.experiment import run_toptuning
 
     store = RunStore()
     load_before = _load()

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import Cancelled, ToptuneError
-from .progress import CancelCheck, Progress, ProgressCallback
+from toptune_core.errors import Cancelled, ToptuneError
+from toptune_core.progress import CancelCheck, Progress, ProgressCallback
 
 #: Job states: queued -> running -> completed | cancelled | failed.
 STATES = ("queued", "running", "completed", "cancelled", "failed")

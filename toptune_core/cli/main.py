@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import ToptuneError
-from .progress import TextProgressBar
+from toptune_core.errors import ToptuneError
+from toptune_core.progress import TextProgressBar
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -52,7 +52,7 @@ def _print_report(run) -> None:
 
 @command("toptune")
 def cmd_toptune(args: argparse.Namespace) -> int:
-    from .toptuning import run_toptuning, summary
+    from toptune_core.experiment import run_toptuning, summary
 
     run = run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=args.classifier,
                         seed=args.seed, test_size=args.test_size, progress=TextProgressBar())
@@ -63,7 +63,7 @@ def cmd_toptune(args: argparse.Namespace) -> int:
 
 @command("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor
+    from toptune_core.predict import Predictor
 
     predictor = Predictor.from_run(args.run)
     for image in args.images:
@@ -75,7 +75,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("runs")
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import RunStore
+    from toptune_core.runs.store import RunStore
 
     for run in RunStore().list():
         print(f"{run.status:11s} {run.label}")
@@ -83,7 +83,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones import DEFAULT_BACKBONE
+    from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
     parser = argparse.ArgumentParser(prog="python -m toptune_core",
                                      description="Top-tuning of pretrained backbones on plant photos.")
@@ -119,17 +119,11 @@ _EXTENSIONS: list[Callable] = []
 
 
 def _load_extensions() -> None:
-    import importlib
+    from toptune_core.bench import run as bench
+    from toptune_core.cli import finetune as finetune_cli
 
-    for module in ("finetune_cli", "bench"):
-        try:
-            mod = importlib.import_module(f"toptune_core.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"toptune_core.{module}":
-                raise
-            continue
-        if hasattr(mod, "add_cli"):
-            _EXTENSIONS.append(mod.add_cli)
+    if not _EXTENSIONS:
+        _EXTENSIONS.extend([finetune_cli.add_cli, bench.add_cli])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
