@@ -27,6 +27,8 @@ st.write("Fine-tuning trains every layer of the backbone on your photos. It is t
          "pretrained network, and much slower than top-tuning: run it to see what the extra time buys. "
          "It is tested on the same held-out photos as top-tuning.")
 
+from toptune_core.jobs.process import FinetuneJob
+
 try:
     from toptune_core.finetune import engine as finetune
 except ImportError:  # the engine is a separate part; without it the page says so instead of failing
@@ -89,7 +91,7 @@ def show_status(run_id: str, status: dict) -> None:
 def follow(run_id: str) -> None:
     """Live view of one fine-tune: a fragment that reads its recorded status every second while it runs."""
     try:
-        job = finetune.FinetuneJob.attach(run_id)
+        job = FinetuneJob.attach(run_id)
         first = job.status()
     except RunNotFound:
         st.info("That fine-tune is no longer recorded.")
@@ -140,7 +142,7 @@ def start_form() -> None:
         st.dataframe(pd.DataFrame({"setting": list(defaults), "default": [str(v) for v in defaults.values()]}),
                      hide_index=True)
     if st.button("Start fine-tuning", type="primary", icon=":material/model_training:"):
-        job = finetune.FinetuneJob.start(choice["path"], backbone=backbone, seed=seed, test_size=test_size,
+        job = FinetuneJob.start(choice["path"], backbone=backbone, seed=seed, test_size=test_size,
                                          epochs=int(epochs), budget_seconds=float(budget_min * 60) or None)
         remember("finetune_run", job.run_id)
         st.rerun()

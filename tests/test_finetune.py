@@ -25,7 +25,8 @@ import pytest
 from toptune_core.finetune import engine as finetune
 from toptune_core.errors import ToptuneError
 from toptune_core.features.cache import FeatureCache
-from toptune_core.finetune.engine import FINETUNE_DEFAULTS, FineTuner, FinetuneJob, load_finetuned, run_finetuning
+from toptune_core.finetune.engine import FINETUNE_DEFAULTS, FineTuner, load_finetuned, run_finetuning
+from toptune_core.jobs.process import FinetuneJob
 from toptune_core.predict import Predictor
 from toptune_core.runs.store import RunStore
 from toptune_core.experiment import run_toptuning

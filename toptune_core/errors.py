@@ -28,3 +28,7 @@ class RunNotFound(ToptuneError):
 
 class Cancelled(ToptuneError):
     """The user cancelled the job."""
+
+
+class JobInterrupted(ToptuneError):
+    """A job's process was stopped from outside (not by the user's cancel)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from toptune_core.errors import Cancelled
@@ -101,3 +101,11 @@ class TextProgressBar:
             self.stream.write("\n")
             self._last_stage = None
         self.stream.flush()
+
+
+def progress_as_dict(p: Progress) -> dict:
+    """A progress event as a JSON-ready dict, with its fraction and one-line description."""
+    d = asdict(p)
+    d["fraction"] = p.fraction
+    d["text"] = p.describe()
+    return d

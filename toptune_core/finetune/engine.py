@@ -52,7 +52,7 @@ from sklearn.base import BaseEstimator
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, create_model, get_backbone
 from toptune_core.data.dataset import stratified_split
-from toptune_core.errors import Cancelled, DatasetError, ImageError, ToptuneError
+from toptune_core.errors import Cancelled, DatasetError, ImageError, JobInterrupted, ToptuneError
 from toptune_core.evaluation import evaluate
 from toptune_core.backbones.pixels import eval_data_config, eval_transform, resize_side
 from toptune_core.data.images import ImageSource, load_rgb
@@ -109,9 +109,6 @@ FINETUNE_RECIPE: dict[str, str] = {
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "finetune.json"
-PROGRESS_FILE = "progress.json"
-CANCEL_FILE = "cancel.request"
-LOG_FILE = "job.log"
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -128,14 +125,6 @@ class TrainProgress(Progress):
     loss: Optional[float] = None  # running mean training loss of the epoch
     val_accuracy: Optional[float] = None  # of the last finished epoch
     epoch_end: bool = False
-
-
-def progress_as_dict(p: Progress) -> dict:
-    """A progress event as a JSON-ready dict, with its fraction and one-line description."""
-    d = asdict(p)
-    d["fraction"] = p.fraction
-    d["text"] = p.describe()
-    return d
 
 
 # --- small helpers -------------------------------------------------------------------------------
@@ -940,10 +929,6 @@ def _jsonable(obj: Any) -> Any:
 
 # --- the recorded pipeline -----------------------------------------------------------------------
 
-class JobInterrupted(ToptuneError):
-    """The training process was stopped from outside (not by the user's cancel)."""
-
-
 def _relpath(path: str, roots: Sequence[Path]) -> str:
     p = Path(path)
     for root in roots:
@@ -1075,247 +1060,3 @@ def load_finetuned(store: RunStore, run: RunRecord, *, device: Optional[str] = N
         raise ToptuneError(f"Run {run.id} has no saved fine-tuned weights (status: {run.status}); "
                            "choose a completed fine-tune.")
     return FineTuner.load(folder, device=device)
-
-
-# --- the background job --------------------------------------------------------------------------
-
-class _ProgressFile:
-    """A progress callback that writes the latest event as JSON, atomically, at most every ``interval`` s."""
-
-    def __init__(self, path: Path, interval: float = 0.2):
-        self.path, self.interval = path, interval
-        self._last = 0.0
-        self._last_stage = None
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        important = p.stage != self._last_stage or getattr(p, "epoch_end", False) or \
-            (p.total is not None and p.done >= p.total)
-        if not important and now - self._last < self.interval:
-            return
-        self._last, self._last_stage = now, p.stage
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(progress_as_dict(p)))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # progress is best effort; the run record is what counts
-
-
-_TERMINATED = False
-
-
-def _on_sigterm(signum, frame) -> None:
-    """In the training process: SIGTERM ends the run - as cancelled if the user asked, else as interrupted."""
-    global _TERMINATED
-    if _TERMINATED:
-        return
-    _TERMINATED = True
-    if _CANCEL_PATH is not None and _CANCEL_PATH.exists():
-        raise Cancelled("Fine-tuning was cancelled.")
-    raise JobInterrupted("The fine-tuning process was stopped (the dashboard or the machine shut down).")
-
-
-_CANCEL_PATH: Optional[Path] = None
-
-
-def _job_main(run_id: str, store_root: str, data: str, kwargs: dict) -> None:
-    """The training process: runs ``run_finetuning`` for an already recorded run."""
-    global _CANCEL_PATH
-    store = RunStore(store_root)
-    folder = store.run_dir(run_id)
-    _CANCEL_PATH = folder / CANCEL_FILE
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the dashboard's terminal stops the dashboard, not this
-    cancel_path = _CANCEL_PATH
-    try:
-        run_finetuning(data, store=store, run_id=run_id, progress=_ProgressFile(folder / PROGRESS_FILE),
-                       should_cancel=cancel_path.exists, **kwargs)
-    except (Cancelled, JobInterrupted):
-        pass
-    except ToptuneError:
-        pass  # recorded as failed with its one-line message
-    except BaseException:
-        try:
-            (folder / LOG_FILE).write_text(traceback.format_exc())
-        except OSError:
-            pass
-
-
-def _pid_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_JOBS: dict[str, "FinetuneJob"] = {}
-
-
-class FinetuneJob:
-    """A fine-tune running in a separate process (multiprocessing 'spawn'), that can be cancelled at any moment.
-
-    ``start`` records the run and returns at once (``run_id`` is known); the
-    process writes its latest progress to ``progress.json`` in the run folder
-    and its curve to the run store after each epoch; ``status()`` reads them.
-    ``attach(run_id)`` finds the job again after a browser reload or from
-    another session. ``cancel()`` asks the process to stop (a flag file it
-    checks inside every block of the network), then terminates it if it has
-    not stopped within a few seconds; the run ends ``cancelled`` with the curve
-    of its finished epochs. Earlier runs and the feature cache are never touched.
-    """
-
-    def __init__(self, run_id: str, store_root: Optional[str | Path] = None, process=None):
-        self.run_id = run_id
-        self.store_root = str(store_root) if store_root else None
-        self._process = process
-
-    @property
-    def store(self) -> RunStore:
-        return RunStore(self.store_root)
-
-    @classmethod
-    def start(cls, data: str | Path, *, store_root: Optional[str | Path] = None, **kwargs: Any) -> "FinetuneJob":
-        """Check the settings and the data folder, record the run, start the training process; returns at once."""
-        from toptune_core.experiment import load_data
-
-        allowed = {"test_data", "backbone", "seed", "test_size"} | set(FINETUNE_DEFAULTS)
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            raise ToptuneError(f"Unknown fine-tune setting(s): {', '.join(unknown)}.")
-        hyper = {k: v for k, v in kwargs.items() if k in FINETUNE_DEFAULTS and k not in ("backbone", "seed")}
-        backbone = kwargs.get("backbone", DEFAULT_BACKBONE)
-        FineTuner(backbone=backbone, seed=kwargs.get("seed", 0), **hyper).check_params()
-        dataset, test_dataset = load_data(data, kwargs.get("test_data"))
-        store = RunStore(store_root)
-        params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
-                  "seed": kwargs.get("seed", 0), "test_size": kwargs.get("test_size", 0.25),
-                  "hyper": _jsonable(hyper), "classes": dataset.classes}
-        run = store.start(method="finetune", backbone=backbone, dataset=str(dataset.root), params=params)
-        ctx = multiprocessing.get_context("spawn")
-        child_kwargs = {k: (str(v) if k == "test_data" and v is not None else v) for k, v in kwargs.items()}
-        process = ctx.Process(target=_job_main, args=(run.id, str(store.root), str(dataset.root), child_kwargs),
-                              name=f"finetune-{run.id}", daemon=True)
-        try:
-            process.start()
-        except BaseException as e:
-            store.finish(run.id, "failed", f"Could not start the training process ({e}).")
-            raise ToptuneError(f"Could not start the training process ({e}).") from None
-        # The run now belongs to the training process: the store judges "still running" by its pid (and, where
-        # the store records it, the process's start token, so a reused pid is not mistaken for it).
-        owner: dict[str, Any] = {"pid": process.pid, "host": socket.gethostname()}
-        from toptune_core.runs import store as runs_module
-
-        token = getattr(runs_module, "process_start_token", None)
-        if token is not None:
-            owner["proc_start"] = token(process.pid)
-        store.update(run.id, **owner)
-        job = cls(run.id, store.root, process)
-        _JOBS[run.id] = job
-        return job
-
-    @classmethod
-    def attach(cls, run_id: str, store_root: Optional[str | Path] = None) -> "FinetuneJob":
-        """The job of a recorded fine-tune run (running or finished), e.g. after a browser reload."""
-        job = _JOBS.get(run_id)
-        if job is not None:
-            return job
-        run = RunStore(store_root).get(run_id)  # RunNotFound for an unknown id
-        if run.method != "finetune":
-            raise ToptuneError(f"Run {run_id} is a {run.method} run, not a fine-tune.")
-        return cls(run_id, store_root)
-
-    def _alive(self, run: Optional[RunRecord] = None) -> bool:
-        if self._process is not None:
-            return self._process.is_alive()
-        run = run or self.store.get(self.run_id)
-        return run.host == socket.gethostname() and _pid_alive(run.pid)
-
-    def _pid(self) -> Optional[int]:
-        if self._process is not None:
-            return self._process.pid
-        run = self.store.get(self.run_id)
-        return run.pid if run.host == socket.gethostname() else None
-
-    def status(self) -> dict:
-        """{'state', 'progress' (latest event as a dict, or None), 'curve', 'error', 'metrics', 'run_id'}."""
-        multiprocessing.active_children()  # reap finished training processes of this process (no zombies)
-        store = self.store
-        run = store.get(self.run_id)
-        if run.status == "running" and not self._alive(run):
-            run = store.get(self.run_id)  # it may have recorded its end just before exiting
-            if run.status == "running":
-                store.finish(self.run_id, "interrupted", "The training process stopped unexpectedly "
-                                                         "(crash, out of memory or killed).")
-                run = store.get(self.run_id)
-        progress = None
-        try:
-            progress = json.loads((store.run_dir(self.run_id) / PROGRESS_FILE).read_text())
-        except (OSError, ValueError):
-            pass
-        return {"run_id": self.run_id, "state": run.status, "progress": progress, "curve": run.curve,
-                "error": run.error, "metrics": run.metrics}
-
-    @property
-    def running(self) -> bool:
-        return self.status()["state"] == "running"
-
-    def cancel(self, grace: float = 2.0, kill_after: float = 3.0) -> None:
-        """Stop the training now: the flag first, then SIGTERM after ``grace`` s, then SIGKILL. Recorded 'cancelled'."""
-        store = self.store
-        folder = store.run_dir(self.run_id)
-        try:
-            (folder / CANCEL_FILE).touch()
-        except OSError:
-            pass
-        run = store.get(self.run_id)
-        if run.status != "running":
-            return
-        pid = self._pid()
-        self._wait_exit(grace)
-        for sig, wait_s in ((signal.SIGTERM, kill_after), (signal.SIGKILL, 2.0)):
-            if not self._alive():
-                break
-            if pid:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-            self._wait_exit(wait_s)
-        multiprocessing.active_children()
-        run = store.get(self.run_id)
-        if run.status == "running" and not self._alive():
-            store.finish(self.run_id, "cancelled", "Fine-tuning was cancelled.")
-
-    def _wait_exit(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self._process is not None:
-                self._process.join(timeout=0.05)
-                if not self._process.is_alive():
-                    return
-            elif not self._alive():
-                return
-            else:
-                time.sleep(0.05)
-
-    def wait(self, timeout: Optional[float] = None) -> dict:
-        """Block until the run is no longer running (or ``timeout`` seconds); returns ``status()``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            st = self.status()
-            if st["state"] != "running":
-                if self._process is not None:
-                    self._process.join(timeout=5)
-                return st
-            if deadline is not None and time.monotonic() >= deadline:
-                return st
-            if self._process is not None:
-                self._process.join(timeout=0.25)
-            else:
-                time.sleep(0.25)

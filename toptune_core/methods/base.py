@@ -1,0 +1,101 @@
+"""What every training method is: a scikit-learn-style estimator over photos.
+
+Both methods (``TopTuner``: frozen features + a top classifier; ``FineTuner``:
+the whole network trained) follow scikit-learn's conventions: parameters are
+set in ``__init__`` only (defaults written once, in the signature), fitted
+state ends in ``_``, and ``fit`` / ``predict_proba`` / ``save`` / ``load``.
+The experiment (``toptune_core.experiment``) drives any of them the same way:
+
+1. ``read(dataset)`` -> ``PhotoTable``: which photos are readable (the one
+   rule of ``backbones.pixels``) and anything the method derives from all
+   photos up front (top-tuning: the cached features);
+2. the split is made over the readable photos, the same for every method;
+3. ``fit(train, y, classes)`` on the training ``Photos`` only;
+4. ``predict_proba(test)`` once, on the held-out ``Photos``;
+5. ``save(folder)`` into the run's own folder; ``timings()`` and
+   ``record()`` go into the run record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from toptune_core.progress import CancelCheck, ProgressCallback
+
+EpochCallback = Callable[[dict], None]
+
+
+@dataclass
+class PhotoTable:
+    """What ``read`` found in one dataset: readable photos, reasons for the others, and up-front features."""
+
+    ok: np.ndarray  # (n,) bool, in dataset order
+    errors: list[tuple[int, str]]  # (index, one-line reason) of unreadable photos
+    features: Optional[np.ndarray] = None  # (n_ok, dim) for the readable photos, when the method uses features
+    seconds: float = 0.0  # time spent reading in this call
+    cost_seconds: float = 0.0  # what producing this table cost when it was first made (feature extraction)
+    cache_hit: Optional[bool] = None
+
+
+@dataclass
+class Photos:
+    """Photos handed to ``fit`` / ``predict_proba``: paths (or in-memory sources), and their features if known."""
+
+    paths: list  # str paths, or file-like sources for single uploaded photos
+    features: Optional[np.ndarray] = None  # (len(paths), dim), aligned with paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx: Sequence[int]) -> "Photos":
+        idx = list(idx)
+        return Photos([self.paths[i] for i in idx], None if self.features is None else self.features[idx])
+
+
+class PhotoEstimator(BaseEstimator):
+    """The interface both methods implement (see the module's docstring)."""
+
+    #: "toptune" or "finetune": how the run store and the pages name the method.
+    method: str = ""
+
+    def read(self, dataset, *, progress: Optional[ProgressCallback] = None,
+             should_cancel: Optional[CancelCheck] = None) -> PhotoTable:
+        raise NotImplementedError
+
+    def fit(self, photos: Photos, y: np.ndarray, classes: Sequence[str], *,
+            progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
+            on_epoch: Optional[EpochCallback] = None) -> "PhotoEstimator":
+        raise NotImplementedError
+
+    def predict_proba(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
+                      should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> list[str]:
+        """Write the fitted model into ``folder``; returns the file names written (the store checksums them)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path, **kwargs) -> "PhotoEstimator":
+        raise NotImplementedError
+
+    def timings(self) -> dict:
+        """Fitted facts for the run record's timings (``fit_seconds`` at least)."""
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        """Settings for the run record's params (JSON-ready)."""
+        raise NotImplementedError
+
+    def split_notes(self) -> dict:
+        """Extra facts for the run record's split (e.g. the fine-tune's validation photos)."""
+        return {}
+
+    @property
+    def classes(self) -> list[str]:
+        return list(getattr(self, "classes_", []))
