@@ -22,6 +22,7 @@ from toptune_core.evaluation import evaluate
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
 from toptune_core.progress import CancelCheck, ProgressCallback, check_cancel
 from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.trust.familiarity import FamiliarityCheck, held_out_report
 
 
 def _relpath(path: str, roots: list[Path]) -> str:
@@ -123,23 +124,41 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
         curve.append(entry)
         store.update(run.id, curve=curve)
 
-    estimator.fit(photos.subset(split.train_idx), labels[split.train_idx], dataset.classes, progress=progress,
-                  should_cancel=should_cancel, on_epoch=on_epoch)
+    train, test = photos.subset(split.train_idx), photos.subset(split.test_idx)
+    y_train, y_test = labels[split.train_idx], labels[split.test_idx]
+    estimator.fit(train, y_train, dataset.classes, progress=progress, should_cancel=should_cancel, on_epoch=on_epoch)
     t0 = time.perf_counter()
-    test = photos.subset(split.test_idx)
+    test = Photos(test.paths, estimator.embed(test, progress=progress, should_cancel=should_cancel))
     proba = estimator.predict_proba(test, progress=progress, should_cancel=should_cancel)
     predict_seconds = time.perf_counter() - t0
-    result = evaluate(labels[split.test_idx], proba, dataset.classes, test.paths)
+    result = evaluate(y_test, proba, dataset.classes, test.paths)
+    check, familiarity_seconds = _familiarity(estimator, train, y_train, dataset.classes, seed, progress, should_cancel)
+    report = held_out_report(check, test.features, y_test, proba.argmax(axis=1))
+    result.metrics["familiarity"] = report
+    verdicts = check.check(test.features, n_nearest=0)
+    result.predictions["familiarity"] = [v.familiarity for v in verdicts]
+    result.predictions["recognised"] = [v.recognised for v in verdicts]
+    store.update(run.id, params={**run.params, "familiarity": check.describe()})
     check_cancel(should_cancel, "The run")
-    store.save_model_files(run.id, estimator.save)
+    store.save_model_files(run.id, lambda folder: estimator.save(folder) + check.save(folder))
     notes = dict(estimator.split_notes())
     if "val_paths" in notes:
         notes["val_files"] = [_relpath(p, [ds.root for ds in datasets]) for p in notes.pop("val_paths")]
     split_record = {**split.describe(), "n_train": int(len(split.train_idx)), **notes, "test_files": test.paths,
                     "unreadable": _unreadable(datasets, tables)}
     return store.complete(run.id, metrics=result.metrics, split=split_record, predictions=result.predictions,
-                          timings=_timings(tables, estimator.timings(), predict_seconds, start),
+                          timings=_timings(tables, {**estimator.timings(), "familiarity_seconds": familiarity_seconds},
+                                           predict_seconds, start),
                           curve=curve or None)
+
+
+def _familiarity(estimator, train: Photos, y_train, classes, seed: int, progress, should_cancel
+                 ) -> tuple[FamiliarityCheck, float]:
+    """The familiarity check of a fitted estimator, calibrated on its training photos only."""
+    t0 = time.perf_counter()
+    embeddings = estimator.embed(train, progress=progress, should_cancel=should_cancel)  # cached for top-tuning
+    check = FamiliarityCheck(seed=seed).fit(embeddings, y_train, train.paths, classes)
+    return check, time.perf_counter() - t0
 
 
 def run_toptuning(data: str | Path, *, test_data: Optional[str | Path] = None, backbone: str = DEFAULT_BACKBONE,

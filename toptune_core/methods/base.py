@@ -76,6 +76,13 @@ class PhotoEstimator(BaseEstimator):
                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         raise NotImplementedError
 
+    def embed(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
+              should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """(n, dim) features the familiarity check compares (``trust.familiarity``): the frozen backbone's for
+        top-tuning, the fine-tuned network's own penultimate features for a fine-tune. ``predict_proba`` on
+        ``Photos(paths, features=embed(...))`` then needs no second pass through the network."""
+        raise NotImplementedError
+
     def save(self, folder: Path) -> list[str]:
         """Write the fitted model into ``folder``; returns the file names written (the store checksums them)."""
         raise NotImplementedError

@@ -100,6 +100,11 @@ class TopTuner(PhotoEstimator):
             raise ToptuneError("This top-tuner has not been trained yet.")
         return full_proba(self.classifier_, self._features(photos, progress, should_cancel), len(self.classes_))
 
+    def embed(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
+              should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """The frozen backbone's features (the cached ones when ``photos`` carries them)."""
+        return self._features(photos, progress, should_cancel)
+
     def save(self, folder: Path) -> list[str]:
         import joblib
 
