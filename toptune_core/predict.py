@@ -54,7 +54,7 @@ class Predictor:
         if run.status != "completed":
             raise ToptuneError(f"Run {run.id} is {run.status}, not completed; choose a completed run.")
         if run.method == "finetune":
-            from toptune_core.finetune.engine import load_finetuned
+            from toptune_core.finetune import load_finetuned
 
             model = load_finetuned(store, run)
             return cls(run, list(model.classes), finetuned=model)
