@@ -12,8 +12,8 @@ The experiment (``toptune_core.experiment``) drives any of them the same way:
 2. the split is made over the readable photos, the same for every method;
 3. ``fit(train, y, classes)`` on the training ``Photos`` only;
 4. ``predict_proba(test)`` once, on the held-out ``Photos``;
-5. ``save(folder)`` into the run's own folder; ``timings()`` and
-   ``record()`` go into the run record.
+5. ``save(folder)`` into the run's own folder (the store checksums the files;
+   ``from_run`` reads them back); ``timings()`` and ``record()`` go into the run record.
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ class PhotoEstimator(BaseEstimator):
         raise NotImplementedError
 
     @classmethod
-    def load(cls, folder: Path, **kwargs) -> "PhotoEstimator":
+    def from_run(cls, store, run, **kwargs) -> "PhotoEstimator":
+        """The fitted estimator a completed run saved, read through the run store's checked files
+        (``RunStore.model_file`` / ``RunStore.load_model``)."""
         raise NotImplementedError
 
     def timings(self) -> dict:

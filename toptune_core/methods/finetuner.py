@@ -23,7 +23,7 @@ import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, create_model, get_backbone
 from toptune_core.backbones.pixels import PixelPipeline, eval_data_config
-from toptune_core.data.dataset import stratified_split
+from toptune_core.data.split import stratified_split
 from toptune_core.data.images import ImageSource
 from toptune_core.errors import DatasetError, ToptuneError
 from toptune_core.features.reader import chunked, read_ahead
@@ -311,7 +311,8 @@ class FineTuner(PhotoEstimator):
     def record(self) -> dict:
         from toptune_core.finetune.recipe import FINETUNE_RECIPE
 
-        return {"hyper": jsonable(self.get_params()), "recipe": FINETUNE_RECIPE}
+        return {"data_config": eval_data_config(self.backbone), "hyper": jsonable(self.get_params()),
+                "recipe": FINETUNE_RECIPE}
 
     def split_notes(self) -> dict:
         return {"n_val": len(self.val_paths_), "validation": self.validation_note_, "val_paths": self.val_paths_}
@@ -338,17 +339,28 @@ class FineTuner(PhotoEstimator):
 
     @classmethod
     def load(cls, folder: str | Path, *, device: Optional[str] = None) -> "FineTuner":
-        """A fine-tuner saved by ``save``: the backbone with its new head, weights loaded strictly."""
+        """A fine-tuner saved by ``save`` into ``folder``: the backbone with its new head, weights loaded strictly."""
+        folder = Path(folder)
+        if not (folder / WEIGHTS_FILE).exists():
+            raise ToptuneError(f"The fine-tuned weights are missing from '{folder}'.")
+        return cls._load_files(folder / CONFIG_FILE, folder / WEIGHTS_FILE, device)
+
+    @classmethod
+    def from_run(cls, store, run, *, device: Optional[str] = None, **_) -> "FineTuner":
+        """The fine-tuner a completed run saved, through the store's checked files (``RunStore.model_file``)."""
+        if run.method != cls.method:
+            raise ToptuneError(f"Run {run.id} is a {run.method} run, not a fine-tune.")
+        return cls._load_files(store.model_file(run.id, CONFIG_FILE), store.model_file(run.id, WEIGHTS_FILE), device)
+
+    @classmethod
+    def _load_files(cls, config_path: Path, weights_path: Path, device: Optional[str]) -> "FineTuner":
         import torch
         from safetensors.torch import load_file
 
-        folder = Path(folder)
         try:
-            config = json.loads((folder / CONFIG_FILE).read_text())
+            config = json.loads(Path(config_path).read_text())
         except (OSError, ValueError) as e:
-            raise ToptuneError(f"The fine-tuned model in '{folder}' cannot be read ({e}).") from None
-        if not (folder / WEIGHTS_FILE).exists():
-            raise ToptuneError(f"The fine-tuned weights are missing from '{folder}'.")
+            raise ToptuneError(f"The fine-tuned model in '{Path(config_path).parent}' cannot be read ({e}).") from None
         known = set(cls._get_param_names())
         params = {k: v for k, v in config.get("params", {}).items() if k in known}
         if "crop_scale" in params:
@@ -358,10 +370,10 @@ class FineTuner(PhotoEstimator):
         tuner.best_epoch_ = config.get("best_epoch")
         model = create_model(config["backbone"], num_classes=len(tuner.classes_), pretrained=False)
         try:
-            model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+            model.load_state_dict(load_file(str(weights_path)), strict=True)
         except RuntimeError as e:
-            raise ToptuneError(f"The fine-tuned weights in '{folder}' do not match {config['backbone']} "
-                               f"({str(e).splitlines()[0]}).") from None
+            raise ToptuneError(f"The fine-tuned weights in '{Path(weights_path).parent}' do not match "
+                               f"{config['backbone']} ({str(e).splitlines()[0]}).") from None
         model = model.to(tuner._device())
         if tuner.channels_last:
             model = model.to(memory_format=torch.channels_last)
