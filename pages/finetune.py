@@ -1,6 +1,6 @@
 """Fine-tune: the slow comparison. Trains the whole backbone in a separate process; this page follows it.
 
-The training runs in its own process (``toptune_core.finetune.engine.FinetuneJob``),
+The training runs in its own process (``toptune_core.jobs.process.FinetuneJob``),
 which records its progress and curve in the run store, so leaving the page,
 reloading the browser or opening another tab finds it again by its run id.
 """
@@ -30,7 +30,7 @@ st.write("Fine-tuning trains every layer of the backbone on your photos. It is t
 from toptune_core.jobs.process import FinetuneJob
 
 try:
-    from toptune_core.finetune import engine as finetune
+    import toptune_core.finetune as finetune
 except ImportError:  # the engine is a separate part; without it the page says so instead of failing
     finetune = None
 

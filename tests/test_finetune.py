@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toptune_core.finetune import engine as finetune
+from toptune_core.backbones import pixels as pixel_pipeline
 from toptune_core.errors import ToptuneError
 from toptune_core.features.cache import FeatureCache
-from toptune_core.finetune.engine import FINETUNE_DEFAULTS, FineTuner, load_finetuned, run_finetuning
+from toptune_core.finetune import FINETUNE_DEFAULTS, load_finetuned, run_finetuning
+from toptune_core.methods.finetuner import FineTuner
 from toptune_core.jobs.process import FinetuneJob
 from toptune_core.predict import Predictor
 from toptune_core.runs.store import RunStore
@@ -58,7 +59,7 @@ def compared(small_dataset, lite0_extractor, tmp_path_factory):
     data = _beans_with_bad_photos(small_dataset, root / "beans")
     loaded: dict[str, list[str]] = {"fit": [], "predict": [], "other": []}
     where = ["other"]
-    real_load, real_fit, real_proba = finetune.load_rgb, FineTuner.fit, FineTuner.predict_proba
+    real_load, real_fit, real_proba = pixel_pipeline.load_rgb, FineTuner.fit, FineTuner.predict_proba
 
     def spy_load(source, **kwargs):
         loaded[where[0]].append(str(source))
@@ -83,7 +84,7 @@ def compared(small_dataset, lite0_extractor, tmp_path_factory):
         store = RunStore(root / "home")
         top = run_toptuning(data, classifier="logreg", seed=7, test_size=0.3, store=store,
                             cache=FeatureCache(root / "home" / "features"), extractor=lite0_extractor)
-        mp.setattr(finetune, "load_rgb", spy_load)
+        mp.setattr(pixel_pipeline, "load_rgb", spy_load)
         mp.setattr(FineTuner, "fit", spy_fit)
         mp.setattr(FineTuner, "predict_proba", spy_proba)
         events = []
@@ -303,3 +304,18 @@ def test_defaults_are_the_constructor_defaults():
     sig = inspect.signature(FineTuner.__init__)
     ctor = {k: p.default for k, p in sig.parameters.items() if k != "self"}
     assert ctor == FINETUNE_DEFAULTS
+
+
+def test_both_methods_take_cpus_and_threads_from_the_one_policy(monkeypatch):
+    """Top-tuning's extraction and the fine-tune count CPUs the same way (affinity capped by a cgroup quota)."""
+    from toptune_core import system
+    from toptune_core.features.extractor import FeatureExtractor
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: 3.0)  # e.g. docker --cpus 3 on a 12-CPU host
+    policy = system.thread_policy()
+    assert policy.cpus == 3 and policy.training_threads == 3
+    plan = FeatureExtractor("tf_efficientnet_lite0", device="cpu").plan()
+    assert (plan.lanes, plan.threads) == (policy.lanes, policy.lane_threads) == (3, 1)
+    assert FineTuner(device="cpu")._threads() == policy.training_threads == 3
+    assert FineTuner(num_threads=2)._threads() == 2  # an explicit setting wins

@@ -200,7 +200,7 @@ def test_kill_during_fine_tune_then_rerun(home_with_earlier_run, tmp_path: Path)
         Predictor.from_run(killed.id, store=store)
     before.assert_intact()
 
-    from toptune_core.finetune.engine import run_finetuning
+    from toptune_core.finetune import run_finetuning
 
     rerun = run_finetuning(data, store=RunStore(home), epochs=0, head_epochs=1, batch_size=6, budget_seconds=None)
     assert rerun.status == "completed" and (rerun.dir / "model.safetensors").exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from toptune_core.cli.main import command
-from toptune_core.finetune.engine import FINETUNE_DEFAULTS
+from toptune_core.finetune import FINETUNE_DEFAULTS
 
 
 def _optional_int(text: str) -> Optional[int]:
@@ -99,7 +99,7 @@ def _print_finetune(run) -> None:
 
 @command("finetune")
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from toptune_core.finetune.engine import run_finetuning
+    from toptune_core.finetune import run_finetuning
     from toptune_core.progress import TextProgressBar
 
     run = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
@@ -139,7 +139,7 @@ def _load() -> str:
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    from toptune_core.finetune.engine import run_finetuning
+    from toptune_core.finetune import run_finetuning
     from toptune_core.progress import TextProgressBar
     from toptune_core.runs.store import RunStore
     from toptune_core.experiment import run_toptuning

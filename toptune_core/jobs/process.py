@@ -77,7 +77,7 @@ def _job_main(run_id: str, store_root: str, data: str, kwargs: dict) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the dashboard's terminal stops the dashboard, not this
     cancel_path = _CANCEL_PATH
-    from toptune_core.finetune.engine import run_finetuning
+    from toptune_core.finetune import run_finetuning
 
     try:
         run_finetuning(data, store=store, run_id=run_id, progress=_ProgressFile(folder / PROGRESS_FILE),
@@ -122,7 +122,7 @@ class FinetuneJob:
     def start(cls, data: str | Path, *, store_root: Optional[str | Path] = None, **kwargs: Any) -> "FinetuneJob":
         """Check the settings and the data folder, record the run, start the training process; returns at once."""
         from toptune_core.data.split import load_data
-        from toptune_core.finetune.engine import FINETUNE_DEFAULTS, FineTuner, _jsonable
+        from toptune_core.finetune import FINETUNE_DEFAULTS, FineTuner, _jsonable
         from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
         allowed = {"test_data", "backbone", "seed", "test_size"} | set(FINETUNE_DEFAULTS)
