@@ -57,9 +57,10 @@ def compared(small_dataset, lite0_extractor, tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("compared")
     data = _beans_with_bad_photos(small_dataset, root / "beans")
-    loaded: dict[str, list[str]] = {"fit": [], "predict": [], "other": []}
+    loaded: dict[str, list[str]] = {"fit": [], "predict": [], "embed": [], "other": []}
     where = ["other"]
     real_load, real_fit, real_proba = pixel_pipeline.load_rgb, FineTuner.fit, FineTuner.predict_proba
+    real_embed = FineTuner.embed
 
     def spy_load(source, **kwargs):
         loaded[where[0]].append(str(source))
@@ -79,6 +80,13 @@ def compared(small_dataset, lite0_extractor, tmp_path_factory):
         finally:
             where[0] = "other"
 
+    def spy_embed(self, *args, **kwargs):
+        where[0] = "embed"
+        try:
+            return real_embed(self, *args, **kwargs)
+        finally:
+            where[0] = "other"
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOPTUNE_HOME", str(root / "home"))
         store = RunStore(root / "home")
@@ -87,6 +95,7 @@ def compared(small_dataset, lite0_extractor, tmp_path_factory):
         mp.setattr(pixel_pipeline, "load_rgb", spy_load)
         mp.setattr(FineTuner, "fit", spy_fit)
         mp.setattr(FineTuner, "predict_proba", spy_proba)
+        mp.setattr(FineTuner, "embed", spy_embed)
         events = []
         ft = run_finetuning(data, seed=7, test_size=0.3, store=store, progress=events.append, **TINY)
     return {"data": data, "store": store, "top": top, "ft": ft, "loaded": loaded, "events": events}
@@ -116,8 +125,12 @@ def test_held_out_photos_never_train_or_pick_the_epoch(compared):
     assert not in_fit & test_files
     val_files = {str(data / rel) for rel in ft.split["val_files"]}
     assert ft.split["n_val"] == len(val_files) == 9 and val_files <= training_part
-    # The held-out photos are read once, to score the final model.
-    assert sorted(loaded["predict"]) == sorted(test_files)
+    # The held-out photos are read once, to score the final model (their penultimate features give both the
+    # class probabilities and the familiarity verdict); the familiarity calibration reads training photos only.
+    scored = [p for p in loaded["predict"] + loaded["embed"] if p in test_files]
+    assert sorted(scored) == sorted(test_files)
+    assert set(loaded["embed"]) - test_files == training_part
+    assert ft.metrics["familiarity"]["coverage"] is not None and "familiarity" in ft.params
 
 
 def test_finetune_run_is_recorded_like_a_toptuned_one(compared):

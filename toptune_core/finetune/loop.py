@@ -106,8 +106,9 @@ def load_pixels(pipeline: PixelPipeline, sources: Sequence, idx: Sequence[int],
 
 def predict_batches(model, sources: Sequence, pipeline: PixelPipeline, device, amp_dtype, *, batch_size: int,
                     workers: int, channels_last: bool, check: Optional[Callable[[], None]] = None,
-                    on_batch: Optional[Callable[[int], None]] = None) -> list[np.ndarray]:
-    """Class probabilities (float64) per batch of ``sources``, through timm's evaluation pixels."""
+                    on_batch: Optional[Callable[[int], None]] = None, embed: bool = False) -> list[np.ndarray]:
+    """Class probabilities (float64) per batch of ``sources``, through timm's evaluation pixels; with
+    ``embed``, the network's penultimate features (float32, what its classifier sees) instead."""
     import torch
 
     was_training = model.training
@@ -122,8 +123,11 @@ def predict_batches(model, sources: Sequence, pipeline: PixelPipeline, device, a
                     check()
                 x = pipeline.to_tensor(px, device, channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(x)
-                out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
+                    if embed:
+                        out.append(model.forward_head(model.forward_features(x), pre_logits=True)
+                                   .float().cpu().numpy())
+                    else:
+                        out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy().astype(np.float64))
                 done += len(idx)
                 if on_batch is not None:
                     on_batch(done)

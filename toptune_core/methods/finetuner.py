@@ -266,37 +266,46 @@ class FineTuner(PhotoEstimator):
         if getattr(self, "model_", None) is None:
             raise ToptuneError("This fine-tuner has not been trained yet.")
 
+    def _batches(self, sources: list, progress, should_cancel, *, embed: bool, stage: str) -> list[np.ndarray]:
+        self._check_fitted()
+        device = next(self.model_.parameters()).device
+        meter = ProgressMeter(stage, len(sources), progress, "images", should_cancel) if progress else None
+        watch = cb.CancelWatch(should_cancel)
+        return predict_batches(self.model_, sources, self._pipeline(), device, self._amp_dtype(device),
+                               batch_size=max(1, 2 * self.batch_size), workers=self.decode_workers,
+                               channels_last=self.channels_last, check=lambda: watch.check(force=True),
+                               on_batch=meter.update if meter else None, embed=embed)
+
+    def embed(self, photos: "Photos | Sequence[ImageSource]", *, progress: Optional[ProgressCallback] = None,
+              should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """(n, dim) the fine-tuned network's own penultimate features (what its classifier sees)."""
+        if isinstance(photos, Photos) and photos.features is not None:
+            return photos.features
+        out = self._batches(_paths(photos), progress, should_cancel, embed=True, stage="embed")
+        return np.concatenate(out) if out else np.zeros((0, self.model_.num_features), dtype=np.float32)
+
     def predict_proba(self, photos: "Photos | Sequence[ImageSource]", *, progress: Optional[ProgressCallback] = None,
                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-        """(n, n_classes) class probabilities; photos go through timm's evaluation transform."""
-        self._check_fitted()
-        sources = _paths(photos)
-        device = next(self.model_.parameters()).device
-        meter = ProgressMeter("evaluate", len(sources), progress, "images", should_cancel) if progress else None
-        watch = cb.CancelWatch(should_cancel)
-        out = predict_batches(self.model_, sources, self._pipeline(), device, self._amp_dtype(device),
-                              batch_size=max(1, 2 * self.batch_size), workers=self.decode_workers,
-                              channels_last=self.channels_last, check=lambda: watch.check(force=True),
-                              on_batch=meter.update if meter else None)
+        """(n, n_classes) class probabilities; photos go through timm's evaluation transform. Photos that carry
+        their ``embed`` features only go through the classifier."""
+        if isinstance(photos, Photos) and photos.features is not None:
+            return self._head_proba(photos.features)
+        out = self._batches(_paths(photos), progress, should_cancel, embed=False, stage="evaluate")
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def _head_proba(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
+        self._check_fitted()
+        head = self.model_.get_classifier()
+        device = next(self.model_.parameters()).device
+        with torch.inference_mode():
+            logits = head(torch.as_tensor(features, dtype=torch.float32, device=device))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
 
     def predict(self, photos: "Photos | Sequence[ImageSource]") -> np.ndarray:
         """Predicted class indices."""
         return self.predict_proba(photos).argmax(axis=1)
-
-    def predict_proba_image(self, source: ImageSource) -> np.ndarray:
-        """Class probabilities for one photo (path, bytes or file object); ImageError if it cannot be read."""
-        import torch
-
-        self._check_fitted()
-        pipeline = self._pipeline()
-        device = next(self.model_.parameters()).device
-        x = pipeline.to_tensor(pipeline.eval_pixels(source)[None], device, self.channels_last)
-        amp = self._amp_dtype(device)
-        self.model_.eval()
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = self.model_(x)
-        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy().astype(np.float64)
 
     # --- the run record -----------------------------------------------------------------------
 
