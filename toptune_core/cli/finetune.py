@@ -33,7 +33,7 @@ def _optional_float(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "") else float(text)
 
 
-# setting -> (type, help, metavar); "{d}" in a help is the setting's default. The flag is --setting-name.
+# setting -> (type or None for text, help, metavar); "{d}" in a help is the setting's default. The flag is --setting-name.
 _FLAGS: dict[str, tuple] = {
     "epochs": (int, "full fine-tuning epochs, after the head-only ones (default {d})", None),
     "head_epochs": (int, "epochs training only the new head first (default {d})", None),
@@ -47,7 +47,7 @@ _FLAGS: dict[str, tuple] = {
     "freeze_blocks": (_optional_int, "train only the last N blocks (and the head); default: every block", "N"),
     "val_fraction": (float, "share of the training photos kept aside for early stopping (default {d:g})", None),
     "patience": (int, "early stopping patience in epochs (default {d})", None),
-    "device": (str, "cpu or cuda (default: cuda when present)", None),
+    "device": (None, "cpu or cuda (default: cuda when present)", None),
     "num_threads": (int, "torch CPU threads (default: one per available CPU)", None),
 }
 
@@ -56,7 +56,7 @@ def _hyper_args(p: argparse.ArgumentParser) -> None:
     for name, (kind, text, metavar) in _FLAGS.items():
         d = FINETUNE_DEFAULTS[name]
         kw = {"metavar": metavar} if metavar else {}
-        p.add_argument("--" + name.replace("_", "-"), type=None if kind is str else kind, default=d,
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=d,
                        help=text.format(d=d), **kw)
 
 
