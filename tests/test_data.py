@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toptune_core.data.dataset import eden_label, is_eden_folder, load_dataset, stratified_split
+from toptune_core.data.dataset import eden_label, is_eden_folder, load_dataset
+from toptune_core.data.split import stratified_split
 from toptune_core.errors import DatasetError
 
 

@@ -1,157 +1,186 @@
-"""Top-tuning: frozen backbone features (cached) + a classifier, evaluated on held-out photos, recorded.
+"""The experiment: load the data, read it, split it, fit any method, evaluate on held-out photos, record the run.
 
-``run_toptuning`` is the whole pipeline behind the command line and the
-dashboard's Top-tune page: scan the data, get features (from the cache when
-possible), split, fit, evaluate on the held-out part, and record the run with
-its fitted classifier. Feature-extraction time and classifier-fit time are
-reported separately, so either "training time" can be shown honestly.
+``run_experiment`` is the one pipeline behind the dashboard, the command line,
+``compare`` and ``bench``, for both methods, so the comparison is fair by
+construction: the same readable-photo rule, the same held-out photos (the
+split of ``data.split``), the same metrics, the same run record.
+Top-tuning's time is reported without and with the feature extraction.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
-from toptune_core.methods.classifiers import CLASSIFIERS, fit_classifier, make_classifier
-from toptune_core.data.dataset import Dataset, Split, load_dataset, stratified_split, test_folder_split
-from toptune_core.errors import Cancelled, DatasetError
-from toptune_core.evaluation import evaluate, full_proba
-from toptune_core.features.cache import FeatureCache, FeatureSet, get_features
-from toptune_core.features.extractor import FeatureExtractor
-from toptune_core.progress import CancelCheck, ProgressCallback
+from toptune_core.data.split import load_data, split_for
+from toptune_core.errors import Cancelled, JobInterrupted
+from toptune_core.evaluation import evaluate
+from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
+from toptune_core.progress import CancelCheck, ProgressCallback, check_cancel
 from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.trust.familiarity import FamiliarityCheck, held_out_report
 
 
-@dataclass
-class PreparedData:
-    """Features and labels of the readable photos, split into train and test."""
-
-    dataset: Dataset
-    test_dataset: Optional[Dataset]
-    X: np.ndarray
-    y: np.ndarray
-    paths: list[str]  # absolute paths, aligned with X
-    split: Split
-    feature_sets: list[FeatureSet]
-    unreadable: list[tuple[str, str]]
-
-    @property
-    def cache_hit(self) -> bool:
-        return all(fs.cache_hit for fs in self.feature_sets)
+def _relpath(path: str, roots: list[Path]) -> str:
+    p = Path(path)
+    for root in roots:
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return str(p)
 
 
-def split_for(dataset: Dataset, test_dataset: Optional[Dataset], ok_train: np.ndarray,
-              ok_test: Optional[np.ndarray], *, seed: int, test_size: float) -> tuple[np.ndarray, np.ndarray, Split]:
-    """The split used by every method for this data: labels and paths of readable photos, and the split.
+def _unreadable(datasets: list, tables: list[PhotoTable]) -> list[list[str]]:
+    return [[ds.relpaths[i] if i >= 0 else "?", reason] for ds, t in zip(datasets, tables) for i, reason in t.errors]
 
-    The split depends only on the data, the readable photos, the seed and the
-    test share, so a fine-tune with the same settings tests on the same photos.
+
+def _timings(tables: list[PhotoTable], fitted: dict, predict_seconds: float, start: float) -> dict:
+    """The run's timings; top-tuning's training time without and with feature extraction."""
+    read = sum(t.seconds for t in tables)
+    cost = sum(t.cost_seconds for t in tables)
+    uses_features = all(t.features is not None for t in tables)
+    fit = fitted["fit_seconds"]
+    timings = {
+        "cache_hit": all(bool(t.cache_hit) for t in tables) if uses_features else None,
+        "extract_seconds": read if uses_features else 0.0,  # getting the features in this run (cache read on a hit)
+        "feature_extraction_seconds": cost,  # what extracting these features cost when it was done
+        "train_seconds_without_extraction": fit,
+        "train_seconds_with_extraction": cost + fit,
+        "predict_seconds": predict_seconds,
+    }
+    if not uses_features:
+        timings["check_seconds"] = read  # reading every photo once to find unreadable ones
+    timings.update(fitted)
+    timings["total_seconds"] = time.perf_counter() - start
+    return timings
+
+
+def _start_run(store: RunStore, estimator: PhotoEstimator, dataset, test_dataset, run_id: Optional[str],
+               seed: int, test_size: float) -> RunRecord:
+    params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
+              "seed": seed, "test_size": test_size, "classes": dataset.classes,
+              "n_images": len(dataset) + (len(test_dataset) if test_dataset else 0), **estimator.record()}
+    if run_id is None:
+        return store.start(method=estimator.method, backbone=estimator.backbone, dataset=str(dataset.root),
+                           classifier=getattr(estimator, "record_classifier", None), params=params)
+    store.update(run_id, params=params, dataset=str(dataset.root), backbone=estimator.backbone)
+    return store.get(run_id)
+
+
+def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Optional[str | Path] = None,
+                   seed: int = 0, test_size: float = 0.25, store: Optional[RunStore] = None,
+                   progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
+                   run_id: Optional[str] = None) -> RunRecord:
+    """Train ``estimator`` on ``data`` and test it on held-out photos; returns the recorded run.
+
+    The run is recorded as running first (``run_id`` continues one already
+    recorded, e.g. by a process job); it ends completed, or cancelled /
+    interrupted / failed with its error and the curve so far.
     """
-    labels = dataset.labels[ok_train]
-    if test_dataset is None:
-        return labels, np.asarray(dataset.paths, dtype=object)[ok_train], stratified_split(labels, test_size=test_size, seed=seed)
-    test_labels = test_dataset.labels[ok_test]
-    all_labels = np.concatenate([labels, test_labels])
-    all_paths = np.concatenate([np.asarray(dataset.paths, dtype=object)[ok_train],
-                                np.asarray(test_dataset.paths, dtype=object)[ok_test]])
-    return all_labels, all_paths, test_folder_split(len(labels), len(test_labels))
+    start = time.perf_counter()
+    store = store or RunStore()
+    try:
+        estimator.check_params()
+        dataset, test_dataset = load_data(data, test_data)
+        run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size)
+    except BaseException as e:
+        if run_id is not None:
+            store.finish(run_id, "failed", str(e) or type(e).__name__)
+        raise
+    curve: list[dict] = []
+    try:
+        return _train_and_test(estimator, store, run, dataset, test_dataset, seed, test_size, curve, start,
+                               progress, should_cancel)
+    except Cancelled as e:
+        store.finish(run.id, "cancelled", str(e), curve=curve)
+        raise
+    except KeyboardInterrupt:
+        store.finish(run.id, "cancelled", "Interrupted from the keyboard.", curve=curve)
+        raise
+    except JobInterrupted as e:
+        store.finish(run.id, "interrupted", str(e), curve=curve)
+        raise
+    except BaseException as e:
+        store.finish(run.id, "failed", str(e) or type(e).__name__, curve=curve)
+        raise
 
 
-def load_data(data: str | Path, test_data: Optional[str | Path] = None) -> tuple[Dataset, Optional[Dataset]]:
-    dataset = load_dataset(data)
-    test_dataset = load_dataset(test_data, classes=dataset.classes) if test_data else None
-    return dataset, test_dataset
+def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, seed, test_size,
+                    curve: list, start: float, progress, should_cancel) -> RunRecord:
+    check_cancel(should_cancel, "The run")
+    datasets = [dataset] + ([test_dataset] if test_dataset else [])
+    tables = [estimator.read(ds, progress=progress, should_cancel=should_cancel) for ds in datasets]
+    labels, paths, split = split_for(dataset, test_dataset, tables[0].ok, tables[1].ok if test_dataset else None,
+                                     seed=seed, test_size=test_size)
+    features = np.concatenate([t.features for t in tables]) if tables[0].features is not None else None
+    photos = Photos([str(p) for p in paths], features)
+
+    def on_epoch(entry: dict) -> None:
+        curve.append(entry)
+        store.update(run.id, curve=curve)
+
+    train, test = photos.subset(split.train_idx), photos.subset(split.test_idx)
+    y_train, y_test = labels[split.train_idx], labels[split.test_idx]
+    estimator.fit(train, y_train, dataset.classes, progress=progress, should_cancel=should_cancel, on_epoch=on_epoch)
+    t0 = time.perf_counter()
+    test = Photos(test.paths, estimator.embed(test, progress=progress, should_cancel=should_cancel))
+    proba = estimator.predict_proba(test, progress=progress, should_cancel=should_cancel)
+    predict_seconds = time.perf_counter() - t0
+    result = evaluate(y_test, proba, dataset.classes, test.paths)
+    check, familiarity_seconds = _familiarity(estimator, train, y_train, dataset.classes, seed, progress, should_cancel)
+    report = held_out_report(check, test.features, y_test, proba.argmax(axis=1))
+    result.metrics["familiarity"] = report
+    verdicts = check.check(test.features, n_nearest=0)
+    result.predictions["familiarity"] = [v.familiarity for v in verdicts]
+    result.predictions["recognised"] = [v.recognised for v in verdicts]
+    store.update(run.id, params={**run.params, "familiarity": check.describe()})
+    check_cancel(should_cancel, "The run")
+    store.save_model_files(run.id, lambda folder: estimator.save(folder) + check.save(folder))
+    notes = dict(estimator.split_notes())
+    if "val_paths" in notes:
+        notes["val_files"] = [_relpath(p, [ds.root for ds in datasets]) for p in notes.pop("val_paths")]
+    split_record = {**split.describe(), "n_train": int(len(split.train_idx)), **notes, "test_files": test.paths,
+                    "unreadable": _unreadable(datasets, tables)}
+    return store.complete(run.id, metrics=result.metrics, split=split_record, predictions=result.predictions,
+                          timings=_timings(tables, {**estimator.timings(), "familiarity_seconds": familiarity_seconds},
+                                           predict_seconds, start),
+                          curve=curve or None)
 
 
-def prepare(dataset: Dataset, test_dataset: Optional[Dataset], extractor: FeatureExtractor, cache: FeatureCache, *,
-            seed: int = 0, test_size: float = 0.25, progress: Optional[ProgressCallback] = None,
-            should_cancel: Optional[CancelCheck] = None) -> PreparedData:
-    """Features for the data (and test folder), aligned with labels, and the split."""
-    sets = [get_features(dataset, extractor, cache, progress=progress, should_cancel=should_cancel)]
-    if test_dataset is not None:
-        sets.append(get_features(test_dataset, extractor, cache, progress=progress, should_cancel=should_cancel))
-    X = np.concatenate([fs.entry.features for fs in sets])
-    y, paths, split = split_for(dataset, test_dataset, sets[0].entry.ok, sets[1].entry.ok if len(sets) > 1 else None,
-                                seed=seed, test_size=test_size)
-    unreadable = [err for fs in sets for err in fs.entry.errors]
-    return PreparedData(dataset, test_dataset, X, y, [str(p) for p in paths], split, sets, unreadable)
+def _familiarity(estimator, train: Photos, y_train, classes, seed: int, progress, should_cancel
+                 ) -> tuple[FamiliarityCheck, float]:
+    """The familiarity check of a fitted estimator, calibrated on its training photos only."""
+    t0 = time.perf_counter()
+    embeddings = estimator.embed(train, progress=progress, should_cancel=should_cancel)  # cached for top-tuning
+    check = FamiliarityCheck(seed=seed).fit(embeddings, y_train, train.paths, classes)
+    return check, time.perf_counter() - t0
 
 
 def run_toptuning(data: str | Path, *, test_data: Optional[str | Path] = None, backbone: str = DEFAULT_BACKBONE,
                   classifier: str = "rf", seed: int = 0, test_size: float = 0.25,
-                  store: Optional[RunStore] = None, cache: Optional[FeatureCache] = None,
-                  extractor: Optional[FeatureExtractor] = None, progress: Optional[ProgressCallback] = None,
+                  store: Optional[RunStore] = None, cache=None, extractor=None,
+                  progress: Optional[ProgressCallback] = None,
                   should_cancel: Optional[CancelCheck] = None) -> RunRecord:
-    """Top-tune ``backbone`` + ``classifier`` on the photos in ``data``; returns the recorded run.
+    """Top-tune ``backbone`` + ``classifier`` on ``data``: ``run_experiment`` with a ``TopTuner``."""
+    from toptune_core.methods.toptuner import TopTuner
 
-    ``extractor`` lets a caller reuse an already-loaded model (the dashboard
-    keeps one per backbone). The run is recorded as cancelled or failed, with
-    the error, if it does not finish.
-    """
-    start = time.perf_counter()
-    if classifier not in CLASSIFIERS:
-        make_classifier(classifier)  # raises the "unknown classifier" error
-    dataset, test_dataset = load_data(data, test_data)
-    store = store or RunStore()
-    cache = cache or FeatureCache()
-    extractor = extractor or FeatureExtractor(backbone)
-    if extractor.backbone != backbone:
-        raise DatasetError(f"The extractor is for {extractor.backbone}, not {backbone}.")
-    params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
-              "seed": seed, "test_size": test_size, "classifier_settings": CLASSIFIERS[classifier].settings,
-              "classes": dataset.classes, "data_config": extractor.data_config,
-              "n_images": len(dataset) + (len(test_dataset) if test_dataset else 0)}
-    run = store.start(method="toptune", backbone=backbone, classifier=classifier, dataset=str(dataset.root),
-                      params=params)
-    try:
-        prep = prepare(dataset, test_dataset, extractor, cache, seed=seed, test_size=test_size, progress=progress,
-                       should_cancel=should_cancel)
-        split = prep.split
-        clf = make_classifier(classifier, random_state=seed)
-        fit_seconds = fit_classifier(clf, prep.X[split.train_idx], prep.y[split.train_idx], progress=progress,
-                                     should_cancel=should_cancel)
-        t0 = time.perf_counter()
-        proba = full_proba(clf, prep.X[split.test_idx], len(dataset.classes))
-        predict_seconds = time.perf_counter() - t0
-        result = evaluate(prep.y[split.test_idx], proba, dataset.classes, [prep.paths[i] for i in split.test_idx])
-        store.save_model(run.id, {"kind": "toptune", "classifier": clf, "classes": dataset.classes,
-                                  "backbone": backbone, "data_config": extractor.data_config})
-        extract_seconds = sum(fs.seconds for fs in prep.feature_sets)
-        feature_cost = sum(fs.entry.extract_seconds for fs in prep.feature_sets)
-        timings = {
-            "cache_hit": prep.cache_hit,
-            "extract_seconds": extract_seconds,  # spent getting features in this run (reading the cache on a hit)
-            "feature_extraction_seconds": feature_cost,  # what extracting these features cost when it was done
-            "fit_seconds": fit_seconds,
-            "train_seconds_without_extraction": fit_seconds,
-            "train_seconds_with_extraction": feature_cost + fit_seconds,
-            "predict_seconds": predict_seconds,
-            "total_seconds": time.perf_counter() - start,
-        }
-        split_record = {**split.describe(), "n_train": int(len(split.train_idx)),
-                        "test_files": [prep.paths[i] for i in split.test_idx],
-                        "unreadable": [list(e) for e in prep.unreadable]}
-        return store.complete(run.id, metrics=result.metrics, timings=timings, split=split_record,
-                              predictions=result.predictions)
-    except Cancelled as e:
-        store.finish(run.id, "cancelled", str(e))
-        raise
-    except BaseException as e:
-        store.finish(run.id, "failed", str(e) or type(e).__name__)
-        raise
+    tuner = TopTuner(backbone, classifier, seed, extractor=extractor, cache=cache)
+    return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, store=store,
+                          progress=progress, should_cancel=should_cancel)
 
 
 def summary(run: RunRecord) -> dict:
     """The short result of a run, as the command line's ``--json`` writes it."""
     t, m, s = run.timings, run.metrics, run.split
-    return {"run_id": run.id, "method": run.method, "backbone": run.backbone, "classifier": run.classifier,
-            "n_train": s.get("n_train"), "n_test": s.get("n_test"), "accuracy": m.get("accuracy"),
-            "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
-            "extract_seconds": t.get("extract_seconds"), "fit_seconds": t.get("fit_seconds"),
-            "cache_hit": t.get("cache_hit"), "split": s.get("method"),
-            "unreadable_images": len(s.get("unreadable", []))}
+    out: dict[str, Any] = {
+        "run_id": run.id, "method": run.method, "backbone": run.backbone, "classifier": run.classifier,
+        "n_train": s.get("n_train"), "n_test": s.get("n_test"), "accuracy": m.get("accuracy"),
+        "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
+        "extract_seconds": t.get("extract_seconds"), "fit_seconds": t.get("fit_seconds"),
+        "cache_hit": t.get("cache_hit"), "split": s.get("method"), "unreadable_images": len(s.get("unreadable", []))}
+    return out

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_subset
-from toptune_core.data.dataset import load_dataset, stratified_split
+from toptune_core.data.dataset import load_dataset
+from toptune_core.data.split import stratified_split
 from toptune_core.errors import DatasetError
 from toptune_core.runs.store import RunStore
 from toptune_core.config import DEMO_DATASET

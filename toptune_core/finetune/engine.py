@@ -51,7 +51,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, create_model, get_backbone
-from toptune_core.data.dataset import stratified_split
+from toptune_core.data.split import stratified_split
 from toptune_core.errors import Cancelled, DatasetError, ImageError, JobInterrupted, ToptuneError
 from toptune_core.evaluation import evaluate
 from toptune_core.backbones.pixels import eval_data_config, eval_transform, resize_side
@@ -951,7 +951,7 @@ def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, 
     ``run_id``: continue a run already recorded (``FinetuneJob`` records it
     before starting the training process). ``hyper``: any ``FINETUNE_DEFAULTS`` setting.
     """
-    from toptune_core.experiment import load_data, split_for
+    from toptune_core.data.split import load_data, split_for
 
     start = time.perf_counter()
     store = store or RunStore()

@@ -121,7 +121,7 @@ class FinetuneJob:
     @classmethod
     def start(cls, data: str | Path, *, store_root: Optional[str | Path] = None, **kwargs: Any) -> "FinetuneJob":
         """Check the settings and the data folder, record the run, start the training process; returns at once."""
-        from toptune_core.experiment import load_data
+        from toptune_core.data.split import load_data
         from toptune_core.finetune.engine import FINETUNE_DEFAULTS, FineTuner, _jsonable
         from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 

@@ -12,8 +12,8 @@ The experiment (``toptune_core.experiment``) drives any of them the same way:
 2. the split is made over the readable photos, the same for every method;
 3. ``fit(train, y, classes)`` on the training ``Photos`` only;
 4. ``predict_proba(test)`` once, on the held-out ``Photos``;
-5. ``save(folder)`` into the run's own folder; ``timings()`` and
-   ``record()`` go into the run record.
+5. ``save(folder)`` into the run's own folder (the store checksums the files;
+   ``from_run`` reads them back); ``timings()`` and ``record()`` go into the run record.
 """
 
 from __future__ import annotations
@@ -76,12 +76,21 @@ class PhotoEstimator(BaseEstimator):
                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         raise NotImplementedError
 
+    def embed(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
+              should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """(n, dim) features the familiarity check compares (``trust.familiarity``): the frozen backbone's for
+        top-tuning, the fine-tuned network's own penultimate features for a fine-tune. ``predict_proba`` on
+        ``Photos(paths, features=embed(...))`` then needs no second pass through the network."""
+        raise NotImplementedError
+
     def save(self, folder: Path) -> list[str]:
         """Write the fitted model into ``folder``; returns the file names written (the store checksums them)."""
         raise NotImplementedError
 
     @classmethod
-    def load(cls, folder: Path, **kwargs) -> "PhotoEstimator":
+    def from_run(cls, store, run, **kwargs) -> "PhotoEstimator":
+        """The fitted estimator a completed run saved, read through the run store's checked files
+        (``RunStore.model_file`` / ``RunStore.load_model``)."""
         raise NotImplementedError
 
     def timings(self) -> dict:

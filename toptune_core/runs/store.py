@@ -123,6 +123,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _recorded_sums(recorded: Optional[str]) -> dict[str, str]:
+    """The recorded checksums of a run's model files: JSON ``{name: sha256}``, or (older runs) one bare
+    SHA-256 of ``model.joblib``."""
+    if not recorded:
+        return {}
+    if recorded.startswith("{"):
+        return json.loads(recorded)
+    return {"model.joblib": recorded}
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -259,35 +269,62 @@ class RunStore:
         self.update(run_id, **fields)
         return self.get(run_id)
 
+    def save_model_files(self, run_id: str, save: Callable[[Path], list[str]]) -> list[str]:
+        """``save(folder)`` writes a fitted model's files; they are moved into the run's folder and their
+        SHA-256 recorded, so ``model_file`` can refuse a file swapped or linked in later."""
+        folder = self.run_dir(run_id)
+        tmp = folder / f".model-{uuid.uuid4().hex[:8]}.tmp"
+        sums: dict[str, str] = {}
+        try:
+            tmp.mkdir()
+            for name in save(tmp):
+                _fsync_file(tmp / name)
+                sums[name] = _sha256(tmp / name)
+                os.replace(tmp / name, folder / name)
+        except OSError as e:
+            raise ToptuneError(f"Could not save the model of run {run_id} in '{self.root}' ({_one_line(e)}); check "
+                               "free disk space and permissions. Earlier runs are unchanged.") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.update(run_id, model_sha256=json.dumps(sums, sort_keys=True))
+        return list(sums)
+
     def save_model(self, run_id: str, obj: Any) -> None:
-        """Save a fitted model into the run's own folder (atomically) and record its SHA-256."""
+        """Save a fitted Python object as the run's ``model.joblib`` (atomically, checksummed)."""
         import joblib
 
-        path = self._save_file(run_id, "model.joblib", lambda tmp: joblib.dump(obj, tmp))
-        self.update(run_id, model_sha256=_sha256(path))
+        def write(folder: Path) -> list[str]:
+            joblib.dump(obj, folder / "model.joblib")
+            return ["model.joblib"]
 
-    def load_model(self, run_id: str) -> Any:
-        """Load a model saved by ``save_model``.
+        self.save_model_files(run_id, write)
 
-        Only a regular file inside this store's own run folder whose SHA-256 is
-        the one recorded by ``save_model`` is unpickled: a file linked in from
-        elsewhere, swapped or modified since is refused, unread.
-        """
-        import joblib
-
+    def model_file(self, run_id: str, name: str) -> Path:
+        """The path of a model file of a run, after checking that it is a regular file inside this store's own
+        run folder whose SHA-256 is the one recorded when it was saved; a file linked in from elsewhere,
+        swapped or modified since is refused."""
         run = self.get(run_id)
-        link = self.run_dir(run.id) / "model.joblib"
+        link = self.run_dir(run.id) / name
         path = link.resolve()
         if link.is_symlink() or self.runs_dir.resolve() / run.id not in path.parents:
             raise ToptuneError(f"Refusing to load a model from outside the data folder: {path}")
         if not path.is_file():
             raise ToptuneError(f"Run {run.id} has no saved model (status: {run.status}); choose a completed run.")
-        if run.model_sha256 is None:
+        recorded = _recorded_sums(run.model_sha256).get(name)
+        if recorded is None:
             raise ToptuneError(f"Run {run.id} has a model file that this store did not record saving; refusing to "
                                "load it. Train the model again.")
-        if _sha256(path) != run.model_sha256:
+        if _sha256(path) != recorded:
             raise ToptuneError(f"The model file of run {run.id} was changed after it was saved; refusing to load it. "
                                "Train the model again.")
+        return path
+
+    def load_model(self, run_id: str) -> Any:
+        """Load a model saved as ``model.joblib``: the one place toptune unpickles, and only a file that
+        ``model_file`` verified."""
+        import joblib
+
+        path = self.model_file(run_id, "model.joblib")
         return joblib.load(path)
 
     def finish(self, run_id: str, status: str, error: Optional[str] = None, **fields: Any) -> None:

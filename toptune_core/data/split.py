@@ -1,0 +1,82 @@
+"""The held-out rule: which readable photos train and which test, the same for every method.
+
+``split_for`` is the one place a split is made: a seeded stratified split of
+the readable photos (scikit-learn's ``train_test_split``), or a separate test
+folder. It depends only on the data, which photos are readable, the seed and
+the test share, so every method tests on exactly the same photos.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toptune_core.data.dataset import Dataset, load_dataset
+from toptune_core.errors import DatasetError
+
+
+def load_data(data: str | Path, test_data: Optional[str | Path] = None) -> tuple[Dataset, Optional[Dataset]]:
+    """The dataset and, when given, the separate test folder (which must have the same classes)."""
+    dataset = load_dataset(data)
+    test_dataset = load_dataset(test_data, classes=dataset.classes) if test_data else None
+    return dataset, test_dataset
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which images train and which test, and how that was decided (recorded with every run)."""
+
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    method: str
+    seed: int
+    test_size: float
+
+    def describe(self) -> dict:
+        return {"method": self.method, "seed": self.seed, "test_size": self.test_size,
+                "n_train": int(len(self.train_idx)), "n_test": int(len(self.test_idx))}
+
+
+def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, seed: int = 0) -> Split:
+    """A seeded split that keeps each class's share in both parts (scikit-learn's train_test_split)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_size < 1:
+        raise DatasetError(f"The test share must be between 0 and 1 (got {test_size}).")
+    labels = np.asarray(labels)
+    counts = Counter(labels.tolist())
+    n_classes = len(counts)
+    too_small = [c for c, n in counts.items() if n < 2]
+    if too_small:
+        raise DatasetError("Each class needs at least 2 photos (one to train, one to test); "
+                           f"{len(too_small)} class(es) have only 1. Add photos or remove those folders.")
+    n_test = int(np.ceil(test_size * len(labels)))
+    if n_test < n_classes or len(labels) - n_test < n_classes:
+        raise DatasetError(f"Too few photos ({len(labels)}) to hold out {test_size:.0%} for testing across "
+                           f"{n_classes} classes. Add photos or change the test share.")
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
+    return Split(np.sort(train_idx), np.sort(test_idx),
+                 f"stratified random split, {test_size:.0%} held out for testing, seed {seed}", seed, test_size)
+
+
+def test_folder_split(n_train: int, n_test: int) -> Split:
+    """All of the training folder trains; all of the separate test folder tests."""
+    return Split(np.arange(n_train), np.arange(n_train, n_train + n_test), "separate test folder", 0, 0.0)
+
+
+def split_for(dataset: Dataset, test_dataset: Optional[Dataset], ok_train: np.ndarray,
+              ok_test: Optional[np.ndarray], *, seed: int, test_size: float) -> tuple[np.ndarray, np.ndarray, Split]:
+    """The split used by every method for this data: labels and paths of readable photos, and the split."""
+    labels = dataset.labels[ok_train]
+    if test_dataset is None:
+        return labels, np.asarray(dataset.paths, dtype=object)[ok_train], stratified_split(labels, test_size=test_size, seed=seed)
+    test_labels = test_dataset.labels[ok_test]
+    all_labels = np.concatenate([labels, test_labels])
+    all_paths = np.concatenate([np.asarray(dataset.paths, dtype=object)[ok_train],
+                                np.asarray(test_dataset.paths, dtype=object)[ok_test]])
+    return all_labels, all_paths, test_folder_split(len(labels), len(test_labels))

@@ -1,0 +1,136 @@
+"""``TopTuner``: top-tuning as an estimator. A frozen backbone's features (cached) + a top classifier.
+
+``read`` gets the features of every photo of a dataset from the feature cache
+(extracting and caching them on a miss); its readable-photo mask is the
+extraction's. ``fit`` trains the top classifier on the training photos'
+features only; ``predict_proba`` scores photos from their features (cached
+ones, or extracted on the spot for new photos).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
+from toptune_core.errors import DatasetError, ImageError, ToptuneError
+from toptune_core.evaluation import full_proba
+from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
+from toptune_core.methods.classifiers import CLASSIFIERS, fit_classifier, make_classifier
+from toptune_core.progress import CancelCheck, ProgressCallback
+
+MODEL_FILE = "model.joblib"
+
+
+class TopTuner(PhotoEstimator):
+    """Top-tune ``backbone`` + ``classifier`` ("rf" or "logreg"; see ``methods.classifiers``).
+
+    ``extractor`` and ``cache``: an already loaded ``FeatureExtractor`` for
+    ``backbone`` (the dashboard keeps one per backbone) and the ``FeatureCache``
+    to use; None makes them on first use.
+    """
+
+    method = "toptune"
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, classifier: str = "rf", seed: int = 0, *,
+                 extractor=None, cache=None):
+        self.backbone = backbone
+        self.classifier = classifier
+        self.seed = seed
+        self.extractor = extractor
+        self.cache = cache
+
+    def check_params(self) -> "TopTuner":
+        if self.classifier not in CLASSIFIERS:
+            make_classifier(self.classifier)  # raises the "unknown classifier" error
+        if self.extractor is not None and self.extractor.backbone != self.backbone:
+            raise DatasetError(f"The extractor is for {self.extractor.backbone}, not {self.backbone}.")
+        return self
+
+    def _extractor(self):
+        if self.extractor is None:
+            from toptune_core.features.extractor import FeatureExtractor
+
+            self.extractor = FeatureExtractor(self.backbone)
+        return self.extractor
+
+    # --- the protocol -------------------------------------------------------------------------
+
+    def read(self, dataset, *, progress: Optional[ProgressCallback] = None,
+             should_cancel: Optional[CancelCheck] = None) -> PhotoTable:
+        from toptune_core.features.cache import FeatureCache, get_features
+
+        self.check_params()
+        self.cache = self.cache or FeatureCache()
+        fs = get_features(dataset, self._extractor(), self.cache, progress=progress, should_cancel=should_cancel)
+        index = {rel: i for i, rel in enumerate(fs.entry.relpaths)}
+        errors = [(index.get(rel, -1), reason) for rel, reason in fs.entry.errors]
+        return PhotoTable(fs.entry.ok, errors, fs.entry.features, fs.seconds, fs.entry.extract_seconds, fs.cache_hit)
+
+    def _features(self, photos: Photos, progress=None, should_cancel=None) -> np.ndarray:
+        if photos.features is not None:
+            return photos.features
+        extractor = self._extractor()
+        if len(photos) == 1:  # one photo (the Classify page): no threads, no batches
+            import torch
+
+            return extractor.features_of(torch.stack([extractor.preprocess(photos.paths[0])]))
+        result = extractor.transform(photos.paths, progress=progress, should_cancel=should_cancel)
+        if not result.ok.all():
+            raise ImageError(result.errors[0][1])
+        return result.features
+
+    def fit(self, photos: Photos, y, classes: Sequence[str], *, progress: Optional[ProgressCallback] = None,
+            should_cancel: Optional[CancelCheck] = None, on_epoch=None) -> "TopTuner":
+        self.check_params()
+        X = self._features(photos, progress, should_cancel)
+        self.classes_ = [str(c) for c in classes]
+        self.classifier_ = make_classifier(self.classifier, random_state=self.seed)
+        self.fit_seconds_ = fit_classifier(self.classifier_, X, np.asarray(y), progress=progress,
+                                           should_cancel=should_cancel)
+        self.data_config_ = self._extractor().data_config
+        return self
+
+    def predict_proba(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
+                      should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        if not hasattr(self, "classifier_"):
+            raise ToptuneError("This top-tuner has not been trained yet.")
+        return full_proba(self.classifier_, self._features(photos, progress, should_cancel), len(self.classes_))
+
+    def embed(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
+              should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """The frozen backbone's features (the cached ones when ``photos`` carries them)."""
+        return self._features(photos, progress, should_cancel)
+
+    def save(self, folder: Path) -> list[str]:
+        import joblib
+
+        joblib.dump({"kind": "toptune", "classifier": self.classifier_, "classes": self.classes_,
+                     "backbone": self.backbone, "data_config": self.data_config_}, Path(folder) / MODEL_FILE)
+        return [MODEL_FILE]
+
+    @classmethod
+    def from_run(cls, store, run, *, extractor=None, **_) -> "TopTuner":
+        """The top-tuner a completed run saved (``RunStore.load_model`` checks the file before unpickling)."""
+        saved = store.load_model(run.id)
+        backbone = saved["backbone"]
+        if extractor is not None and extractor.backbone != backbone:
+            extractor = None
+        tuner = cls(backbone, run.classifier or "rf", extractor=extractor)
+        tuner.classifier_, tuner.classes_ = saved["classifier"], list(saved["classes"])
+        tuner.data_config_ = saved.get("data_config")
+        return tuner
+
+    def timings(self) -> dict:
+        return {"fit_seconds": self.fit_seconds_}
+
+    def record(self) -> dict:
+        return {"classifier_settings": CLASSIFIERS[self.classifier].settings,
+                "data_config": self._extractor().data_config}
+
+    @property
+    def record_classifier(self) -> Optional[str]:
+        return self.classifier
