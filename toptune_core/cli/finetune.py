@@ -1,4 +1,4 @@
-"""Command-line commands ``finetune`` and ``compare`` (loaded by ``toptune_core.cli.main``).
+"""Command-line commands ``finetune`` and ``compare`` (fine-tuning, and both methods side by side).
 
 ``python -m toptune_core finetune --data DIR --backbone NAME [--epochs N] [--budget-seconds S] ...``
 fine-tunes on the same split as ``toptune`` and records the run.
@@ -7,19 +7,21 @@ fine-tunes on the same split as ``toptune`` and records the run.
 (Random Forest and logistic regression) and the fine-tune on the same split and
 prints one table: accuracy, macro F1, training seconds with and without feature
 extraction, and how many times longer the fine-tune trained.
+
+The fine-tune flags take their defaults from the estimator (``FINETUNE_DEFAULTS``,
+its constructor's defaults); no default is written here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Optional
 
-from toptune_core.cli.main import command
+from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
+from toptune_core.config import Settings
 from toptune_core.finetune import FINETUNE_DEFAULTS
 
 
@@ -31,53 +33,44 @@ def _optional_float(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "") else float(text)
 
 
+# setting -> (type or None for text, help, metavar); "{d}" in a help is the setting's default. The flag is --setting-name.
+_FLAGS: dict[str, tuple] = {
+    "epochs": (int, "full fine-tuning epochs, after the head-only ones (default {d})", None),
+    "head_epochs": (int, "epochs training only the new head first (default {d})", None),
+    "budget_seconds": (_optional_float, "wall-clock limit of the training in seconds; 'none' for no limit "
+                                        "(default {d:g})", None),
+    "batch_size": (int, "(default {d})", None),
+    "lr": (float, "peak learning rate of the full fine-tuning phase (default {d:g})", None),
+    "head_lr": (float, "peak learning rate of the head-only phase (default {d:g})", None),
+    "weight_decay": (float, "AdamW (default {d:g})", None),
+    "label_smoothing": (float, "(default {d:g})", None),
+    "freeze_blocks": (_optional_int, "train only the last N blocks (and the head); default: every block", "N"),
+    "val_fraction": (float, "share of the training photos kept aside for early stopping (default {d:g})", None),
+    "patience": (int, "early stopping patience in epochs (default {d})", None),
+    "device": (None, "cpu or cuda (default: cuda when present)", None),
+    "num_threads": (int, "torch CPU threads (default: one per available CPU)", None),
+}
+
+
 def _hyper_args(p: argparse.ArgumentParser) -> None:
-    d = FINETUNE_DEFAULTS
-    p.add_argument("--epochs", type=int, default=d["epochs"],
-                   help=f"full fine-tuning epochs, after the head-only ones (default {d['epochs']})")
-    p.add_argument("--head-epochs", type=int, default=d["head_epochs"],
-                   help=f"epochs training only the new head first (default {d['head_epochs']})")
-    p.add_argument("--budget-seconds", type=_optional_float, default=d["budget_seconds"],
-                   help=f"wall-clock limit of the training in seconds; 'none' for no limit "
-                        f"(default {d['budget_seconds']:g})")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"(default {d['batch_size']})")
-    p.add_argument("--lr", type=float, default=d["lr"],
-                   help=f"peak learning rate of the full fine-tuning phase (default {d['lr']:g})")
-    p.add_argument("--head-lr", type=float, default=d["head_lr"],
-                   help=f"peak learning rate of the head-only phase (default {d['head_lr']:g})")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help=f"AdamW (default {d['weight_decay']:g})")
-    p.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
-                   help=f"(default {d['label_smoothing']:g})")
-    p.add_argument("--freeze-blocks", type=_optional_int, default=d["freeze_blocks"], metavar="N",
-                   help="train only the last N blocks (and the head); default: every block")
-    p.add_argument("--val-fraction", type=float, default=d["val_fraction"],
-                   help=f"share of the training photos kept aside for early stopping (default {d['val_fraction']:g})")
-    p.add_argument("--patience", type=int, default=d["patience"],
-                   help=f"early stopping patience in epochs (default {d['patience']})")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--num-threads", type=int, default=None,
-                   help="torch CPU threads (default: one per available CPU)")
+    for name, (kind, text, metavar) in _FLAGS.items():
+        d = FINETUNE_DEFAULTS[name]
+        kw = {"metavar": metavar} if metavar else {}
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=d,
+                       help=text.format(d=d), **kw)
 
 
 def _hyper(args: argparse.Namespace) -> dict:
-    return {"epochs": args.epochs, "head_epochs": args.head_epochs, "budget_seconds": args.budget_seconds,
-            "batch_size": args.batch_size, "lr": args.lr, "head_lr": args.head_lr,
-            "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-            "freeze_blocks": args.freeze_blocks, "val_fraction": args.val_fraction, "patience": args.patience,
-            "device": args.device, "num_threads": args.num_threads}
+    return {name: getattr(args, name) for name in _FLAGS}
 
 
 def finetune_summary(run) -> dict:
-    """``toptuning.summary`` plus the fine-tune's training seconds and epochs."""
+    """``experiment.summary`` plus the fine-tune's training seconds and epochs."""
     from toptune_core.experiment import summary
 
     out = summary(run)
-    out["train_seconds"] = run.timings.get("train_seconds")
-    out["epochs_run"] = run.timings.get("epochs_run")
-    out["best_epoch"] = run.timings.get("best_epoch")
-    out["stop_reason"] = run.timings.get("stop_reason")
-    out["images_per_second"] = run.timings.get("images_per_second")
-    out["device"] = run.timings.get("device")
+    for key in ("train_seconds", "epochs_run", "best_epoch", "stop_reason", "images_per_second", "device"):
+        out[key] = run.timings.get(key)
     return out
 
 
@@ -97,16 +90,15 @@ def _print_finetune(run) -> None:
               f"{s['unreadable'][0][1]}")
 
 
-@command("finetune")
-def cmd_finetune(args: argparse.Namespace) -> int:
+def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.finetune import run_finetuning
     from toptune_core.progress import TextProgressBar
 
     run = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
-                         test_size=args.test_size, progress=TextProgressBar(), **_hyper(args))
+                         test_size=args.test_size, store=run_store(settings), progress=TextProgressBar(),
+                         **_hyper(args))
     _print_finetune(run)
-    if args.json:
-        Path(args.json).write_text(json.dumps(finetune_summary(run), indent=2))
+    write_json(args.json, finetune_summary(run))
     return 0
 
 
@@ -130,41 +122,42 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _load() -> str:
-    try:
-        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-@command("compare")
-def cmd_compare(args: argparse.Namespace) -> int:
+def _compare_runs(args: argparse.Namespace, settings: Settings) -> list:
+    """Top-tune (RF, logistic regression), then fine-tune, all on the same split; the fine-tune is last."""
+    from toptune_core.experiment import run_toptuning
     from toptune_core.finetune import run_finetuning
     from toptune_core.progress import TextProgressBar
-    from toptune_core.runs.store import RunStore
-    from toptune_core.experiment import run_toptuning
 
-    store = RunStore()
-    load_before = _load()
+    store, cache = run_store(settings), feature_cache(settings)
+    runs = [run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=clf,
+                          seed=args.seed, test_size=args.test_size, store=store, cache=cache,
+                          progress=TextProgressBar())
+            for clf in ("rf", "logreg")]
+    runs.append(run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
+                               test_size=args.test_size, store=store, progress=TextProgressBar(), **_hyper(args)))
+    return runs
+
+
+def _row(r) -> dict:
+    t = r.timings
+    method = ("top-tune " + {"rf": "Random Forest", "logreg": "logistic regression"}[r.classifier]
+              if r.method == "toptune" else "fine-tune")
+    return {"run_id": r.id, "method": method,
+            "accuracy": r.metrics["accuracy"], "balanced_accuracy": r.metrics["balanced_accuracy"],
+            "macro_f1": r.metrics["macro_f1"],
+            "train_seconds_without_extraction": t["train_seconds_without_extraction"],
+            "train_seconds_with_extraction": t["train_seconds_with_extraction"]}
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.measure import load_average
+
+    load_before = load_average(unknown="?")
     started = time.strftime("%Y-%m-%d %H:%M")
-    runs = []
-    for clf in ("rf", "logreg"):
-        runs.append(run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=clf,
-                                  seed=args.seed, test_size=args.test_size, store=store,
-                                  progress=TextProgressBar()))
-    ft = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
-                        test_size=args.test_size, store=store, progress=TextProgressBar(), **_hyper(args))
-    runs.append(ft)
+    runs = _compare_runs(args, settings)
+    ft = runs[-1]
     same = all(r.split["test_files"] == ft.split["test_files"] for r in runs)
-    rows = []
-    for r in runs:
-        t = r.timings
-        rows.append({"run_id": r.id, "method": ("top-tune " + {"rf": "Random Forest", "logreg": "logistic regression"}
-                                                [r.classifier]) if r.method == "toptune" else "fine-tune",
-                     "accuracy": r.metrics["accuracy"], "balanced_accuracy": r.metrics["balanced_accuracy"],
-                     "macro_f1": r.metrics["macro_f1"],
-                     "train_seconds_without_extraction": t["train_seconds_without_extraction"],
-                     "train_seconds_with_extraction": t["train_seconds_with_extraction"]})
+    rows = [_row(r) for r in runs]
     tt = ft.timings
     print()
     print(f"{args.backbone} on {ft.dataset}: {ft.split['n_train']} training photos "
@@ -173,25 +166,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"fine-tune: {tt['epochs_run']} epochs ({ft.params['hyper']['head_epochs']} head-only), best epoch "
           f"{tt['best_epoch']}, {tt['stop_reason']}; {tt['device']}, {tt['threads']} thread(s), "
           f"{tt['images_per_second']:.1f} training images/s")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; load average before {load_before}, after {_load()} "
-          f"(1/5/15 min); started {started}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; load average before {load_before}, after "
+          f"{load_average(unknown='?')} (1/5/15 min); started {started}")
     print()
     print(comparison_table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "same_test_photos": same,
-                                               "finetune": {k: tt.get(k) for k in ("epochs_run", "best_epoch",
-                                                                                   "stop_reason", "images_per_second",
-                                                                                   "device", "threads")},
-                                               "load_average_before": load_before, "load_average_after": _load()},
-                                              indent=2))
+    write_json(args.json, {"rows": rows, "same_test_photos": same,
+                           "finetune": {k: tt.get(k) for k in ("epochs_run", "best_epoch", "stop_reason",
+                                                               "images_per_second", "device", "threads")},
+                           "load_average_before": load_before, "load_average_after": load_average(unknown="?")})
     return 0 if same else 1
 
 
-def add_cli(sub, data_args) -> None:
-    p = sub.add_parser("finetune", help="fine-tune the backbone with a new head on the same split; record the run")
-    data_args(p)
+def add_parsers(sub) -> None:
+    p = add_command(sub, "finetune", cmd_finetune,
+                    "fine-tune the backbone with a new head on the same split; record the run", data=True)
     _hyper_args(p)
-    p = sub.add_parser("compare", help="top-tune (RF, logistic regression) and fine-tune on the same split; "
-                                       "print one table")
-    data_args(p)
+    p = add_command(sub, "compare", cmd_compare,
+                    "top-tune (RF, logistic regression) and fine-tune on the same split; print one table", data=True)
     _hyper_args(p)

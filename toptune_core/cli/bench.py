@@ -1,0 +1,44 @@
+"""Command-line command ``bench``: its flags, and printing the benchmark's table (``toptune_core.bench.run``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from toptune_core.bench.ceiling import CPU_BATCH_SIZES, CUDA_BATCH_SIZES
+from toptune_core.cli.common import add_command, write_json
+from toptune_core.config import Settings
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.run import run_bench
+    from toptune_core.errors import ToptuneError
+
+    if args.camera_images < 1 or args.naive_images < 1:
+        raise ToptuneError("--camera-images and --naive-images must be at least 1.")
+    start = time.perf_counter()
+    report = run_bench(args.data, args.backbone, seed=args.seed, test_size=args.test_size,
+                       camera_images=args.camera_images,
+                       naive_images=args.naive_images, repeats=max(1, args.repeats),
+                       batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",")) if args.batch_sizes else None,
+                       settings=settings,
+                       log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}", file=sys.stderr,
+                                              flush=True))
+    print(report.text())
+    print(f"\n(benchmark took {time.perf_counter() - start:.0f} s)")
+    write_json(args.json, report.figures, default=str)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = add_command(sub, "bench", cmd_bench, "measure extraction, training and prediction speed; prints a table",
+                    data=True)
+    p.add_argument("--camera-images", type=int, default=64,
+                   help="how many 12-megapixel camera JPEGs to make and time (default 64)")
+    p.add_argument("--naive-images", type=int, default=256,
+                   help="how many dataset photos the naive baseline reads (default 256)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each rate; the best is kept (default 3)")
+    p.add_argument("--batch-sizes", help="batch sizes for the model-only ceiling, comma-separated "
+                   f"(default {','.join(map(str, CPU_BATCH_SIZES))} on a CPU, "
+                   f"{','.join(map(str, CUDA_BATCH_SIZES))} on CUDA)")

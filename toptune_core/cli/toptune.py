@@ -1,0 +1,77 @@
+"""Command-line commands ``toptune``, ``predict`` and ``runs`` (top-tuning, and using recorded runs).
+
+``python -m toptune_core toptune --data DIR [--backbone NAME] [--classifier rf|logreg]``
+extracts (cached) features, fits the classifier, evaluates and records the run;
+``predict --run ID PHOTO...`` classifies photos with a recorded run; ``runs``
+lists the recorded runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
+from toptune_core.config import Settings
+
+
+def print_report(run) -> None:
+    """The human-readable result of a top-tuning run."""
+    m, t, s = run.metrics, run.timings, run.split
+    print(f"run {run.id}: {run.label}")
+    print(f"  split: {s.get('method')}; {s.get('n_train')} training photos, {s.get('n_test')} held-out photos")
+    print(f"  held-out accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+          f"macro F1 {m['macro_f1']:.3f}")
+    if run.method == "toptune":
+        source = "from cache" if t.get("cache_hit") else "extracted"
+        print(f"  features {source} in {t['extract_seconds']:.2f} s (extraction cost {t['feature_extraction_seconds']:.1f} s); "
+              f"classifier fit {t['fit_seconds']:.2f} s")
+        print(f"  training time: {t['train_seconds_without_extraction']:.2f} s without feature extraction, "
+              f"{t['train_seconds_with_extraction']:.1f} s with it")
+    if s.get("unreadable"):
+        print(f"  {len(s['unreadable'])} unreadable photo(s) skipped:")
+        for path, reason in s["unreadable"][:20]:
+            print(f"    {path}: {reason}")
+        if len(s["unreadable"]) > 20:
+            print(f"    ... and {len(s['unreadable']) - 20} more (all are listed in the run's split record)")
+
+
+def cmd_toptune(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.experiment import run_toptuning, summary
+    from toptune_core.progress import TextProgressBar
+
+    run = run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=args.classifier,
+                        seed=args.seed, test_size=args.test_size, store=run_store(settings),
+                        cache=feature_cache(settings), progress=TextProgressBar())
+    print_report(run)
+    write_json(args.json, summary(run))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.predict import Predictor
+
+    predictor = Predictor.from_run(args.run, store=run_store(settings))
+    for image in args.images:
+        pred = predictor.predict(image)
+        top = ", ".join(f"{c} {p:.3f}" for c, p in pred.top(args.top))
+        print(f"{image}: {pred.label} ({pred.confidence:.1%}) | {top}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    for run in run_store(settings).list():
+        print(f"{run.status:11s} {run.label}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = add_command(sub, "toptune", cmd_toptune, "extract (cached) features, fit a classifier, evaluate, record the run",
+                    data=True)
+    p.add_argument("--classifier", default="rf", choices=["rf", "logreg"], help="top classifier (default rf)")
+
+    p = add_command(sub, "predict", cmd_predict, "classify photos with a recorded run")
+    p.add_argument("--run", required=True, help="run id (see: python -m toptune_core runs)")
+    p.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
+    p.add_argument("images", nargs="+", help="photo file(s)")
+
+    add_command(sub, "runs", cmd_runs, "list recorded runs")
