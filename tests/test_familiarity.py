@@ -128,3 +128,38 @@ def test_a_class_left_out_is_refused_more_often_than_learned_photos(lite0_extrac
     missed = np.mean([1 - r["coverage_learned"] for r in rows])
     assert refused > missed  # the check does catch part of an unseen disease, but far from all of it
     assert all(r["refused_unseen"] < 0.5 for r in rows)  # the honest limit the README states
+
+
+def test_predict_command_takes_files_and_folders_and_writes_json(demo_run, home, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    run, _ = demo_run
+    folder = tmp_path / "field" / "nested"
+    folder.mkdir(parents=True)
+    leaves = sorted((DEMO_DATASET / "healthy").glob("*.jpg"))[:2]
+    for leaf in leaves:
+        (folder / leaf.name).write_bytes(leaf.read_bytes())
+    (folder / "cup.jpg").write_bytes(non_leaf_photos()["coffee"])
+    (folder / "broken.jpg").write_bytes(b"not a photo at all")
+    (folder / "notes.txt").write_text("not a photo, not looked at")
+    out = tmp_path / "out.json"
+    env = {**os.environ, "TOPTUNE_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-m", "toptune_core", "predict", "--run", run.id, str(tmp_path / "field"),
+                             "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 4
+    report = json.loads(out.read_text())
+    assert report["run_id"] == run.id
+    by_name = {Path(e["path"]).name: e for e in report["predictions"]}
+    assert set(by_name) == {leaves[0].name, leaves[1].name, "cup.jpg", "broken.jpg"}
+    assert "error" in by_name["broken.jpg"] and "NOT RECOGNISED" in result.stdout
+    cup = by_name["cup.jpg"]
+    assert cup["label"] is None and cup["unknown"] is True and 0 <= cup["familiarity"] < 0.05
+    for leaf in leaves:
+        e = by_name[leaf.name]
+        assert e["unknown"] is False and e["label"] == e["top"][0][0]
+        probs = [p for _, p in e["top"]]
+        assert len(e["top"]) == 3 and probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-6
+        assert len(e["nearest"]) == 5 and all(len(n) == 3 for n in e["nearest"])

@@ -1,9 +1,8 @@
-"""Command-line commands ``toptune``, ``predict`` and ``runs`` (top-tuning, and using recorded runs).
+"""Command-line commands ``toptune`` and ``runs`` (top-tuning, and the recorded runs).
 
 ``python -m toptune_core toptune --data DIR [--backbone NAME] [--classifier rf|logreg]``
 extracts (cached) features, fits the classifier, evaluates and records the run;
-``predict --run ID PHOTO...`` classifies photos with a recorded run; ``runs``
-lists the recorded runs.
+``runs`` lists the recorded runs. (``predict`` lives in ``cli.predict``.)
 """
 
 from __future__ import annotations
@@ -47,17 +46,6 @@ def cmd_toptune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from toptune_core.predict import Predictor
-
-    predictor = Predictor.from_run(args.run, store=run_store(settings))
-    for image in args.images:
-        pred = predictor.predict(image)
-        top = ", ".join(f"{c} {p:.3f}" for c, p in pred.top(args.top))
-        print(f"{image}: {pred.label} ({pred.confidence:.1%}) | {top}")
-    return 0
-
-
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     for run in run_store(settings).list():
         print(f"{run.status:11s} {run.label}")
@@ -68,10 +56,5 @@ def add_parsers(sub) -> None:
     p = add_command(sub, "toptune", cmd_toptune, "extract (cached) features, fit a classifier, evaluate, record the run",
                     data=True)
     p.add_argument("--classifier", default="rf", choices=["rf", "logreg"], help="top classifier (default rf)")
-
-    p = add_command(sub, "predict", cmd_predict, "classify photos with a recorded run")
-    p.add_argument("--run", required=True, help="run id (see: python -m toptune_core runs)")
-    p.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
-    p.add_argument("images", nargs="+", help="photo file(s)")
 
     add_command(sub, "runs", cmd_runs, "list recorded runs")
