@@ -1,3 +1,5 @@
-"""toptune core: data, backbones, features, classifiers, evaluation and runs. Never imports streamlit."""
+"""toptune core: data, backbones, features, methods (top-tuning and fine-tuning), experiment, runs, trust.
 
-__version__ = "0.1.0"
+Never imports streamlit."""
+
+__version__ = "0.2.0"

@@ -1,0 +1,1 @@
+"""Pretrained backbones: the catalogue looked up by name (``catalogue``) and the one pixel pipeline (``pixels``)."""

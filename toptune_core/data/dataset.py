@@ -1,4 +1,4 @@
-"""Datasets: a folder of labelled photos, its fingerprint, and the train/test split.
+"""Datasets: a folder of labelled photos and its fingerprint (the held-out rule is ``data.split``).
 
 Two layouts are read:
 

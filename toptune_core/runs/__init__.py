@@ -1,0 +1,1 @@
+"""Recorded runs: the run record (``record``) and the on-disk store (``store``)."""

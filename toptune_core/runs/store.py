@@ -28,17 +28,16 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import pandas as pd
 
 from toptune_core.errors import RunNotFound, ToptuneError
-from toptune_core.config import toptune_home
+from toptune_core.config import Settings
+from toptune_core.runs.record import STATUSES, RunRecord
 from toptune_core.system import pid_alive, process_start_token
 
-STATUSES = ("running", "completed", "cancelled", "failed", "interrupted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,49 +64,6 @@ CREATE TABLE IF NOT EXISTS runs (
 # Columns added after the first release: added to older stores when they are opened.
 _ADDED_COLUMNS = {"proc_start": "TEXT", "model_sha256": "TEXT"}
 _JSON_FIELDS = ("params", "split", "metrics", "timings", "curve")
-
-
-@dataclass
-class RunRecord:
-    """One recorded run, as read from the store."""
-
-    id: str
-    created: float
-    finished: Optional[float]
-    method: str  # "toptune" or "finetune"
-    status: str
-    backbone: str
-    classifier: Optional[str]
-    dataset: str
-    params: dict = field(default_factory=dict)
-    split: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    curve: list = field(default_factory=list)
-    error: Optional[str] = None
-    pid: Optional[int] = None
-    host: Optional[str] = None
-    proc_start: Optional[str] = None  # identifies the process beyond its pid (boot id + start time)
-    model_sha256: Optional[str] = None  # of model.joblib, recorded by save_model and checked by load_model
-    dir: Path = Path()
-
-    @property
-    def accuracy(self) -> Optional[float]:
-        return self.metrics.get("accuracy")
-
-    @property
-    def label(self) -> str:
-        """A short human label, e.g. ``20261124-2231-ab12 · top-tune rf · tf_efficientnet_lite0 · acc 0.92``."""
-        how = f"top-tune {self.classifier}" if self.method == "toptune" else "fine-tune"
-        acc = f" · acc {self.accuracy:.3f}" if self.accuracy is not None else ""
-        return f"{self.id} · {how} · {self.backbone}{acc}"
-
-    def predictions(self) -> pd.DataFrame:
-        """Per-image held-out predictions (path, true, predicted, confidence, correct, p_<class>...)."""
-        path = self.dir / "predictions.csv"
-        if not path.exists():
-            raise ToptuneError(f"Run {self.id} has no saved predictions (status: {self.status}).")
-        return pd.read_csv(path)
 
 
 def _fsync_file(path: Path) -> None:
@@ -141,7 +97,7 @@ class RunStore:
     """Runs under ``root`` (default ``$TOPTUNE_HOME``)."""
 
     def __init__(self, root: Optional[str | Path] = None):
-        self.root = Path(root) if root else toptune_home()
+        self.root = Path(root) if root else Settings.from_env().ensure_home()
         self.runs_dir = self.root / "runs"
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
