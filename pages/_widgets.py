@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import completed_runs, current_dataset
+from pages._state import completed_runs, current_dataset, scan_dataset, split_settings
+from toptune_core.data.dataset import Dataset
 from toptune_core.errors import ImageError, ToptuneError
 from toptune_core.jobs.view import JobView
 from toptune_core.progress import Progress
@@ -50,13 +51,19 @@ def friendly_errors() -> Iterator[None]:
 
 # --- guards: what a page needs before it can show anything -------------------------------------------
 
-def need_dataset() -> Optional[dict]:
-    """The chosen dataset, or None after saying to choose one first (with a link to Data)."""
+def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
+    """``(choice, dataset, seed, test share)`` after a line saying what will be trained on (``note`` ends it), or
+    None after saying to choose a dataset first (with a link to Data)."""
     choice = current_dataset()
     if not choice:
         st.info("Choose a dataset first.")
         link("data", "Go to Data →")
-    return choice
+        return None
+    ds = scan_dataset(choice["path"])
+    seed, test_size = split_settings()
+    st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
+             f"{test_size:.0%} held out for testing (seed {seed}){note}.")
+    return choice, ds, seed, test_size
 
 
 def need_runs(hint: str) -> list[RunRecord]:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from pages._charts import finetune_curve
 from pages._router import link, through_router
-from pages._state import finetune_job, home, remember, remembered_run, scan_dataset, split_settings, store
+from pages._state import finetune_job, home, remember, remembered_run, store
 from pages._widgets import follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE
 from toptune_core.errors import RunNotFound
@@ -100,13 +100,10 @@ def settings_form(defaults: dict) -> dict:
 
 
 def start_form() -> None:
-    choice = need_dataset()
-    if not choice:
+    needed = need_dataset(", as for top-tuning")
+    if not needed:
         return
-    ds = scan_dataset(choice["path"])
-    seed, test_size = split_settings()
-    st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
-             f"{test_size:.0%} held out for testing (seed {seed}), as for top-tuning.")
+    choice, _, seed, test_size = needed
     chosen = settings_form(dict(finetune.FINETUNE_DEFAULTS))
     if st.button("Start fine-tuning", type="primary", icon=":material/model_training:"):
         job = FinetuneJob.start(choice["path"], store_root=home(), seed=seed, test_size=test_size, **chosen)

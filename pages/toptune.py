@@ -6,8 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import (extractor_for, feature_cache, job_for, remember, scan_dataset, split_settings, start_job,
-                          store)
+from pages._state import extractor_for, feature_cache, job_for, remember, start_job, store
 from pages._widgets import draw_failure, follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
 from toptune_core.methods.classifiers import CLASSIFIERS
@@ -68,13 +67,10 @@ def toptune_finished(view: JobView) -> None:
 
 
 def page() -> None:
-    choice = need_dataset()
-    if not choice:
+    needed = need_dataset()
+    if not needed:
         return
-    ds = scan_dataset(choice["path"])
-    seed, test_size = split_settings()
-    st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
-             f"{test_size:.0%} held out for testing (seed {seed}).")
+    choice, ds, seed, test_size = needed
 
     names = list(CATALOGUE)
     backbone = st.selectbox("Backbone: the pretrained network, kept frozen", names,
