@@ -155,7 +155,9 @@ def follow_job(job, draw_finished: Callable[[JobView], None], *, draw_running: O
             elif st.button(cancel_label, key=f"cancel-{view.id}"):
                 with st.spinner(cancelling) if cancelling else nullcontext():
                     job.cancel()
-                st.rerun(scope="fragment")
+                if job.view().active:  # stops at its next step: follow it there
+                    st.rerun(scope="fragment")
+                st.rerun()  # stopped already (a process job waits for its process): redraw the whole page
             if draw_running is not None:
                 draw_running(view)
         elif was_active:
