@@ -13,23 +13,13 @@ the guard at the bottom.
 def main() -> None:
     import streamlit as st
 
-    from pages._ui import PAGES, current_dataset, friendly_errors
+    from pages._router import navigation
+    from pages._state import current_dataset
+    from pages._widgets import friendly_errors
     from toptune_core.jobs.thread import registry
 
     st.set_page_config(page_title="Toptune · leaf photo diagnosis", page_icon="🌱", layout="wide")
-
-    pages = {
-        "Toptune": [st.Page(PAGES["home"], title="Home", icon=":material/home:", default=True)],
-        "Steps": [
-            st.Page(PAGES["data"], title="Data", icon=":material/photo_library:"),
-            st.Page(PAGES["toptune"], title="Top-tune", icon=":material/bolt:"),
-            st.Page(PAGES["finetune"], title="Fine-tune", icon=":material/model_training:"),
-            st.Page(PAGES["compare"], title="Compare", icon=":material/scatter_plot:"),
-            st.Page(PAGES["predictions"], title="Predictions", icon=":material/grid_on:"),
-            st.Page(PAGES["classify"], title="Classify a photo", icon=":material/eco:"),
-        ],
-    }
-    page = st.navigation(pages)
+    page = st.navigation(navigation())
 
     with st.sidebar, friendly_errors():
         choice = current_dataset()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import plotly.express as px
 import streamlit as st
 
-from pages._ui import (PAGES, completed_runs, friendly_errors, percent, pick_run, predictor_for, seconds, store,
-                       through_router)
+from pages._charts import probabilities_chart
+from pages._router import through_router
+from pages._state import predictor_for, store
+from pages._widgets import friendly_errors, need_runs, percent, pick_run, seconds
 from toptune_core.data.uploads import photo_source, read_uploaded_photo
 
 through_router()
@@ -16,10 +17,8 @@ PHOTO_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic"
 
 
 def page() -> None:
-    runs = completed_runs()
+    runs = need_runs("No trained model yet. Top-tune one first (the demo dataset takes about a minute).")
     if not runs:
-        st.info("No trained model yet. Top-tune one first (the demo dataset takes about a minute).")
-        st.page_link(PAGES["toptune"], label="Go to Top-tune →", icon=":material/bolt:")
         return
     best = store().best()
     run = pick_run("Model (the best one is chosen first)", runs, best.id if best else None, key="cls_run")
@@ -49,13 +48,7 @@ def page() -> None:
             st.metric("Confidence", percent(prediction.confidence))
             if prediction.confidence < 0.5:
                 st.warning("The model is unsure about this photo; take another one, closer and in even light.")
-            order = sorted(zip(prediction.classes, prediction.probabilities), key=lambda cp: cp[1])
-            fig = px.bar(x=[p for _, p in order], y=[c for c, _ in order], orientation="h",
-                         labels={"x": "probability", "y": "class"}, text=[f"{p:.0%}" for _, p in order])
-            fig.update_traces(marker_color="#2E7D32")
-            fig.update_layout(height=max(200, 45 * len(order) + 80), margin=dict(t=10, b=10),
-                              xaxis=dict(range=[0, 1], tickformat=".0%"))
-            st.plotly_chart(fig, key="probabilities")
+            st.plotly_chart(probabilities_chart(prediction.classes, prediction.probabilities), key="probabilities")
             st.caption(f"Classified in {seconds(prediction.seconds)} by run {run.id} ({run.backbone}).")
 
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
-import plotly.express as px
 import streamlit as st
 
-from pages._ui import PAGES, completed_runs, friendly_errors, through_router
-from toptune_core.workspace import runs_frame
+from pages._charts import compare_scatter
+from pages._router import through_router
+from pages._widgets import friendly_errors, need_runs
+from toptune_core.reports import runs_frame
 
 through_router()
 st.title("4 · Compare")
 
 
 def page() -> None:
-    runs = completed_runs()
+    runs = need_runs("No finished runs yet. Top-tune a model first; every run you make appears here.")
     if not runs:
-        st.info("No finished runs yet. Top-tune a model first; every run you make appears here.")
-        st.page_link(PAGES["toptune"], label="Go to Top-tune →", icon=":material/bolt:")
         return
     include = st.toggle("Count feature extraction in top-tuning time", value=True, key="cmp_include_extraction",
                         help="On: top-tuning time = extracting the features (done once, then cached) + training "
@@ -26,23 +23,7 @@ def page() -> None:
     frame = runs_frame(runs, include_extraction=include)
     plotted = frame.dropna(subset=["accuracy", "training time (s)"])
     plotted = plotted[plotted["training time (s)"] > 0]
-    fig = px.scatter(
-        plotted, x="training time (s)", y="accuracy", color="method", symbol="backbone", log_x=True,
-        hover_name="run",
-        hover_data={"classifier": True, "balanced accuracy": ":.3f", "macro F1": ":.3f", "training time (s)": ":.1f",
-                    "training photos": True, "test photos": True, "dataset": True, "settings": True,
-                    "started": True, "method": False, "backbone": True, "accuracy": ":.3f"},
-        color_discrete_map={"top-tuned": "#2E7D32", "fine-tuned": "#E65100"},
-        labels={"training time (s)": "training time (seconds, log scale)", "accuracy": "held-out accuracy"},
-    )
-    fig.update_traces(marker=dict(size=13, line=dict(width=1, color="white")))
-    times = plotted["training time (s)"]
-    if len(times):  # half a decade either side, ticks at 1-2-5 steps in plain seconds
-        low, high = math.log10(times.min()) - 0.5, math.log10(times.max()) + 0.5
-        ticks = [m * 10.0 ** e for e in range(math.floor(low), math.ceil(high) + 1) for m in (1, 2, 5)
-                 if low <= math.log10(m * 10.0 ** e) <= high]
-        fig.update_xaxes(range=[low, high], tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
-    fig.update_layout(height=460, margin=dict(t=30, b=10), yaxis=dict(range=[0, 1.02], tickformat=".0%"))
+    fig = compare_scatter(plotted)
     st.plotly_chart(fig, key="compare_scatter")
     st.caption(f"{len(plotted)} run(s). Up and to the left is better: more accurate, less training time. "
                + ("Top-tuning times include the feature extraction." if include

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 
-import plotly.express as px
 import streamlit as st
 
-from pages._ui import (PAGES, choose_dataset, current_dataset, draw_failure, follow_job, friendly_errors, job_for,
-                       scan_dataset, set_split, split_settings, start_job, through_router, workspace)
+from pages._charts import class_counts_chart
+from pages._router import PAGES, through_router
+from pages._state import (choose_dataset, current_dataset, home, job_is_running, job_for, scan_dataset, set_split,
+                          settings, split_settings, start_job, workspace)
+from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
-from toptune_core.workspace import demo_choice, describe_sizes, image_sizes
 from toptune_core.data.dataset import load_dataset
 from toptune_core.data.eden import EDEN_BASE_URL, EDEN_CATALOGUE, download_eden_datasets, eden_label
-from toptune_core.errors import ImageError
-from toptune_core.data.images import load_rgb
-from toptune_core.jobs.thread import JobView
-from toptune_core.progress import Progress
-from toptune_core.config import toptune_home
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
+from toptune_core.jobs.view import JobView
+from toptune_core.progress import Progress
+from toptune_core.reports import describe_sizes, image_sizes
+from toptune_core.workspace import Workspace, demo_choice
 
 THUMBS_PER_CLASS = 4
 MAX_CLASSES_SHOWN = 12
@@ -39,7 +37,8 @@ def dataset_job_finished(view: JobView) -> None:
         st.success(f"Ready: {view.result['label']}.")
 
 
-def download_eden(names: list[str], home: Path):
+def download_eden(names: list[str], cache_dir: Path, base_url: str, ws: Workspace):
+    """The job target of an Eden download (everything it needs is passed in: workers never touch the session)."""
     def target(progress, should_cancel):
         def on_bytes(done: int, total, rate: float) -> None:
             mb = 2 ** 20
@@ -47,24 +46,24 @@ def download_eden(names: list[str], home: Path):
             progress(Progress("download", done / mb, total / mb if total else None, "MB", rate / mb if rate else None,
                               eta, 0.0, f"{len(names)} dataset(s)"))
 
-        root = download_eden_datasets(names, cache_dir=home, progress=on_bytes, should_cancel=should_cancel,
-                                      base_url=os.environ.get("TOPTUNE_EDEN_URL") or EDEN_BASE_URL)
+        root = download_eden_datasets(names, cache_dir=cache_dir, progress=on_bytes, should_cancel=should_cancel,
+                                      base_url=base_url)
         ds = load_dataset(root)
         crops = ", ".join(ds.classes)
         choice = {"kind": "eden", "path": str(root), "label": f"Eden Library: {crops} ({len(ds)} photos)",
                   "eden": sorted(names)}
-        workspace().update(dataset=choice)
+        ws.update(dataset=choice)
         return choice
 
     return target
 
 
-def unzip_upload(zip_path: Path, name: str):
+def unzip_upload(zip_path: Path, name: str, ws: Workspace):
     def target(progress, should_cancel):
         root = extract_uploaded_zip(zip_path, progress=progress, should_cancel=should_cancel)
         ds = load_dataset(root)
         choice = {"kind": "upload", "path": str(root), "label": f"Uploaded zip {name} ({len(ds)} photos)"}
-        workspace().update(dataset=choice)
+        ws.update(dataset=choice)
         return choice
 
     return target
@@ -86,10 +85,10 @@ def choose_source() -> None:
         classes = {eden_label(n) for n in names}
         if names and len(classes) < 2:
             st.info("Choose at least two datasets of different plants: each plant is one class.")
-        busy = job_for("download") is not None and job_for("download").view().active
+        busy = job_is_running("download")
         if st.button("Download and use", type="primary", disabled=len(classes) < 2 or busy):
-            start_job("download", "Downloading from the Eden Library", download_eden(names, toptune_home()),
-                      {"names": names})
+            target = download_eden(names, home(), settings().eden_url or EDEN_BASE_URL, workspace())
+            start_job("download", "Downloading from the Eden Library", target, {"names": names})
         job = job_for("download")
         if job is not None:
             follow_job(job, dataset_job_finished)
@@ -106,27 +105,15 @@ def choose_source() -> None:
     else:
         st.write("A zip of the dataset folder: one sub-folder of photos per class, named after the class.")
         upload = st.file_uploader("Dataset zip", type=["zip"], key="zip_upload")
-        busy = job_for("unzip") is not None and job_for("unzip").view().active
+        busy = job_is_running("unzip")
         if st.button("Unpack and use", type="primary", disabled=upload is None or busy):
             with friendly_errors():
                 zip_path = save_uploaded_zip(upload.name, upload.getvalue())
-                start_job("unzip", f"Unpacking {upload.name}", unzip_upload(zip_path, upload.name),
+                start_job("unzip", f"Unpacking {upload.name}", unzip_upload(zip_path, upload.name, workspace()),
                           {"zip": upload.name})
         job = job_for("unzip")
         if job is not None:
             follow_job(job, dataset_job_finished)
-
-
-@st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail(path: str, mtime_ns: int) -> bytes | None:
-    try:
-        im = load_rgb(path, min_size=160)
-    except ImageError:
-        return None
-    im.thumbnail((200, 200))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -150,11 +137,7 @@ def show_dataset() -> None:
     for warning in ds.warnings:
         st.warning(warning)
 
-    chart = px.bar(x=list(counts), y=list(counts.values()), labels={"x": "class", "y": "photos"},
-                   title="Photos per class", text=list(counts.values()))
-    chart.update_traces(marker_color="#2E7D32")
-    chart.update_layout(height=320, margin=dict(t=40, b=10))
-    st.plotly_chart(chart, key="class_counts")
+    st.plotly_chart(class_counts_chart(counts), key="class_counts")
 
     st.markdown("##### A few photos of each class")
     shown = ds.classes[:MAX_CLASSES_SHOWN]
@@ -163,7 +146,7 @@ def show_dataset() -> None:
         st.markdown(f"**{cls}** · {counts[cls]:,} photos")
         cols = st.columns(THUMBS_PER_CLASS)
         for col, p in zip(cols, paths):
-            thumb = thumbnail(str(p), p.stat().st_mtime_ns) if p.exists() else None
+            thumb = thumbnail(p)
             if thumb is None:
                 col.caption(f"{p.name}: cannot be read")
             else:

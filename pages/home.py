@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from pages._ui import PAGES, choose_dataset, completed_runs, friendly_errors, percent, through_router
+from pages._router import PAGES, through_router
+from pages._state import choose_dataset, completed_runs
+from pages._widgets import friendly_errors, percent
 from toptune_core.workspace import demo_choice
 
 through_router()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import PAGES, completed_runs, friendly_errors, percent, pick_run, remembered_run, through_router
-from toptune_core.errors import ImageError
-from toptune_core.data.images import load_rgb
+from pages._charts import confusion_figure
+from pages._router import through_router
+from pages._state import remembered_run
+from pages._widgets import friendly_errors, need_runs, percent, pick_run, thumbnail
 
 through_router()
 st.title("5 · Predictions")
@@ -20,41 +19,6 @@ st.title("5 · Predictions")
 GALLERY_SIZE = 24
 COLUMNS = 6
 ALL = "(any)"
-
-
-@st.cache_data(show_spinner=False, max_entries=3000)
-def thumbnail(path: str) -> bytes | None:
-    try:
-        im = load_rgb(path, min_size=160)
-    except ImageError:
-        return None
-    im.thumbnail((200, 200))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
-
-
-def confusion_figure(matrix: np.ndarray, classes: list[str]) -> go.Figure:
-    """The confusion matrix as a heatmap, with one clickable marker per cell (heatmaps themselves cannot be
-    selected in Plotly); choosing a cell shows its photos below."""
-    n = len(classes)
-    true_idx, pred_idx = np.meshgrid(range(n), range(n), indexing="ij")
-    true_names = [classes[i] for i in true_idx.ravel()]
-    pred_names = [classes[j] for j in pred_idx.ravel()]
-    counts = matrix.ravel()
-    fig = go.Figure()
-    fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Greens", showscale=False,
-                             text=matrix, texttemplate="%{text}", textfont=dict(size=16), hoverinfo="skip"))
-    fig.add_trace(go.Scatter(
-        x=pred_names, y=true_names, mode="markers", customdata=np.stack([true_names, pred_names], axis=1),
-        marker=dict(symbol="square", size=max(14, 240 // max(n, 1)), opacity=0, color="black"),
-        hovertemplate="true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>%{text} photo(s)<extra></extra>",
-        text=counts, showlegend=False))
-    fig.update_layout(xaxis=dict(title="predicted class", side="bottom"),
-                      yaxis=dict(title="true class", autorange="reversed"),
-                      height=max(360, 70 * n + 160), margin=dict(t=20, b=10), clickmode="event+select",
-                      dragmode=False)
-    return fig
 
 
 def on_cell_selected() -> None:
@@ -65,10 +29,8 @@ def on_cell_selected() -> None:
 
 
 def page() -> None:
-    runs = completed_runs()
+    runs = need_runs("No finished runs yet. Top-tune a model first.")
     if not runs:
-        st.info("No finished runs yet. Top-tune a model first.")
-        st.page_link(PAGES["toptune"], label="Go to Top-tune →", icon=":material/bolt:")
         return
     run = pick_run("Run", runs, remembered_run("last_run"), key="pred_run")
     m = run.metrics
@@ -115,7 +77,7 @@ def page() -> None:
     for start in range(0, len(rows), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, row in zip(cols, rows[start:start + COLUMNS]):
-            thumb = thumbnail(row.path) if Path(row.path).exists() else None
+            thumb = thumbnail(row.path)
             verdict = "Right" if bool(row.correct) else "Wrong"
             caption = f"{verdict} · true: {row.true} · predicted: {row.predicted} ({row.confidence:.0%})"
             if thumb is None:

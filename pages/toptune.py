@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._ui import (PAGES, current_dataset, draw_failure, extractor_for, follow_job, friendly_errors, job_for,
-                       percent, remember, scan_dataset, seconds, split_settings, start_job, store, through_router)
+from pages._router import PAGES, through_router
+from pages._state import extractor_for, feature_cache, job_for, remember, start_job, store
+from pages._widgets import draw_failure, follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
 from toptune_core.methods.classifiers import CLASSIFIERS
-from toptune_core.features.cache import FeatureCache
-from toptune_core.jobs.thread import JobView
+from toptune_core.jobs.view import JobView
 from toptune_core.runs.store import RunRecord, RunStore
 from toptune_core.experiment import run_toptuning
 
@@ -67,15 +67,10 @@ def toptune_finished(view: JobView) -> None:
 
 
 def page() -> None:
-    choice = current_dataset()
-    if not choice:
-        st.info("Choose a dataset first.")
-        st.page_link(PAGES["data"], label="Go to Data →", icon=":material/photo_library:")
+    needed = need_dataset()
+    if not needed:
         return
-    ds = scan_dataset(choice["path"])
-    seed, test_size = split_settings()
-    st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
-             f"{test_size:.0%} held out for testing (seed {seed}).")
+    choice, ds, seed, test_size = needed
 
     names = list(CATALOGUE)
     backbone = st.selectbox("Backbone: the pretrained network, kept frozen", names,
@@ -89,7 +84,7 @@ def page() -> None:
     st.caption(f"Settings: {CLASSIFIERS[classifier].settings}.")
 
     extractor = extractor_for(backbone)
-    cache = FeatureCache()
+    cache = feature_cache()
     cached = cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir()
     if cached:
         st.caption(":material/bolt: The features of these photos with this backbone are in the cache: training takes a second "

@@ -221,7 +221,8 @@ def test_registry_forgets_oldest_finished_jobs():
 
 
 def test_dashboard_core_modules_do_not_import_streamlit():
-    code = ("import sys, toptune_core.jobs.thread, toptune_core.data.uploads, toptune_core.workspace; "
+    code = ("import sys, toptune_core.jobs.thread, toptune_core.data.uploads, toptune_core.workspace, "
+            "toptune_core.reports, toptune_core.jobs.process; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'streamlit'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=APP.parent, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

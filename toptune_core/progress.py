@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
 from toptune_core.errors import Cancelled
@@ -109,3 +109,9 @@ def progress_as_dict(p: Progress) -> dict:
     d["fraction"] = p.fraction
     d["text"] = p.describe()
     return d
+
+
+def progress_from_dict(d: dict) -> Progress:
+    """The ``Progress`` of a dict written by ``progress_as_dict`` (keys it does not know are ignored)."""
+    known = {f.name for f in fields(Progress)}
+    return Progress(**{k: v for k, v in d.items() if k in known})

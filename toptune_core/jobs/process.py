@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toptune_core.errors import Cancelled, JobInterrupted, ToptuneError
-from toptune_core.progress import Progress, progress_as_dict
+from toptune_core.jobs.view import JobView
+from toptune_core.progress import Progress, progress_as_dict, progress_from_dict
 from toptune_core.runs.store import RunRecord, RunStore
 from toptune_core.system import pid_alive, process_start_token
 
@@ -179,8 +180,8 @@ class FinetuneJob:
         run = self.store.get(self.run_id)
         return run.pid if run.host == socket.gethostname() else None
 
-    def status(self) -> dict:
-        """{'state', 'progress' (latest event as a dict, or None), 'curve', 'error', 'metrics', 'run_id'}."""
+    def _record(self) -> RunRecord:
+        """The run record, first ending it as ``interrupted`` if its process is gone without recording an end."""
         multiprocessing.active_children()  # reap finished training processes of this process (no zombies)
         store = self.store
         run = store.get(self.run_id)
@@ -190,13 +191,30 @@ class FinetuneJob:
                 store.finish(self.run_id, "interrupted", "The training process stopped unexpectedly "
                                                          "(crash, out of memory or killed).")
                 run = store.get(self.run_id)
-        progress = None
+        return run
+
+    def _progress(self) -> Optional[dict]:
+        """The latest progress event the training process wrote, as a dict (None before the first)."""
         try:
-            progress = json.loads((store.run_dir(self.run_id) / PROGRESS_FILE).read_text())
+            return json.loads((self.store.run_dir(self.run_id) / PROGRESS_FILE).read_text())
         except (OSError, ValueError):
-            pass
-        return {"run_id": self.run_id, "state": run.status, "progress": progress, "curve": run.curve,
+            return None
+
+    def status(self) -> dict:
+        """{'state', 'progress' (latest event as a dict, or None), 'curve', 'error', 'metrics', 'run_id'}."""
+        run = self._record()
+        return {"run_id": self.run_id, "state": run.status, "progress": self._progress(), "curve": run.curve,
                 "error": run.error, "metrics": run.metrics}
+
+    def view(self) -> JobView:
+        """The same snapshot a thread job gives (kind ``finetune``; ``result`` is the run id once completed)."""
+        run = self._record()
+        event = self._progress() if run.status == "running" else None
+        stages = (progress_from_dict(event),) if event else ()
+        cancel_requested = (self.store.run_dir(self.run_id) / CANCEL_FILE).exists()
+        return JobView(self.run_id, "finetune", f"Fine-tune {self.run_id}", run.status, dict(run.params), stages,
+                       self.run_id if run.status == "completed" else None, run.error, None, run.created,
+                       run.created, run.finished, cancel_requested)
 
     @property
     def running(self) -> bool:

@@ -21,52 +21,14 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from toptune_core.errors import Cancelled, ToptuneError
+from toptune_core.jobs.view import FINISHED, STATES, JobView  # noqa: F401  (re-exported)
 from toptune_core.progress import CancelCheck, Progress, ProgressCallback
-
-#: Job states: queued -> running -> completed | cancelled | failed.
-STATES = ("queued", "running", "completed", "cancelled", "failed")
-FINISHED = frozenset({"completed", "cancelled", "failed"})
 
 #: What a job runs: ``target(progress, should_cancel) -> result``.
 JobTarget = Callable[[ProgressCallback, CancelCheck], Any]
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A consistent copy of a job's state at one moment, safe to read without locks."""
-
-    id: str
-    kind: str
-    title: str
-    state: str
-    params: dict
-    stages: tuple[Progress, ...]  # the latest event of each stage, in the order the stages began
-    result: Any
-    error: Optional[str]
-    details: Optional[str]  # traceback of an unexpected failure, for a developer
-    created: float
-    started: Optional[float]
-    finished: Optional[float]
-    cancel_requested: bool
-
-    @property
-    def active(self) -> bool:
-        return self.state not in FINISHED
-
-    @property
-    def latest(self) -> Optional[Progress]:
-        return self.stages[-1] if self.stages else None
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds the job has run (until now, or until it finished)."""
-        if self.started is None:
-            return 0.0
-        return (self.finished or time.time()) - self.started
 
 
 class Job:

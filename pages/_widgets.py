@@ -1,0 +1,218 @@
+"""Widgets every page shares: plain-word errors, formats, job progress, run pickers, thumbnails, guards.
+
+Background work of every kind (a thread job, the fine-tune's process job) is
+drawn by ONE ``follow_job``: a fragment that reruns on a timer while the job
+runs. All work is done by ``toptune_core``; this module only lays out widgets.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import traceback
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Optional
+
+import streamlit as st
+
+from pages._router import link
+from pages._state import completed_runs, current_dataset, scan_dataset, split_settings
+from toptune_core.data.dataset import Dataset
+from toptune_core.errors import ImageError, ToptuneError
+from toptune_core.jobs.view import JobView
+from toptune_core.progress import Progress
+from toptune_core.runs.store import RunRecord
+
+# --- errors in plain words -----------------------------------------------------------------------
+
+UNEXPECTED = ("Something unexpected went wrong. Nothing already saved was lost; try again, and if it happens "
+              "again, show the details below to whoever maintains this tool.")
+
+
+def show_details(details: str) -> None:
+    with st.expander("Details (for whoever maintains this tool)"):
+        st.code(details, language=None)
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Show a ``ToptuneError`` as its one-line message, anything else as a plain sentence with details folded away.
+
+    Streamlit's own rerun/stop signals are BaseExceptions and pass through.
+    """
+    try:
+        yield
+    except ToptuneError as e:
+        st.error(str(e))
+    except Exception:
+        st.error(UNEXPECTED)
+        show_details(traceback.format_exc())
+
+
+# --- guards: what a page needs before it can show anything -------------------------------------------
+
+def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
+    """``(choice, dataset, seed, test share)`` after a line saying what will be trained on (``note`` ends it), or
+    None after saying to choose a dataset first (with a link to Data)."""
+    choice = current_dataset()
+    if not choice:
+        st.info("Choose a dataset first.")
+        link("data", "Go to Data →")
+        return None
+    ds = scan_dataset(choice["path"])
+    seed, test_size = split_settings()
+    st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
+             f"{test_size:.0%} held out for testing (seed {seed}){note}.")
+    return choice, ds, seed, test_size
+
+
+def need_runs(hint: str) -> list[RunRecord]:
+    """The completed runs, or [] after showing ``hint`` and a link to Top-tune."""
+    runs = completed_runs()
+    if not runs:
+        st.info(hint)
+        link("toptune", "Go to Top-tune →")
+    return runs
+
+
+# --- numbers in plain words --------------------------------------------------------------------------
+
+def seconds(s: Optional[float]) -> str:
+    if s is None:
+        return "–"
+    if s < 1:
+        return f"{s:.2f} s"
+    if s < 10:
+        return f"{s:.1f} s"
+    return f"{s:,.0f} s"
+
+
+def percent(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+STAGE_NAMES = {
+    "extract": "Reading the photos with the backbone (feature extraction)",
+    "fit": "Training the classifier",
+    "download": "Downloading",
+    "unzip": "Unpacking the zip",
+    "train": "Fine-tuning",
+    "evaluate": "Testing on held-out photos",
+    "load": "Loading",
+}
+UNIT_NAMES = {"images": "photos", "image": "photos"}
+
+
+def progress_text(p: Progress) -> str:
+    """E.g. ``Reading the photos ...: 120 of 300 photos · 41.2 photos/s · about 4.4 s left``."""
+    unit = UNIT_NAMES.get(p.unit, p.unit)
+    fmt = (lambda v: f"{v:,.1f}") if unit == "MB" else (lambda v: f"{v:,.0f}")
+    text = f"{STAGE_NAMES.get(p.stage, p.stage.capitalize())}: {fmt(p.done)}"
+    if p.total:
+        text += f" of {fmt(p.total)}"
+    text += f" {unit}"
+    if p.rate:
+        text += f" · {p.rate:,.1f} {unit}/s"
+    if p.eta is not None and (p.fraction or 0) < 1:
+        text += f" · about {seconds(p.eta)} left"
+    if p.message:
+        text += f" · {p.message}"
+    return text
+
+
+def draw_progress(p: Progress) -> None:
+    st.progress(p.fraction if p.fraction is not None else 0.0, text=progress_text(p))
+
+
+# --- background jobs (thread jobs and the fine-tune's process job alike) ------------------------------
+
+def draw_failure(view: JobView) -> None:
+    if view.state == "cancelled":
+        st.warning(f"{view.title}: cancelled. {view.error or ''}".strip())
+    else:
+        st.error(view.error or "The job failed.")
+        if view.details:
+            show_details(view.details)
+
+
+def follow_job(job, draw_finished: Callable[[JobView], None], *, draw_running: Optional[Callable[[JobView], None]]
+               = None, cancel_label: str = "Cancel", cancelling: Optional[str] = None, every: float = 1.0) -> None:
+    """Draw ``job`` (anything with ``view()`` and ``cancel()``): live progress bars, ``draw_running(view)`` and a
+    cancel button while it runs (a fragment rerunning every ``every`` seconds), then ``draw_finished(view)``.
+    When the job ends while watched, the whole page reruns. ``cancelling``: a spinner text while cancel() runs."""
+    was_active = job.view().active
+
+    def body() -> None:
+        view = job.view()
+        if view.active:
+            st.markdown(f"**{view.title}** · running for {seconds(view.elapsed)}")
+            if not view.stages:
+                st.progress(0.0, text="Starting…")
+            for p in view.stages:
+                draw_progress(p)
+            if view.cancel_requested:
+                st.caption("Cancelling… it stops at the next step.")
+            elif st.button(cancel_label, key=f"cancel-{view.id}"):
+                with st.spinner(cancelling) if cancelling else nullcontext():
+                    job.cancel()
+                if job.view().active:  # stops at its next step: follow it there
+                    st.rerun(scope="fragment")
+                st.rerun()  # stopped already (a process job waits for its process): redraw the whole page
+            if draw_running is not None:
+                draw_running(view)
+        elif was_active:
+            st.rerun()
+        else:
+            draw_finished(view)
+
+    st.fragment(run_every=every if was_active else None)(body)()
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+def run_label(run: RunRecord) -> str:
+    """E.g. ``20261124-2231-ab12 · top-tuned tf_efficientnet_lite0 + Random Forest · accuracy 80.0 %``."""
+    from toptune_core.methods.classifiers import CLASSIFIERS
+
+    if run.method == "toptune":
+        spec = CLASSIFIERS.get(run.classifier)
+        how = f"top-tuned {run.backbone} + {spec.label if spec else run.classifier}"
+    else:
+        how = f"fine-tuned {run.backbone}"
+    return f"{run.id} · {how} · accuracy {percent(run.accuracy)}"
+
+
+def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: str) -> Optional[RunRecord]:
+    """A select box of runs, starting on ``default_id`` when it is one of them."""
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
+    index = ids.index(default_id) if default_id in ids else 0
+    chosen = st.selectbox(label, ids, index=index, format_func=lambda i: run_label(by_id[i]), key=key)
+    return by_id.get(chosen)
+
+
+# --- photos -------------------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=3000)
+def _thumbnail(path: str, mtime_ns: int) -> bytes | None:
+    from toptune_core.data.images import load_rgb
+
+    try:
+        im = load_rgb(path, min_size=160)
+    except ImageError:
+        return None
+    im.thumbnail((200, 200))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def thumbnail(path) -> bytes | None:
+    """A small JPEG of the photo at ``path`` (cached until the file changes), or None if it cannot be read."""
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return _thumbnail(str(path), mtime_ns)
