@@ -49,6 +49,7 @@ def compare_scatter(plotted: pd.DataFrame) -> go.Figure:
         labels={"training time (s)": "training time (seconds, log scale)", "accuracy": "held-out accuracy"},
     )
     fig.update_traces(marker=dict(size=13, line=dict(width=1, color="white")))
+    add_pareto_front(fig, plotted)
     times = plotted["training time (s)"]
     if len(times):  # half a decade either side, ticks at 1-2-5 steps in plain seconds
         low, high = math.log10(times.min()) - 0.5, math.log10(times.max()) + 0.5
@@ -57,6 +58,23 @@ def compare_scatter(plotted: pd.DataFrame) -> go.Figure:
         fig.update_xaxes(range=[low, high], tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
     fig.update_layout(height=460, margin=dict(t=30, b=10), yaxis=dict(range=[0, 1.02], tickformat=".0%"))
     return fig
+
+
+FRONT_NAME = "best trade-offs (Pareto front)"
+
+
+def add_pareto_front(fig: go.Figure, plotted: pd.DataFrame) -> None:
+    """Ring the runs on the Pareto front (``best trade-off``) and join them with a staircase: nothing beats them
+    on both accuracy and training time."""
+    if "best trade-off" not in plotted:
+        return
+    front = plotted[plotted["best trade-off"].astype(bool)].sort_values("training time (s)")
+    if front.empty:
+        return
+    fig.add_trace(go.Scatter(x=front["training time (s)"], y=front["accuracy"], mode="lines+markers", name=FRONT_NAME,
+                             line=dict(color=BROWN, dash="dot", shape="hv", width=1.5),
+                             marker=dict(size=24, symbol="circle-open", color=BROWN, line=dict(width=2)),
+                             hoverinfo="skip"))
 
 
 def finetune_curve(curve: list[dict]) -> go.Figure | None:

@@ -81,6 +81,16 @@ def set_split(seed: int, test_size: float) -> None:
     workspace().update(seed=int(seed), test_size=float(test_size))
 
 
+def split_kind() -> str:
+    """How photos are held out on this tab: "random" (stratified) or "grouped" (near-duplicates kept together)."""
+    return str(_remembered("split"))
+
+
+def set_split_kind(kind: str) -> None:
+    st.session_state["split"] = kind
+    workspace().update(split=kind)
+
+
 def remember(key: str, value) -> None:
     """Remember a run id (``last_run``, ``finetune_run``) for this tab and after a reload."""
     st.session_state[key] = value

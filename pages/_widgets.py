@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import completed_runs, current_dataset, scan_dataset, split_settings
+from pages._state import completed_runs, current_dataset, scan_dataset, split_kind, split_settings
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import ImageError, ToptuneError
 from toptune_core.jobs.view import JobView
@@ -61,8 +61,9 @@ def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
         return None
     ds = scan_dataset(choice["path"])
     seed, test_size = split_settings()
+    how = " (near-duplicates kept on one side)" if split_kind() == "grouped" else ""
     st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
-             f"{test_size:.0%} held out for testing (seed {seed}){note}.")
+             f"{test_size:.0%} held out for testing{how} (seed {seed}){note}.")
     return choice, ds, seed, test_size
 
 
@@ -94,6 +95,8 @@ def percent(x: Optional[float]) -> str:
 STAGE_NAMES = {
     "extract": "Reading the photos with the backbone (feature extraction)",
     "fit": "Training the classifier",
+    "cv": "Choosing the classifier by cross-validation on the training photos",
+    "sweep": "Sweep",
     "download": "Downloading",
     "unzip": "Unpacking the zip",
     "train": "Fine-tuning",

@@ -25,7 +25,9 @@ def page() -> None:
     plotted = plotted[plotted["training time (s)"] > 0]
     fig = compare_scatter(plotted)
     st.plotly_chart(fig, key="compare_scatter")
-    st.caption(f"{len(plotted)} run(s). Up and to the left is better: more accurate, less training time. "
+    st.caption(f"{len(plotted)} run(s). Up and to the left is better: more accurate, less training time. Ringed and "
+               "joined: the best trade-offs (the Pareto front), runs that no other run beats on both accuracy and "
+               "training time. "
                + ("Top-tuning times include the feature extraction." if include
                   else "Top-tuning times are the classifier training only."))
     st.dataframe(frame, hide_index=True, column_config={
@@ -33,6 +35,8 @@ def page() -> None:
         "balanced accuracy": st.column_config.NumberColumn(format="%.3f"),
         "macro F1": st.column_config.NumberColumn(format="%.3f"),
         "training time (s)": st.column_config.NumberColumn(format="%.2f"),
+        "best trade-off": st.column_config.CheckboxColumn(help="On the Pareto front: no other run is at least as "
+                                                               "accurate and at most as long, and better in one."),
         "feature extraction (s)": st.column_config.NumberColumn(format="%.1f"),
     })
     st.download_button("Download the table (CSV)", frame.to_csv(index=False).encode(), file_name="toptune-runs.csv",

@@ -8,14 +8,18 @@ import streamlit as st
 
 from pages._charts import class_counts_chart
 from pages._router import PAGES, through_router
-from pages._state import (choose_dataset, current_dataset, home, job_is_running, job_for, scan_dataset, set_split,
-                          settings, split_settings, start_job, workspace)
+from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
+                          scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
+                          workspace)
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
 from toptune_core.data.dataset import load_dataset
+from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
+from toptune_core.features.cache import get_features
 from toptune_core.data.eden import EDEN_BASE_URL, EDEN_CATALOGUE, download_eden_datasets, eden_label
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
 from toptune_core.jobs.view import JobView
+from toptune_core.leakage import data_leakage
 from toptune_core.progress import Progress
 from toptune_core.reports import describe_sizes, image_sizes
 from toptune_core.workspace import Workspace, demo_choice
@@ -27,6 +31,8 @@ through_router()
 st.title("1 · Data")
 
 SOURCES = ["Demo dataset", "Eden Library", "Folder on this computer", "Upload a zip"]
+SPLIT_LABELS = {"random": "Random (stratified by class)", "grouped": "Grouped: near-duplicates kept on one side"}
+PAIRS_SHOWN = 4
 
 
 def dataset_job_finished(view: JobView) -> None:
@@ -173,7 +179,59 @@ def show_dataset() -> None:
                                help="Another seed holds out other photos.")
     if share / 100 != test_size or new_seed != seed:
         set_split(int(new_seed), share / 100)
+    kinds = list(SPLIT_LABELS)
+    kind = st.radio("How photos are held out", kinds, index=kinds.index(split_kind()), format_func=SPLIT_LABELS.get,
+                    horizontal=True, key="data_split_kind",
+                    help="Grouped: photos that are near-duplicates of each other (below) are all trained on or all "
+                         "held out, so no held-out photo has a near-twin among the training photos. Every method "
+                         "uses the same split.")
+    if kind != split_kind():
+        set_split_kind(kind)
+    near_duplicates(ds, int(new_seed), share / 100, kind)
     st.page_link(PAGES["toptune"], label="Next: top-tune a model on these photos →", icon=":material/bolt:")
+
+
+@st.cache_data(show_spinner="Looking for near-duplicates…", max_entries=32)
+def leakage_of(path: str, fingerprint: str, seed: int, test_size: float, kind: str, home_dir: str) -> dict:
+    return data_leakage(scan_dataset(path), seed=seed, test_size=test_size, split=kind, cache=feature_cache(),
+                        extractor=extractor_for(REFERENCE_BACKBONE))
+
+
+def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
+    """Near-duplicate photos across the split (the leakage check), with a few pairs side by side."""
+    st.markdown("##### Near-duplicates across the split")
+    st.caption(f"Two photos are near-duplicates when their {REFERENCE_BACKBONE} features have a cosine similarity of "
+               f"at least {DUPLICATE_THRESHOLD:.2f}: shots of one leaf, or look-alike leaves framed the same way. A "
+               "held-out photo whose near-twin was trained on flatters the score; every run reports how many there "
+               "were.")
+    cache, extractor = feature_cache(), extractor_for(REFERENCE_BACKBONE)
+    if not cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir():
+        st.write(f"The check needs the photos read once with {REFERENCE_BACKBONE} (kept in the cache; top-tuning "
+                 "with it does the same).")
+        if st.button("Check for near-duplicates", icon=":material/content_copy:", disabled=job_is_running("duplicates")):
+            def target(progress, should_cancel) -> None:
+                get_features(ds, extractor, cache, progress=progress, should_cancel=should_cancel)
+
+            start_job("duplicates", "Reading the photos for the near-duplicate check", target, {})
+        job = job_for("duplicates")
+        if job is not None:
+            follow_job(job, lambda view: None if view.state == "completed" else draw_failure(view))
+        return
+    report = leakage_of(str(ds.root), ds.fingerprint(), seed, test_size, kind, str(home()))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Near-duplicate pairs", f"{report['pairs']:,}", help="Among all the photos of the dataset.")
+    c2.metric("Pairs across the split", f"{report['pairs_across']:,}", help="One photo trains, the other is held out.")
+    c3.metric("Held-out photos with a near-twin", f"{report['test_photos_with_twin']} of {report['n_test']}")
+    if report["pairs_across"] and kind == "random":
+        st.info("Choose the grouped split above to keep near-duplicates on one side; comparing a run on each "
+                "split shows how much they flatter the score.", icon=":material/info:")
+    for pair in report["examples"][:PAIRS_SHOWN]:
+        cols = st.columns(2)
+        for col, side in zip(cols, ("test", "train")):
+            thumb = thumbnail(ds.root / pair[side])
+            if thumb is not None:
+                col.image(thumb, caption=f"{'held out' if side == 'test' else 'trains'}: {pair[side]}", width=200)
+        st.caption(f"cosine similarity {pair['similarity']:.3f}")
 
 
 with friendly_errors():

@@ -1,4 +1,5 @@
-"""Top-tune: a frozen backbone's features (cached) and a Random Forest, trained in a background job."""
+"""Top-tune: a frozen backbone's features (cached) and a top classifier, trained in a background job; or a sweep
+of every backbone x classifier."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import pandas as pd
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import extractor_for, feature_cache, job_for, remember, start_job, store
+from pages._state import extractor_for, feature_cache, job_for, remember, split_kind, start_job, store
 from pages._widgets import draw_failure, follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
-from toptune_core.methods.classifiers import CLASSIFIERS
-from toptune_core.jobs.view import JobView
-from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.data.duplicates import describe_leakage
 from toptune_core.experiment import run_toptuning
+from toptune_core.jobs.view import JobView
+from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
+from toptune_core.reports import runs_frame
+from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.sweep import offline_backbones, run_sweep
 
 through_router()
 st.title("2 · Top-tune")
@@ -47,6 +51,8 @@ def show_run(run: RunRecord) -> None:
     c1.metric("Features", seconds(t.get("extract_seconds")), help="Time spent getting the features in this run.")
     c2.metric("Classifier training", seconds(t.get("fit_seconds")))
     c3.metric("Total", seconds(t.get("total_seconds")))
+    show_choice(run)
+    st.caption(":material/content_copy: " + describe_leakage(s.get("near_duplicates") or {}))
     if s.get("unreadable"):
         with st.expander(f"{len(s['unreadable'])} photo(s) could not be read and were skipped"):
             st.dataframe(pd.DataFrame(s["unreadable"], columns=["photo", "problem"]), hide_index=True)
@@ -54,6 +60,26 @@ def show_run(run: RunRecord) -> None:
     st.page_link(PAGES["compare"], label="Compare with other runs →", icon=":material/scatter_plot:")
     st.page_link(PAGES["predictions"], label="See its predictions →", icon=":material/grid_on:")
     st.page_link(PAGES["classify"], label="Classify a photo with it →", icon=":material/eco:")
+
+
+def show_choice(run: RunRecord) -> None:
+    """What cross-validation on the training photos chose: the CV table (automatic choice), the kernel's settings."""
+    choice = (run.params or {}).get("classifier_choice") or {}
+    if choice.get("cv_table"):
+        chosen = CLASSIFIERS[choice["chosen"]].label
+        st.markdown(f"**Automatic choice: {chosen}**, by {choice['cv']} (the held-out photos were not used).")
+        st.dataframe(pd.DataFrame([{"classifier": r["label"], "CV accuracy (mean)": r["mean_accuracy"],
+                                    "CV accuracy (std)": r["std_accuracy"], "fit time per fold (s)": r["fit_seconds"],
+                                    "chosen": r["chosen"]} for r in choice["cv_table"]]),
+                     hide_index=True, key=f"cv_table_{run.id}",
+                     column_config={"CV accuracy (mean)": st.column_config.NumberColumn(format="%.3f"),
+                                    "CV accuracy (std)": st.column_config.NumberColumn(format="%.3f"),
+                                    "fit time per fold (s)": st.column_config.NumberColumn(format="%.2f")})
+    kernel = choice.get("chosen_settings", choice)
+    if "gamma" in kernel:
+        st.caption(f"Kernel chosen by cross-validation on the training photos: width gamma {kernel['gamma']:g}, "
+                   f"penalty {kernel['alpha']:g}, {kernel['n_centres']} centres (left-out accuracy "
+                   f"{kernel['cv_accuracy']:.3f}).")
 
 
 def toptune_finished(view: JobView) -> None:
@@ -79,8 +105,8 @@ def page() -> None:
     with st.expander("About the backbones"):
         st.dataframe(pd.DataFrame([describe(spec) for spec in CATALOGUE.values()]), hide_index=True)
     kinds = list(CLASSIFIERS)
-    classifier = st.radio("Top classifier", kinds, index=kinds.index("rf"), format_func=lambda k: CLASSIFIERS[k].label,
-                          horizontal=True, key="tt_classifier")
+    classifier = st.radio("Top classifier", kinds, index=kinds.index(DEFAULT_CLASSIFIER),
+                          format_func=lambda k: CLASSIFIERS[k].label, horizontal=True, key="tt_classifier")
     st.caption(f"Settings: {CLASSIFIERS[classifier].settings}.")
 
     extractor = extractor_for(backbone)
@@ -99,9 +125,11 @@ def page() -> None:
         run_store = store()
         data = choice["path"]
 
+        how = split_kind()
+
         def target(progress, should_cancel):
             run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
-                                store=run_store, cache=cache, extractor=extractor, progress=progress,
+                                split=how, store=run_store, cache=cache, extractor=extractor, progress=progress,
                                 should_cancel=should_cancel)
             return run.id
 
@@ -109,6 +137,53 @@ def page() -> None:
                         {"home": str(run_store.root), "backbone": backbone, "classifier": classifier})
     if job is not None:
         follow_job(job, toptune_finished)
+    st.divider()
+    sweep_section(choice["path"], seed, test_size)
+
+
+def sweep_finished(view: JobView) -> None:
+    if view.state != "completed":
+        draw_failure(view)
+        return
+    runs_by_id = {r.id: r for r in RunStore(view.params["home"]).list(status="completed")}
+    runs = [runs_by_id[i] for i in view.result["runs"] if i in runs_by_id]
+    st.success(f"Swept {len(runs)} combination(s); every one is a recorded run on the Compare page.")
+    frame = runs_frame(runs, include_extraction=True)
+    st.dataframe(frame[["backbone", "classifier", "accuracy", "macro F1", "training time (s)", "best trade-off",
+                        "features from cache", "run"]], hide_index=True, key="sweep_table",
+                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f"),
+                                "macro F1": st.column_config.NumberColumn(format="%.3f"),
+                                "training time (s)": st.column_config.NumberColumn(format="%.1f")})
+    for backbone, classifier, reason in view.result["failures"]:
+        st.warning(f"{backbone} + {CLASSIFIERS[classifier].label} failed: {reason}")
+    st.page_link(PAGES["compare"], label="Compare them →", icon=":material/scatter_plot:")
+
+
+def sweep_section(data: str, seed: int, test_size: float) -> None:
+    """One button: every chosen backbone x classifier, one progress bar, each a recorded run."""
+    st.subheader("Sweep: every backbone × classifier")
+    st.caption("Each backbone reads the photos once (then from the cache); every combination becomes a run on "
+               "the Compare page, which marks the best trade-offs between accuracy and training time.")
+    c1, c2 = st.columns(2)
+    backbones = c1.multiselect("Backbones", list(CATALOGUE), default=offline_backbones(), key="sw_backbones")
+    classifiers = c2.multiselect("Classifiers", list(CLASSIFIERS), default=list(CLASSIFIERS), key="sw_classifiers",
+                                 format_func=lambda k: CLASSIFIERS[k].label)
+    job = job_for("sweep")
+    busy = job is not None and job.view().active
+    if st.button("Sweep", icon=":material/grid_view:", disabled=busy or not backbones or not classifiers):
+        run_store, cache, how = store(), feature_cache(), split_kind()
+        extractors = {b: extractor_for(b) for b in backbones}  # resolved here: the job never touches the session
+
+        def target(progress, should_cancel):
+            result = run_sweep(data, backbones=backbones, classifiers=classifiers, seed=seed, test_size=test_size,
+                               split=how, store=run_store, cache=cache, extractor_for=extractors.get,
+                               progress=progress, should_cancel=should_cancel)
+            return {"runs": [r.id for r in result.runs], "failures": result.failures}
+
+        job = start_job("sweep", f"Sweeping {len(backbones)} backbone(s) × {len(classifiers)} classifier(s)", target,
+                        {"home": str(run_store.root)})
+    if job is not None:
+        follow_job(job, sweep_finished)
 
 
 with friendly_errors():

@@ -3,7 +3,8 @@
 ``run_experiment`` is the one pipeline behind the dashboard, the command line,
 ``compare`` and ``bench``, for both methods, so the comparison is fair by
 construction: the same readable-photo rule, the same held-out photos (the
-split of ``data.split``), the same metrics, the same run record.
+split of ``data.split``), the same metrics, the same run record, and the same
+leakage check (near-duplicates across the split, ``leakage``).
 Top-tuning's time is reported without and with the feature extraction.
 """
 
@@ -16,9 +17,11 @@ from typing import Any, Optional
 import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
+from toptune_core.data.duplicates import duplicate_groups, leakage_report
 from toptune_core.data.split import load_data, split_for
 from toptune_core.errors import Cancelled, JobInterrupted
 from toptune_core.evaluation import evaluate
+from toptune_core.leakage import run_reference
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
 from toptune_core.progress import CancelCheck, ProgressCallback, check_cancel
 from toptune_core.runs.store import RunRecord, RunStore
@@ -61,9 +64,9 @@ def _timings(tables: list[PhotoTable], fitted: dict, predict_seconds: float, sta
 
 
 def _start_run(store: RunStore, estimator: PhotoEstimator, dataset, test_dataset, run_id: Optional[str],
-               seed: int, test_size: float) -> RunRecord:
+               seed: int, test_size: float, split: str) -> RunRecord:
     params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
-              "seed": seed, "test_size": test_size, "classes": dataset.classes,
+              "seed": seed, "test_size": test_size, "split": split, "classes": dataset.classes,
               "n_images": len(dataset) + (len(test_dataset) if test_dataset else 0), **estimator.record()}
     if run_id is None:
         return store.start(method=estimator.method, backbone=estimator.backbone, dataset=str(dataset.root),
@@ -73,10 +76,12 @@ def _start_run(store: RunStore, estimator: PhotoEstimator, dataset, test_dataset
 
 
 def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Optional[str | Path] = None,
-                   seed: int = 0, test_size: float = 0.25, store: Optional[RunStore] = None,
+                   seed: int = 0, test_size: float = 0.25, split: str = "random", store: Optional[RunStore] = None,
                    progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
                    run_id: Optional[str] = None) -> RunRecord:
     """Train ``estimator`` on ``data`` and test it on held-out photos; returns the recorded run.
+
+    ``split``: "random" (stratified) or "grouped" (near-duplicates kept on one side), see ``data.split``.
 
     The run is recorded as running first (``run_id`` continues one already
     recorded, e.g. by a process job); it ends completed, or cancelled /
@@ -87,14 +92,14 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
     try:
         estimator.check_params()
         dataset, test_dataset = load_data(data, test_data)
-        run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size)
+        run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size, split)
     except BaseException as e:
         if run_id is not None:
             store.finish(run_id, "failed", str(e) or type(e).__name__)
         raise
     curve: list[dict] = []
     try:
-        return _train_and_test(estimator, store, run, dataset, test_dataset, seed, test_size, curve, start,
+        return _train_and_test(estimator, store, run, dataset, test_dataset, (seed, test_size, split), curve, start,
                                progress, should_cancel)
     except Cancelled as e:
         store.finish(run.id, "cancelled", str(e), curve=curve)
@@ -110,15 +115,35 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
         raise
 
 
-def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, seed, test_size,
+def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel) -> tuple:
+    """The split of ``data.split`` over the readable photos, with the reference features that find near-duplicates.
+
+    Returns (labels, photos, split, reference features, seconds of the near-duplicate work). Near-duplicate
+    groups for the grouped split are found among the training folder's photos; the groups handed to ``fit``
+    (for its cross-validation) among the training photos only, so held-out photos never shape them.
+    """
+    seed, test_size, kind = how
+    reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel)
+    t0 = time.perf_counter()
+    n_folder = int(tables[0].ok.sum())
+    groups = duplicate_groups(reference[:n_folder]) if kind == "grouped" and len(datasets) == 1 else None
+    labels, paths, split = split_for(datasets[0], datasets[1] if len(datasets) > 1 else None, tables[0].ok,
+                                     tables[1].ok if len(datasets) > 1 else None, seed=seed, test_size=test_size,
+                                     split=kind, groups=groups)
+    features = np.concatenate([t.features for t in tables]) if tables[0].features is not None else None
+    photos = Photos([str(p) for p in paths], features)
+    photos.groups = np.full(len(paths), -1)
+    photos.groups[split.train_idx] = duplicate_groups(reference[split.train_idx])
+    return labels, photos, split, reference, seconds + time.perf_counter() - t0
+
+
+def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, how: tuple,
                     curve: list, start: float, progress, should_cancel) -> RunRecord:
     check_cancel(should_cancel, "The run")
     datasets = [dataset] + ([test_dataset] if test_dataset else [])
     tables = [estimator.read(ds, progress=progress, should_cancel=should_cancel) for ds in datasets]
-    labels, paths, split = split_for(dataset, test_dataset, tables[0].ok, tables[1].ok if test_dataset else None,
-                                     seed=seed, test_size=test_size)
-    features = np.concatenate([t.features for t in tables]) if tables[0].features is not None else None
-    photos = Photos([str(p) for p in paths], features)
+    labels, photos, split, reference, duplicate_seconds = _split(estimator, datasets, tables, how, progress,
+                                                                 should_cancel)
 
     def on_epoch(entry: dict) -> None:
         curve.append(entry)
@@ -132,24 +157,28 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
     proba = estimator.predict_proba(test, progress=progress, should_cancel=should_cancel)
     predict_seconds = time.perf_counter() - t0
     result = evaluate(y_test, proba, dataset.classes, test.paths)
-    check, familiarity_seconds = _familiarity(estimator, train, y_train, dataset.classes, seed, progress, should_cancel)
+    check, familiarity_seconds = _familiarity(estimator, train, y_train, dataset.classes, how[0], progress,
+                                              should_cancel)
     report = held_out_report(check, test.features, y_test, proba.argmax(axis=1))
     result.metrics["familiarity"] = report
     verdicts = check.check(test.features, n_nearest=0)
     result.predictions["familiarity"] = [v.familiarity for v in verdicts]
     result.predictions["recognised"] = [v.recognised for v in verdicts]
-    store.update(run.id, params={**run.params, "familiarity": check.describe()})
+    store.update(run.id, params={**run.params, **estimator.record(), "familiarity": check.describe()})
     check_cancel(should_cancel, "The run")
     store.save_model_files(run.id, lambda folder: estimator.save(folder) + check.save(folder))
+    roots = [ds.root for ds in datasets]
     notes = dict(estimator.split_notes())
     if "val_paths" in notes:
-        notes["val_files"] = [_relpath(p, [ds.root for ds in datasets]) for p in notes.pop("val_paths")]
+        notes["val_files"] = [_relpath(p, roots) for p in notes.pop("val_paths")]
+    leakage = leakage_report(reference, split.train_idx, split.test_idx, [_relpath(p, roots) for p in photos.paths],
+                             correct=result.predictions["correct"].to_numpy())
     split_record = {**split.describe(), "n_train": int(len(split.train_idx)), **notes, "test_files": test.paths,
-                    "unreadable": _unreadable(datasets, tables)}
+                    "unreadable": _unreadable(datasets, tables), "near_duplicates": leakage}
+    fitted = {**estimator.timings(), "familiarity_seconds": familiarity_seconds,
+              "duplicate_check_seconds": duplicate_seconds}
     return store.complete(run.id, metrics=result.metrics, split=split_record, predictions=result.predictions,
-                          timings=_timings(tables, {**estimator.timings(), "familiarity_seconds": familiarity_seconds},
-                                           predict_seconds, start),
-                          curve=curve or None)
+                          timings=_timings(tables, fitted, predict_seconds, start), curve=curve or None)
 
 
 def _familiarity(estimator, train: Photos, y_train, classes, seed: int, progress, should_cancel
@@ -162,15 +191,17 @@ def _familiarity(estimator, train: Photos, y_train, classes, seed: int, progress
 
 
 def run_toptuning(data: str | Path, *, test_data: Optional[str | Path] = None, backbone: str = DEFAULT_BACKBONE,
-                  classifier: str = "rf", seed: int = 0, test_size: float = 0.25,
+                  classifier: Optional[str] = None, seed: int = 0, test_size: float = 0.25, split: str = "random",
                   store: Optional[RunStore] = None, cache=None, extractor=None,
                   progress: Optional[ProgressCallback] = None,
                   should_cancel: Optional[CancelCheck] = None) -> RunRecord:
-    """Top-tune ``backbone`` + ``classifier`` on ``data``: ``run_experiment`` with a ``TopTuner``."""
+    """Top-tune ``backbone`` + ``classifier`` (default: ``DEFAULT_CLASSIFIER``) on ``data``: ``run_experiment``
+    with a ``TopTuner``."""
+    from toptune_core.methods.classifiers import DEFAULT_CLASSIFIER
     from toptune_core.methods.toptuner import TopTuner
 
-    tuner = TopTuner(backbone, classifier, seed, extractor=extractor, cache=cache)
-    return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, store=store,
+    tuner = TopTuner(backbone, classifier or DEFAULT_CLASSIFIER, seed, extractor=extractor, cache=cache)
+    return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, split=split, store=store,
                           progress=progress, should_cancel=should_cancel)
 
 
@@ -183,4 +214,10 @@ def summary(run: RunRecord) -> dict:
         "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
         "extract_seconds": t.get("extract_seconds"), "fit_seconds": t.get("fit_seconds"),
         "cache_hit": t.get("cache_hit"), "split": s.get("method"), "unreadable_images": len(s.get("unreadable", []))}
+    if run.method == "toptune":
+        choice = (run.params or {}).get("classifier_choice") or {}
+        out["chosen_classifier"] = choice.get("chosen", run.classifier)  # auto: the classifier CV chose
+        out["classifier_choice"] = choice
+    duplicates = s.get("near_duplicates") or {}
+    out["test_photos_with_near_duplicate"] = duplicates.get("test_photos_with_twin")
     return out

@@ -55,8 +55,24 @@ def run_settings(run: RunRecord) -> str:
     return ", ".join(parts)
 
 
+def pareto_front(accuracy: Sequence[Optional[float]], seconds: Sequence[Optional[float]]) -> list[bool]:
+    """True for the best trade-offs: runs no other run beats on both accuracy and training time.
+
+    A run is on the front when no other run is at least as accurate and at most as long while better in
+    one of the two. Runs missing either number are not on it.
+    """
+    points = [(a, t) if a is not None and t is not None and math.isfinite(a) and math.isfinite(t) else None
+              for a, t in zip(accuracy, seconds)]
+
+    def beaten(p) -> bool:
+        return any(q is not None and q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for q in points)
+
+    return [p is not None and not beaten(p) for p in points]
+
+
 def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd.DataFrame:
-    """One row per run with its method, backbone, metrics and times (seconds), newest first."""
+    """One row per run with its method, backbone, metrics and times (seconds), newest first; ``best trade-off``
+    marks the Pareto front of accuracy against training time (as counted with ``include_extraction``)."""
     rows = []
     for r in runs:
         m, s, t = r.metrics or {}, r.split or {}, r.timings or {}
@@ -81,7 +97,10 @@ def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd
     columns = ["run", "method", "backbone", "classifier", "status", "accuracy", "balanced accuracy", "macro F1",
                "training time (s)", "feature extraction (s)", "features from cache", "training photos",
                "test photos", "dataset", "settings", "started"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.insert(columns.index("training time (s)") + 1, "best trade-off",
+                 pareto_front(frame["accuracy"].tolist(), frame["training time (s)"].tolist()))
+    return frame
 
 
 # --- a dataset at a glance ---------------------------------------------------------------------

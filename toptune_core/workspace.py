@@ -19,7 +19,8 @@ from typing import Iterator, Optional
 
 from toptune_core.config import DEMO_DATASET, toptune_home
 
-DEFAULT_STATE = {"dataset": None, "seed": 0, "test_size": 0.25, "jobs": {}, "finetune_run": None, "last_run": None}
+DEFAULT_STATE = {"dataset": None, "seed": 0, "test_size": 0.25, "split": "random", "jobs": {}, "finetune_run": None,
+                 "last_run": None}
 
 
 class Workspace:

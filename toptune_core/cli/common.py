@@ -19,24 +19,30 @@ from toptune_core.config import Settings
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
-def add_command(subparsers, name: str, handler: Handler, help: str, *, data: bool = False) -> argparse.ArgumentParser:
-    """A sub-command parser that runs ``handler``; with ``data``, it takes the dataset flags."""
+def add_command(subparsers, name: str, handler: Handler, help: str, *, data: bool = False,
+                backbone: bool = True) -> argparse.ArgumentParser:
+    """A sub-command parser that runs ``handler``; with ``data``, it takes the dataset flags (and ``--backbone``
+    unless ``backbone`` is False)."""
     p = subparsers.add_parser(name, help=help)
     p.set_defaults(handler=handler)
     if data:
-        data_args(p)
+        data_args(p, backbone)
     return p
 
 
-def data_args(p: argparse.ArgumentParser) -> None:
+def data_args(p: argparse.ArgumentParser, backbone: bool = True) -> None:
     """The flags of every command that trains on a dataset."""
     from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
     p.add_argument("--data", required=True, help="dataset folder: one sub-folder of photos per class")
     p.add_argument("--test-data", help="optional separate test folder with the same class folders")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
+    if backbone:
+        p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")
     p.add_argument("--test-size", type=float, default=0.25, help="share held out for testing (default 0.25)")
+    p.add_argument("--split", default="random", choices=["random", "grouped"],
+                   help="random: stratified random split; grouped: near-duplicate photos kept on one side "
+                        "(default random; ignored with --test-data)")
     p.add_argument("--json", help="write the result as JSON to this file")
 
 

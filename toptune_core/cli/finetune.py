@@ -4,9 +4,10 @@
 fine-tunes on the same split as ``toptune`` and records the run.
 
 ``python -m toptune_core compare --data DIR --backbone NAME`` runs top-tuning
-(Random Forest and logistic regression) and the fine-tune on the same split and
-prints one table: accuracy, macro F1, training seconds with and without feature
-extraction, and how many times longer the fine-tune trained.
+(Random Forest, logistic regression, kernel ridge, automatic choice) and the
+fine-tune on the same split and prints one table: what each method trained on,
+accuracy, macro F1, training seconds with and without feature extraction, and
+how many times longer the fine-tune trained.
 
 The fine-tune flags take their defaults from the estimator (``FINETUNE_DEFAULTS``,
 its constructor's defaults); no default is written here.
@@ -22,6 +23,7 @@ from typing import Optional
 
 from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
 from toptune_core.config import Settings
+from toptune_core.data.duplicates import describe_leakage
 from toptune_core.finetune import FINETUNE_DEFAULTS
 
 
@@ -81,6 +83,7 @@ def _print_finetune(run) -> None:
           f"for early stopping), {s.get('n_test')} held-out photos")
     print(f"  held-out accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
           f"macro F1 {m['macro_f1']:.3f}")
+    print("  " + describe_leakage(s.get("near_duplicates") or {}))
     print(f"  {t['epochs_run']} epoch(s), best epoch {t['best_epoch']}: {t['stop_reason']}")
     ips = t.get("images_per_second")
     print(f"  training time: {t['train_seconds']:.1f} s on {t['device']} ({t['threads']} thread(s))"
@@ -95,7 +98,8 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.progress import TextProgressBar
 
     run = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
-                         test_size=args.test_size, store=run_store(settings), progress=TextProgressBar(),
+                         test_size=args.test_size, split=args.split, store=run_store(settings),
+                         progress=TextProgressBar(),
                          **_hyper(args))
     _print_finetune(run)
     write_json(args.json, finetune_summary(run))
@@ -109,13 +113,13 @@ def _fmt(x: Optional[float], digits: int = 3) -> str:
 def comparison_table(rows: list[dict]) -> str:
     """A Markdown table of the compared runs (the last row is the fine-tune)."""
     ft = rows[-1]
-    header = ["method", "accuracy", "macro F1", "training s without feature extraction",
+    header = ["method", "trained on", "accuracy", "macro F1", "training s without feature extraction",
               "training s with feature extraction", "fine-tune time ÷ this (without / with extraction)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         ratio_wo = ft["train_seconds_with_extraction"] / r["train_seconds_without_extraction"]
         ratio_w = ft["train_seconds_with_extraction"] / r["train_seconds_with_extraction"]
-        lines.append("| " + " | ".join([r["method"], _fmt(r["accuracy"]), _fmt(r["macro_f1"]),
+        lines.append("| " + " | ".join([r["method"], r["trained_on"], _fmt(r["accuracy"]), _fmt(r["macro_f1"]),
                                         _fmt(r["train_seconds_without_extraction"], 2),
                                         _fmt(r["train_seconds_with_extraction"], 1),
                                         f"{ratio_wo:,.0f}× / {ratio_w:,.1f}×"]) + " |")
@@ -123,26 +127,44 @@ def comparison_table(rows: list[dict]) -> str:
 
 
 def _compare_runs(args: argparse.Namespace, settings: Settings) -> list:
-    """Top-tune (RF, logistic regression), then fine-tune, all on the same split; the fine-tune is last."""
+    """Top-tune (every classifier), then fine-tune, all on the same split; the fine-tune is last."""
     from toptune_core.experiment import run_toptuning
     from toptune_core.finetune import run_finetuning
     from toptune_core.progress import TextProgressBar
 
     store, cache = run_store(settings), feature_cache(settings)
     runs = [run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=clf,
-                          seed=args.seed, test_size=args.test_size, store=store, cache=cache,
+                          seed=args.seed, test_size=args.test_size, split=args.split, store=store, cache=cache,
                           progress=TextProgressBar())
-            for clf in ("rf", "logreg")]
+            for clf in _TOPTUNE_NAMES]
     runs.append(run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
-                               test_size=args.test_size, store=store, progress=TextProgressBar(), **_hyper(args)))
+                               test_size=args.test_size, split=args.split, store=store, progress=TextProgressBar(),
+                               **_hyper(args)))
     return runs
+
+
+_TOPTUNE_NAMES = {"rf": "Random Forest", "logreg": "logistic regression", "kernel": "kernel ridge (Nyström)",
+                  "auto": "automatic choice"}
+
+
+def trained_on(r) -> str:
+    """What a compared run trained on, in words: the fine-tune keeps part of its training photos for early stopping;
+    the kernel and the automatic choice cross-validate inside the training photos."""
+    s = r.split
+    if r.method == "finetune":
+        return f"{s['n_train'] - s['n_val']} photos (+ {s['n_val']} for early stopping)"
+    choice = (r.params or {}).get("classifier_choice") or {}
+    if choice.get("cv_table"):
+        return f"{s['n_train']} photos (5-fold CV inside them chose {choice['chosen']})"
+    if "gamma" in choice:
+        return f"{s['n_train']} photos (leave-one-out CV inside them chose the kernel)"
+    return f"{s['n_train']} photos"
 
 
 def _row(r) -> dict:
     t = r.timings
-    method = ("top-tune " + {"rf": "Random Forest", "logreg": "logistic regression"}[r.classifier]
-              if r.method == "toptune" else "fine-tune")
-    return {"run_id": r.id, "method": method,
+    method = "top-tune " + _TOPTUNE_NAMES[r.classifier] if r.method == "toptune" else "fine-tune"
+    return {"run_id": r.id, "method": method, "trained_on": trained_on(r),
             "accuracy": r.metrics["accuracy"], "balanced_accuracy": r.metrics["balanced_accuracy"],
             "macro_f1": r.metrics["macro_f1"],
             "train_seconds_without_extraction": t["train_seconds_without_extraction"],
@@ -163,6 +185,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{args.backbone} on {ft.dataset}: {ft.split['n_train']} training photos "
           f"({ft.split['n_val']} of them the fine-tune's validation part), {ft.split['n_test']} held-out photos "
           f"({'the same' if same else 'DIFFERENT'} held-out photos for every method; {ft.split['method']})")
+    print(describe_leakage(ft.split.get("near_duplicates") or {}))
     print(f"fine-tune: {tt['epochs_run']} epochs ({ft.params['hyper']['head_epochs']} head-only), best epoch "
           f"{tt['best_epoch']}, {tt['stop_reason']}; {tt['device']}, {tt['threads']} thread(s), "
           f"{tt['images_per_second']:.1f} training images/s")
@@ -182,5 +205,5 @@ def add_parsers(sub) -> None:
                     "fine-tune the backbone with a new head on the same split; record the run", data=True)
     _hyper_args(p)
     p = add_command(sub, "compare", cmd_compare,
-                    "top-tune (RF, logistic regression) and fine-tune on the same split; print one table", data=True)
+                    "top-tune (every classifier) and fine-tune on the same split; print one table", data=True)
     _hyper_args(p)

@@ -1,6 +1,6 @@
 """Command-line commands ``toptune`` and ``runs`` (top-tuning, and the recorded runs).
 
-``python -m toptune_core toptune --data DIR [--backbone NAME] [--classifier rf|logreg]``
+``python -m toptune_core toptune --data DIR [--backbone NAME] [--classifier kernel|auto|logreg|rf]``
 extracts (cached) features, fits the classifier, evaluates and records the run;
 ``runs`` lists the recorded runs. (``predict`` lives in ``cli.predict``.)
 """
@@ -11,6 +11,8 @@ import argparse
 
 from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
 from toptune_core.config import Settings
+from toptune_core.data.duplicates import describe_leakage
+from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 
 
 def print_report(run) -> None:
@@ -20,6 +22,8 @@ def print_report(run) -> None:
     print(f"  split: {s.get('method')}; {s.get('n_train')} training photos, {s.get('n_test')} held-out photos")
     print(f"  held-out accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
           f"macro F1 {m['macro_f1']:.3f}")
+    print_choice(run)
+    print("  " + describe_leakage(s.get("near_duplicates") or {}))
     if run.method == "toptune":
         source = "from cache" if t.get("cache_hit") else "extracted"
         print(f"  features {source} in {t['extract_seconds']:.2f} s (extraction cost {t['feature_extraction_seconds']:.1f} s); "
@@ -34,12 +38,27 @@ def print_report(run) -> None:
             print(f"    ... and {len(s['unreadable']) - 20} more (all are listed in the run's split record)")
 
 
+def print_choice(run) -> None:
+    """What the classifier chose by cross-validation on the training photos (kernel, auto)."""
+    choice = (run.params or {}).get("classifier_choice") or {}
+    kernel = choice.get("chosen_settings", choice) if choice.get("chosen", "kernel") == "kernel" else {}
+    for row in choice.get("cv_table", []):
+        print(f"  {'*' if row['chosen'] else ' '} {row['label']}: CV accuracy {row['mean_accuracy']:.3f} "
+              f"± {row['std_accuracy']:.3f}, {row['fit_seconds']:.2f} s per fit")
+    if choice.get("cv_table"):
+        print(f"  chosen by {choice['cv']}: {choice['chosen']}")
+    if "gamma" in kernel:
+        print(f"  kernel width gamma {kernel['gamma']:g}, penalty {kernel['alpha']:g}, "
+              f"{kernel['n_centres']} centres, temperature {kernel['temperature']:g} "
+              f"(leave-one-out accuracy on the training photos {kernel['cv_accuracy']:.3f})")
+
+
 def cmd_toptune(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.experiment import run_toptuning, summary
     from toptune_core.progress import TextProgressBar
 
     run = run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=args.classifier,
-                        seed=args.seed, test_size=args.test_size, store=run_store(settings),
+                        seed=args.seed, test_size=args.test_size, split=args.split, store=run_store(settings),
                         cache=feature_cache(settings), progress=TextProgressBar())
     print_report(run)
     write_json(args.json, summary(run))
@@ -55,6 +74,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 def add_parsers(sub) -> None:
     p = add_command(sub, "toptune", cmd_toptune, "extract (cached) features, fit a classifier, evaluate, record the run",
                     data=True)
-    p.add_argument("--classifier", default="rf", choices=["rf", "logreg"], help="top classifier (default rf)")
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=list(CLASSIFIERS),
+                   help=f"top classifier (default {DEFAULT_CLASSIFIER}): "
+                        + "; ".join(f"{k}: {c.label}" for k, c in CLASSIFIERS.items()))
 
     add_command(sub, "runs", cmd_runs, "list recorded runs")

@@ -30,7 +30,7 @@ def make_finetuner(backbone: str = DEFAULT_BACKBONE, seed: int = 0, **hyper: Any
 
 
 def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, backbone: str = DEFAULT_BACKBONE,
-                   seed: int = 0, test_size: float = 0.25, store: Optional[RunStore] = None,
+                   seed: int = 0, test_size: float = 0.25, split: str = "random", store: Optional[RunStore] = None,
                    progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
                    run_id: Optional[str] = None, **hyper: Any) -> RunRecord:
     """Fine-tune ``backbone`` on ``data`` with the top-tuning split; returns the recorded run (method 'finetune').
@@ -39,7 +39,8 @@ def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, 
     epoch; it ends ``completed`` (metrics on the held-out photos, per-image
     predictions, weights), or ``cancelled`` / ``failed`` / ``interrupted`` with the
     curve so far. ``run_id``: continue a run already recorded (``FinetuneJob``
-    records it before starting the training process). ``hyper``: any ``FINETUNE_DEFAULTS`` setting.
+    records it before starting the training process). ``split``: "random" or "grouped", as for top-tuning
+    (``data.split``). ``hyper``: any ``FINETUNE_DEFAULTS`` setting.
     """
     from toptune_core.experiment import run_experiment
 
@@ -50,7 +51,7 @@ def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, 
         if run_id is not None:
             store.finish(run_id, "failed", str(e) or type(e).__name__)
         raise
-    return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, store=store,
+    return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, split=split, store=store,
                           progress=progress, should_cancel=should_cancel, run_id=run_id)
 
 

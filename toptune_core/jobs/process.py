@@ -126,7 +126,7 @@ class FinetuneJob:
         from toptune_core.finetune import FINETUNE_DEFAULTS, FineTuner, _jsonable
         from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
-        allowed = {"test_data", "backbone", "seed", "test_size"} | set(FINETUNE_DEFAULTS)
+        allowed = {"test_data", "backbone", "seed", "test_size", "split"} | set(FINETUNE_DEFAULTS)
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise ToptuneError(f"Unknown fine-tune setting(s): {', '.join(unknown)}.")
@@ -137,7 +137,7 @@ class FinetuneJob:
         store = RunStore(store_root)
         params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
                   "seed": kwargs.get("seed", 0), "test_size": kwargs.get("test_size", 0.25),
-                  "hyper": _jsonable(hyper), "classes": dataset.classes}
+                  "split": kwargs.get("split", "random"), "hyper": _jsonable(hyper), "classes": dataset.classes}
         run = store.start(method="finetune", backbone=backbone, dataset=str(dataset.root), params=params)
         ctx = multiprocessing.get_context("spawn")
         child_kwargs = {k: (str(v) if k == "test_data" and v is not None else v) for k, v in kwargs.items()}

@@ -10,7 +10,8 @@ The experiment (``toptune_core.experiment``) drives any of them the same way:
    rule of ``backbones.pixels``) and anything the method derives from all
    photos up front (top-tuning: the cached features);
 2. the split is made over the readable photos, the same for every method;
-3. ``fit(train, y, classes)`` on the training ``Photos`` only;
+3. ``fit(train, y, classes)`` on the training ``Photos`` only (with their near-duplicate groups, so
+   a method that cross-validates inside its fit keeps near-duplicates in one fold);
 4. ``predict_proba(test)`` once, on the held-out ``Photos``;
 5. ``save(folder)`` into the run's own folder (the store checksums the files;
    ``from_run`` reads them back); ``timings()`` and ``record()`` go into the run record.
@@ -48,13 +49,15 @@ class Photos:
 
     paths: list  # str paths, or file-like sources for single uploaded photos
     features: Optional[np.ndarray] = None  # (len(paths), dim), aligned with paths
+    groups: Optional[np.ndarray] = None  # near-duplicate group of each photo, for cross-validation inside fit
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, idx: Sequence[int]) -> "Photos":
         idx = list(idx)
-        return Photos([self.paths[i] for i in idx], None if self.features is None else self.features[idx])
+        return Photos([self.paths[i] for i in idx], None if self.features is None else self.features[idx],
+                      None if self.groups is None else self.groups[idx])
 
 
 class PhotoEstimator(BaseEstimator):
@@ -98,7 +101,7 @@ class PhotoEstimator(BaseEstimator):
         raise NotImplementedError
 
     def record(self) -> dict:
-        """Settings for the run record's params (JSON-ready)."""
+        """Settings for the run record's params (JSON-ready); once fitted, also what the fit chose."""
         raise NotImplementedError
 
     def split_notes(self) -> dict:

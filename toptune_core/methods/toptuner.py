@@ -19,14 +19,16 @@ from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.errors import DatasetError, ImageError, ToptuneError
 from toptune_core.evaluation import full_proba
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
-from toptune_core.methods.classifiers import CLASSIFIERS, fit_classifier, make_classifier
+from toptune_core.methods.classifiers import (CLASSIFIERS, DEFAULT_CLASSIFIER, chosen_settings, fit_classifier,
+                                              make_classifier)
 from toptune_core.progress import CancelCheck, ProgressCallback
+from toptune_core.system import one_blas_thread
 
 MODEL_FILE = "model.joblib"
 
 
 class TopTuner(PhotoEstimator):
-    """Top-tune ``backbone`` + ``classifier`` ("rf" or "logreg"; see ``methods.classifiers``).
+    """Top-tune ``backbone`` + ``classifier`` (a key of ``methods.classifiers.CLASSIFIERS``).
 
     ``extractor`` and ``cache``: an already loaded ``FeatureExtractor`` for
     ``backbone`` (the dashboard keeps one per backbone) and the ``FeatureCache``
@@ -35,7 +37,7 @@ class TopTuner(PhotoEstimator):
 
     method = "toptune"
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, classifier: str = "rf", seed: int = 0, *,
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, classifier: str = DEFAULT_CLASSIFIER, seed: int = 0, *,
                  extractor=None, cache=None):
         self.backbone = backbone
         self.classifier = classifier
@@ -89,8 +91,8 @@ class TopTuner(PhotoEstimator):
         X = self._features(photos, progress, should_cancel)
         self.classes_ = [str(c) for c in classes]
         self.classifier_ = make_classifier(self.classifier, random_state=self.seed)
-        self.fit_seconds_ = fit_classifier(self.classifier_, X, np.asarray(y), progress=progress,
-                                           should_cancel=should_cancel)
+        self.fit_seconds_ = fit_classifier(self.classifier_, X, np.asarray(y), groups=photos.groups,
+                                           progress=progress, should_cancel=should_cancel)
         self.data_config_ = self._extractor().data_config
         return self
 
@@ -98,7 +100,9 @@ class TopTuner(PhotoEstimator):
                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         if not hasattr(self, "classifier_"):
             raise ToptuneError("This top-tuner has not been trained yet.")
-        return full_proba(self.classifier_, self._features(photos, progress, should_cancel), len(self.classes_))
+        X = self._features(photos, progress, should_cancel)
+        with one_blas_thread():
+            return full_proba(self.classifier_, X, len(self.classes_))
 
     def embed(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
               should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
@@ -128,8 +132,11 @@ class TopTuner(PhotoEstimator):
         return {"fit_seconds": self.fit_seconds_}
 
     def record(self) -> dict:
-        return {"classifier_settings": CLASSIFIERS[self.classifier].settings,
-                "data_config": self._extractor().data_config}
+        out = {"classifier_settings": CLASSIFIERS[self.classifier].settings,
+               "data_config": self._extractor().data_config}
+        if hasattr(self, "classifier_"):
+            out["classifier_choice"] = chosen_settings(self.classifier_)  # kernel: width, penalty; auto: CV table
+        return out
 
     @property
     def record_classifier(self) -> Optional[str]:

@@ -1,0 +1,71 @@
+"""Command-line command ``sweep``: every backbone x top classifier on one dataset, one table.
+
+``python -m toptune_core sweep --data DIR [--test-data DIR] [--backbones A,B] [--classifiers X,Y]``
+runs ``sweep.run_sweep`` (each backbone's features extracted once, then from
+the cache), records every combination as a run, and prints one table with the
+best trade-offs between accuracy and training time marked (the Pareto front,
+as on the Compare page).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
+from toptune_core.config import Settings
+from toptune_core.methods.classifiers import CLASSIFIERS
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def sweep_table(runs: list) -> str:
+    """A Markdown table of the sweep's runs; ``*`` marks the best trade-offs (counting feature extraction)."""
+    from toptune_core.reports import pareto_front
+
+    with_extraction = [r.timings.get("train_seconds_with_extraction") for r in runs]
+    front = pareto_front([r.accuracy for r in runs], with_extraction)
+    header = ["backbone", "classifier", "accuracy", "macro F1", "classifier fit s",
+              "training s with feature extraction", "features", "best trade-off", "run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, best in zip(runs, front):
+        t = run.timings
+        choice = (run.params or {}).get("classifier_choice") or {}
+        label = run.classifier + (f" -> {choice['chosen']}" if choice.get("chosen") else "")
+        lines.append("| " + " | ".join([
+            run.backbone, label, f"{run.accuracy:.3f}", f"{run.metrics['macro_f1']:.3f}", f"{t['fit_seconds']:.2f}",
+            f"{t['train_seconds_with_extraction']:.1f}", "from cache" if t.get("cache_hit") else "extracted",
+            "*" if best else "", run.id]) + " |")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.experiment import summary
+    from toptune_core.progress import TextProgressBar
+    from toptune_core.sweep import run_sweep
+
+    result = run_sweep(args.data, test_data=args.test_data, backbones=_names(args.backbones) or None,
+                       classifiers=_names(args.classifiers) or None, seed=args.seed, test_size=args.test_size,
+                       split=args.split, store=run_store(settings), cache=feature_cache(settings),
+                       progress=TextProgressBar())
+    print()
+    if result.runs:
+        first = result.runs[0]
+        print(f"{len(result.runs)} run(s) on {first.dataset}: {first.split['n_train']} training photos, "
+              f"{first.split['n_test']} held-out photos ({first.split['method']})")
+        print(sweep_table(result.runs))
+    for backbone, classifier, reason in result.failures:
+        print(f"failed: {backbone} + {classifier}: {reason}")
+    write_json(args.json, {"runs": [summary(r) for r in result.runs],
+                           "failures": [{"backbone": b, "classifier": c, "error": e} for b, c, e in result.failures]})
+    return 0 if not result.failures else 1
+
+
+def add_parsers(sub) -> None:
+    p = add_command(sub, "sweep", cmd_sweep, "top-tune every backbone x classifier; one recorded run each, one table",
+                    data=True, backbone=False)
+    p.add_argument("--backbones", default="",
+                   help="comma-separated backbones (default: every offline one, tf_efficientnet_lite0,1,2)")
+    p.add_argument("--classifiers", default="", help=f"comma-separated classifiers (default: all of "
+                                                     f"{','.join(CLASSIFIERS)})")

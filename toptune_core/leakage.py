@@ -1,0 +1,74 @@
+"""The leakage check: near-duplicate photos across the train/test split, for every run and for the Data page.
+
+The reference backbone's features (``data.duplicates.REFERENCE_BACKBONE``,
+from the feature cache, extracted once on a miss) decide which photos are
+near-duplicates; ``data.duplicates`` holds the rule and the report,
+``data.split`` the grouped split that keeps them on one side. This module
+gets the features and puts the pieces together, for ``experiment`` (every
+run, both methods) and for the Data page (before any run).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toptune_core.data.duplicates import REFERENCE_BACKBONE, duplicate_groups, leakage_report
+from toptune_core.data.split import split_for
+from toptune_core.methods.base import PhotoTable
+from toptune_core.progress import CancelCheck, ProgressCallback
+
+
+def reference_features(dataset, ok: np.ndarray, *, table: Optional[PhotoTable] = None, backbone: str = "",
+                       cache=None, extractor=None, progress: Optional[ProgressCallback] = None,
+                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+    """The reference backbone's features of the photos ``ok`` selects, in dataset order.
+
+    A top-tuning ``table`` already read with the reference ``backbone`` is used as it is; otherwise the
+    features come from ``cache`` (or are extracted into it). A photo the reference could not read gets a
+    row of NaN (nobody's near-duplicate).
+    """
+    if table is not None and table.features is not None and backbone == REFERENCE_BACKBONE:
+        return table.features
+    from toptune_core.features.cache import FeatureCache, get_features
+
+    if extractor is None or extractor.backbone != REFERENCE_BACKBONE:
+        from toptune_core.features.extractor import FeatureExtractor
+
+        extractor = FeatureExtractor(REFERENCE_BACKBONE)
+    fs = get_features(dataset, extractor, cache or FeatureCache(), progress=progress, should_cancel=should_cancel)
+    return fs.entry.full_matrix()[np.asarray(ok, dtype=bool)]
+
+
+def run_reference(estimator, datasets: list, tables: list[PhotoTable], progress=None, should_cancel=None
+                  ) -> tuple[np.ndarray, float]:
+    """Reference features of a run's readable photos (training folder, then test folder) and the seconds taken."""
+    start = time.perf_counter()
+    cache = getattr(estimator, "cache", None)
+    extractor = getattr(estimator, "extractor", None)
+    parts = [reference_features(ds, t.ok, table=t, backbone=estimator.backbone,
+                                cache=cache, extractor=extractor, progress=progress, should_cancel=should_cancel)
+             for ds, t in zip(datasets, tables)]
+    return np.concatenate(parts), time.perf_counter() - start
+
+
+def data_leakage(dataset, *, seed: int, test_size: float, split: str = "random", cache=None, extractor=None,
+                 progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None) -> dict:
+    """The near-duplicate report of ``dataset`` under the split settings, before any run (the Data page).
+
+    Its ``examples`` (up to 48 pairs across the split, most similar first) are for showing side by side.
+    """
+    ok = np.ones(len(dataset), dtype=bool)
+    features = reference_features(dataset, ok, cache=cache, extractor=extractor, progress=progress,
+                                  should_cancel=should_cancel)
+    ok = ~np.isnan(features).any(axis=1)
+    features = features[ok]
+    groups = duplicate_groups(features) if split == "grouped" else None
+    _, paths, chosen = split_for(dataset, None, ok, None, seed=seed, test_size=test_size, split=split, groups=groups)
+    names = [Path(p).relative_to(dataset.root).as_posix() for p in paths]
+    report = leakage_report(features, chosen.train_idx, chosen.test_idx, names, examples=48)
+    report["split"] = chosen.method
+    return report
