@@ -12,8 +12,9 @@ st.title("Toptune: diagnose leaf photos")
 st.markdown(
     "**Top-tuning** takes a network already trained on millions of everyday photos, keeps it frozen, and uses it "
     "to turn each of your leaf photos into a list of numbers that describe what it sees. "
-    "A small, fast classifier (a Random Forest) then learns from those numbers which class each photo belongs "
-    "to, so training takes seconds on a laptop instead of hours on a graphics card. "
+    "A small, fast classifier then learns from those numbers which class each photo belongs to (by default a "
+    "kernel method, as in the top-tuning paper; a Random Forest, the Eden notebooks' choice, and others are one "
+    "click away), so training takes seconds on a laptop instead of hours on a graphics card. "
     "Every model is tested on photos it never saw during training, so the accuracy you see is what to expect "
     "on new photos."
 )

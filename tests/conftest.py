@@ -13,13 +13,13 @@ from toptune_core.config import DEMO_DATASET
 REPO = Path(__file__).resolve().parent.parent
 
 
-def copy_subset(src: Path, dest: Path, per_class: int, classes=None) -> Path:
-    """Copy the first ``per_class`` photos of each class folder of ``src`` to ``dest``."""
+def copy_subset(src: Path, dest: Path, per_class: int, classes=None, skip: int = 0) -> Path:
+    """Copy ``per_class`` photos of each class folder of ``src`` to ``dest``: the first ones, after ``skip``."""
     for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
         if classes is not None and class_dir.name not in classes:
             continue
         (dest / class_dir.name).mkdir(parents=True, exist_ok=True)
-        for photo in sorted(class_dir.glob("*.jpg"))[:per_class]:
+        for photo in sorted(class_dir.glob("*.jpg"))[skip:skip + per_class]:
             shutil.copy2(photo, dest / class_dir.name / photo.name)
     return dest
 

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from pages._charts import FRONT_NAME
 from tests.conftest import copy_subset
 from toptune_core.errors import Cancelled, DatasetError
 from toptune_core.jobs.thread import JobRegistry
@@ -87,6 +88,11 @@ def plotly_figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
+def run_traces(figure: dict) -> list[dict]:
+    """The traces of a Compare chart that are runs (not the Pareto front's staircase)."""
+    return [t for t in figure["data"] if t.get("name") != FRONT_NAME]
+
+
 def values(array) -> list:
     """A Plotly JSON array as a list (Plotly writes numeric arrays as base64 ``bdata``)."""
     if isinstance(array, dict) and "bdata" in array:
@@ -140,7 +146,7 @@ def beans30(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_run(shared_home):
-    """The main flow, once: home -> "Try the demo dataset" -> Data -> Top-tune (lite0 + Random Forest) -> done."""
+    """The main flow, once: home -> "Try the demo dataset" -> Data -> Top-tune (lite0 + the default kernel) -> done."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOPTUNE_HOME", str(shared_home))
         at = new_app()
@@ -149,7 +155,7 @@ def demo_run(shared_home):
                                     figures=plotly_figures(at), images=len(at.image), exception=list(at.exception))
         goto(at, "toptune")
         assert at.selectbox(key="tt_backbone").value == "tf_efficientnet_lite0"
-        assert at.radio(key="tt_classifier").value == "rf"
+        assert at.radio(key="tt_classifier").value == "kernel"
         button(at, "Top-tune").click().run()
         progress_seen = [p.proto.text for p in at.get("progress")] + wait_for_job(at)
         runs = RunStore(shared_home).list()
@@ -269,7 +275,7 @@ def test_demo_toptune_shows_progress_then_result(demo_run):
     assert any(" of 300 photos · " in t and "photos/s · about" in t for t in extraction), demo_run.progress_seen
     no_problems(at)
     assert run is not None and run.status == "completed", [(r.status, r.error) for r in demo_run.runs]
-    assert (run.method, run.backbone, run.classifier) == ("toptune", "tf_efficientnet_lite0", "rf")
+    assert (run.method, run.backbone, run.classifier) == ("toptune", "tf_efficientnet_lite0", "kernel")
     shown = metrics(at)
     assert shown["Accuracy"] == f"{100 * run.accuracy:.1f} %"
     assert set(shown) >= {"Balanced accuracy", "Macro F1", "Features", "Classifier training", "Total"}
@@ -296,18 +302,22 @@ def test_compare_plots_every_run_and_toggles_extraction_time(demo_run):
     no_problems(at)
     completed = [r for r in RunStore(demo_run.home).list(status="completed")]
     (figure,) = plotly_figures(at)
-    xs = [x for trace in figure["data"] for x in values(trace["x"])]
-    ys = [y for trace in figure["data"] for y in values(trace["y"])]
+    xs = [x for trace in run_traces(figure) for x in values(trace["x"])]
+    ys = [y for trace in run_traces(figure) for y in values(trace["y"])]
     assert len(ys) == len(completed) >= 1
     assert sorted(ys) == sorted(r.accuracy for r in completed)
     assert figure["layout"]["xaxis"]["type"] == "log"
-    assert {t["legendgroup"].split(",")[0] for t in figure["data"]} == {"top-tuned"}
+    assert {t["legendgroup"].split(",")[0] for t in run_traces(figure)} == {"top-tuned"}
     table = at.dataframe[0].value
     assert len(table) == len(completed) and {"accuracy", "training time (s)", "backbone"} <= set(table.columns)
+    # The best trade-offs (Pareto front) are ringed on the chart and ticked in the table: the most accurate run
+    # always is one.
+    (front,) = [t for t in figure["data"] if t.get("name") == FRONT_NAME]
+    assert max(ys) in values(front["y"]) and table["best trade-off"].sum() == len(values(front["y"]))
     assert at.get("download_button"), "the table can be downloaded as CSV"
 
     at.toggle(key="cmp_include_extraction").set_value(False).run()
-    xs_fit_only = [x for trace in plotly_figures(at)[0]["data"] for x in values(trace["x"])]
+    xs_fit_only = [x for trace in run_traces(plotly_figures(at)[0]) for x in values(trace["x"])]
     assert sum(xs_fit_only) < sum(xs), "without feature extraction, top-tuning times are shorter"
 
 
@@ -536,9 +546,9 @@ def test_finetune_runs_in_the_background_survives_a_reload_and_is_compared(fresh
     button(tab, "Top-tune").click().run()
     wait_for_job(tab)
     (figure,) = plotly_figures(goto(tab, "compare"))
-    methods = {t["legendgroup"].split(",")[0] for t in figure["data"]}
+    methods = {t["legendgroup"].split(",")[0] for t in run_traces(figure)}
     assert methods == {"top-tuned", "fine-tuned"}
-    fine = [t for t in figure["data"] if t["legendgroup"].startswith("fine-tuned")][0]
+    fine = [t for t in run_traces(figure) if t["legendgroup"].startswith("fine-tuned")][0]
     assert values(fine["y"]) == [run.accuracy]
 
     goto(tab, "classify")
@@ -557,3 +567,67 @@ def test_finetune_cancel_from_the_page(fresh_home, beans16):
     assert RunStore().get(run_id).status == "cancelled"
     assert any("cancelled" in w.lower() for w in texts(tab.warning)), texts(tab.warning)
     assert not has_button(tab, "Cancel fine-tune") and has_button(tab, "Start fine-tuning")
+
+
+# --- kernel, automatic choice, sweep, near-duplicates ----------------------------------------------------
+
+def test_sweep_and_automatic_choice_from_the_top_tune_page(fresh_home, beans30):
+    tab = use_folder(new_app(), beans30)
+    goto(tab, "toptune")
+    tab.multiselect(key="sw_backbones").set_value(["tf_efficientnet_lite0"]).run()
+    tab.multiselect(key="sw_classifiers").set_value(["kernel", "logreg"]).run()
+    button(tab, "Sweep").click().run()
+    progress = wait_for_job(tab)
+    no_problems(tab)
+    assert any(p.startswith("Sweep: ") and " of 2 runs" in p for p in progress), progress
+    runs = RunStore(fresh_home).list(status="completed")
+    assert sorted(r.classifier for r in runs) == ["kernel", "logreg"]
+    (table,) = [d.value for d in tab.dataframe if "best trade-off" in d.value.columns]
+    assert sorted(table["run"]) == sorted(r.id for r in runs) and table["best trade-off"].any()
+
+    tab.radio(key="tt_classifier").set_value("auto").run()
+    button(tab, "Top-tune").click().run()
+    wait_for_job(tab)
+    no_problems(tab)
+    run = RunStore(fresh_home).list()[0]
+    assert run.classifier == "auto" and run.status == "completed"
+    (cv,) = [d.value for d in tab.dataframe if "CV accuracy (mean)" in d.value.columns]
+    assert list(cv["classifier"].str.split().str[0]) == ["Kernel", "Logistic", "Random"] and cv["chosen"].sum() == 1
+    assert any(m.startswith("**Automatic choice: ") for m in texts(tab.markdown))
+    (figure,) = plotly_figures(goto(tab, "compare"))
+    assert len([y for t in run_traces(figure) for y in values(t["y"])]) == 3
+    assert [t for t in figure["data"] if t.get("name") == FRONT_NAME], "the best trade-offs are marked"
+
+
+def test_data_page_finds_planted_near_duplicates_and_the_grouped_split_separates_none(fresh_home, tmp_path):
+    from PIL import Image
+
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.leakage import data_leakage
+
+    data = copy_subset(DEMO_DATASET, tmp_path / "twins", 10)
+    for photo in sorted(data.rglob("*.jpg"))[::5]:  # a re-shot (1 % crop, re-encoded) of every fifth photo
+        with Image.open(photo) as im:
+            w, h = im.size
+            im.crop((2, 2, w - 2, h - 2)).resize((w, h)).save(photo.with_name(f"twin_{photo.name}"), quality=85)
+    tab = use_folder(new_app(), data)
+    assert has_button(tab, "Check for near-duplicates")
+    button(tab, "Check for near-duplicates").click().run()
+    wait_for_job(tab)
+    no_problems(tab)
+    seed = next(s for s in range(20) if data_leakage(load_dataset(data), seed=s, test_size=0.25)["pairs_across"])
+    [w for w in tab.number_input if w.label == "Split seed"][0].set_value(seed).run()
+    expected = data_leakage(load_dataset(data), seed=seed, test_size=0.25)
+    shown = metrics(tab)
+    assert shown["Near-duplicate pairs"] == str(expected["pairs"]) and expected["pairs"] >= 6
+    assert shown["Pairs across the split"] == str(expected["pairs_across"]) != "0"
+    pair_captions = [c for c in captions(tab) if c.startswith("cosine similarity ")]
+    assert pair_captions and len(tab.image) == 12 + 2 * len(pair_captions), "pairs side by side, after the thumbnails"
+    tab.radio(key="data_split_kind").set_value("grouped").run()
+    no_problems(tab)
+    assert metrics(tab)["Pairs across the split"] == "0"
+    goto(tab, "toptune")
+    button(tab, "Top-tune").click().run()
+    wait_for_job(tab)
+    run = RunStore(fresh_home).list()[0]
+    assert run.split["kind"] == "grouped" and run.split["near_duplicates"]["pairs_across"] == 0

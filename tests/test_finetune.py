@@ -305,9 +305,16 @@ def test_cli_compare_prints_one_table_on_one_split(small_dataset, subprocess_env
     report = json.loads(out.read_text())
     assert report["same_test_photos"] is True
     assert [r["method"] for r in report["rows"]] == ["top-tune Random Forest", "top-tune logistic regression",
+                                                     "top-tune kernel ridge (Nyström)", "top-tune automatic choice",
                                                      "fine-tune"]
+    # What each method trained on: all 45 training photos for top-tuning, fewer for the fine-tune, which keeps
+    # some for early stopping.
+    trained_on = [r["trained_on"] for r in report["rows"]]
+    assert trained_on[0] == "45 photos" and trained_on[2].startswith("45 photos (leave-one-out CV")
+    assert trained_on[3].startswith("45 photos (5-fold CV inside them chose ")
+    assert trained_on[4].endswith(" for early stopping)") and not trained_on[4].startswith("45 photos")
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 4 and "accuracy" in table[0] and "fine-tune" in table[3]
+    assert len(table) == 6 and "trained on" in table[0] and "fine-tune" in table[5]
     assert "the same held-out photos" in result.stdout
 
 

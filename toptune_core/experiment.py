@@ -94,25 +94,27 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
         dataset, test_dataset = load_data(data, test_data)
         run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size, split)
     except BaseException as e:
-        if run_id is not None:
-            store.finish(run_id, "failed", str(e) or type(e).__name__)
+        if run_id is not None:  # e.g. a cancel that arrives while the training process is still starting
+            store.finish(run_id, *_ending(e))
         raise
     curve: list[dict] = []
     try:
         return _train_and_test(estimator, store, run, dataset, test_dataset, (seed, test_size, split), curve, start,
                                progress, should_cancel)
-    except Cancelled as e:
-        store.finish(run.id, "cancelled", str(e), curve=curve)
-        raise
-    except KeyboardInterrupt:
-        store.finish(run.id, "cancelled", "Interrupted from the keyboard.", curve=curve)
-        raise
-    except JobInterrupted as e:
-        store.finish(run.id, "interrupted", str(e), curve=curve)
-        raise
     except BaseException as e:
-        store.finish(run.id, "failed", str(e) or type(e).__name__, curve=curve)
+        store.finish(run.id, *_ending(e), curve=curve)
         raise
+
+
+def _ending(e: BaseException) -> tuple[str, str]:
+    """How a run that stopped with ``e`` ends: (status, one-line reason)."""
+    if isinstance(e, Cancelled):
+        return "cancelled", str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "cancelled", "Interrupted from the keyboard."
+    if isinstance(e, JobInterrupted):
+        return "interrupted", str(e)
+    return "failed", str(e) or type(e).__name__
 
 
 def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel) -> tuple:

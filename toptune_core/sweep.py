@@ -68,14 +68,16 @@ def _new_extractor(backbone: str):
 
 def run_sweep(data: str | Path, *, test_data: Optional[str | Path] = None,
               backbones: Optional[Sequence[str]] = None, classifiers: Optional[Sequence[str]] = None,
-              seed: int = 0, test_size: float = 0.25, split: str = "random", store: Optional[RunStore] = None,
+              seed: int = 0, seeds: Optional[Sequence[int]] = None, test_size: float = 0.25, split: str = "random",
+              store: Optional[RunStore] = None,
               cache=None, extractor_for: Optional[Callable[[str], object]] = None,
               progress: Optional[ProgressCallback] = None,
               should_cancel: Optional[CancelCheck] = None) -> SweepResult:
     """Top-tune every ``backbones`` x ``classifiers`` combination on ``data``; each is a recorded run.
 
-    Defaults: the offline backbones and every classifier. ``extractor_for(backbone)``: an already loaded
-    feature extractor (the dashboard keeps one per backbone); None makes one per backbone here.
+    Defaults: the offline backbones and every classifier. ``seeds``: repeat every combination with each of
+    these seeds (another split and model seed each time; default: ``seed`` only). ``extractor_for(backbone)``:
+    an already loaded feature extractor (the dashboard keeps one per backbone); None makes one per backbone here.
     """
     from toptune_core.data.split import load_data
     from toptune_core.experiment import run_toptuning
@@ -86,11 +88,11 @@ def run_sweep(data: str | Path, *, test_data: Optional[str | Path] = None,
     check_choices(backbones, classifiers)
     load_data(data, test_data)  # a wrong folder is one error, not one failed run per combination
     store, cache = store or RunStore(), cache or FeatureCache()
-    combos = [(b, c) for b in backbones for c in classifiers]
+    combos = [(b, c, s) for b in backbones for s in (seeds or [seed]) for c in classifiers]
     bar = _OneBar(len(combos), progress, should_cancel)
     result, extractors = SweepResult(), {}
-    for index, (backbone, classifier) in enumerate(combos):
-        bar.start(index, f"{backbone} + {CLASSIFIERS[classifier].label}")
+    for index, (backbone, classifier, seed) in enumerate(combos):
+        bar.start(index, f"{backbone} + {CLASSIFIERS[classifier].label}" + (f", seed {seed}" if seeds else ""))
         if backbone not in extractors:
             extractors[backbone] = (extractor_for or _new_extractor)(backbone)
         try:

@@ -1,10 +1,11 @@
 """Command-line command ``sweep``: every backbone x top classifier on one dataset, one table.
 
-``python -m toptune_core sweep --data DIR [--test-data DIR] [--backbones A,B] [--classifiers X,Y]``
+``python -m toptune_core sweep --data DIR [--test-data DIR] [--backbones A,B] [--classifiers X,Y] [--seeds 0,1]``
 runs ``sweep.run_sweep`` (each backbone's features extracted once, then from
 the cache), records every combination as a run, and prints one table with the
 best trade-offs between accuracy and training time marked (the Pareto front,
-as on the Compare page).
+as on the Compare page). With several ``--seeds`` it repeats every
+combination on each seed's split and adds a table of means over the seeds.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ def _names(text: str) -> list[str]:
 
 
 def sweep_table(runs: list) -> str:
-    """A Markdown table of the sweep's runs; ``*`` marks the best trade-offs (counting feature extraction)."""
+    """A Markdown table of the sweep's runs; ``*`` marks the best trade-offs (counting feature extraction) among
+    the runs on the same split (seed)."""
     from toptune_core.reports import pareto_front
 
-    with_extraction = [r.timings.get("train_seconds_with_extraction") for r in runs]
-    front = pareto_front([r.accuracy for r in runs], with_extraction)
-    header = ["backbone", "classifier", "accuracy", "macro F1", "classifier fit s",
+    front = [False] * len(runs)
+    for seed in {r.params.get("seed") for r in runs}:
+        idx = [i for i, r in enumerate(runs) if r.params.get("seed") == seed]
+        marks = pareto_front([runs[i].accuracy for i in idx],
+                             [runs[i].timings.get("train_seconds_with_extraction") for i in idx])
+        for i, mark in zip(idx, marks):
+            front[i] = mark
+    header = ["backbone", "classifier", "seed", "accuracy", "macro F1", "classifier fit s",
               "training s with feature extraction", "features", "best trade-off", "run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, best in zip(runs, front):
@@ -34,9 +41,28 @@ def sweep_table(runs: list) -> str:
         choice = (run.params or {}).get("classifier_choice") or {}
         label = run.classifier + (f" -> {choice['chosen']}" if choice.get("chosen") else "")
         lines.append("| " + " | ".join([
-            run.backbone, label, f"{run.accuracy:.3f}", f"{run.metrics['macro_f1']:.3f}", f"{t['fit_seconds']:.2f}",
+            run.backbone, label, str((run.params or {}).get("seed")), f"{run.accuracy:.3f}", f"{run.metrics['macro_f1']:.3f}", f"{t['fit_seconds']:.2f}",
             f"{t['train_seconds_with_extraction']:.1f}", "from cache" if t.get("cache_hit") else "extracted",
             "*" if best else "", run.id]) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(runs: list) -> str:
+    """Mean ± standard deviation over the seeds of each backbone x classifier (a Markdown table)."""
+    import numpy as np
+
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        groups.setdefault((run.backbone, run.classifier), []).append(run)
+    lines = ["| backbone | classifier | seeds | accuracy, mean ± std | min-max | median classifier fit s | "
+             "held-out photos with a near-duplicate in training (mean) | chosen |", "|" + "---|" * 8]
+    for (backbone, classifier), group in groups.items():
+        acc = np.array([r.accuracy for r in group])
+        fit = np.median([r.timings["fit_seconds"] for r in group])
+        twins = np.mean([(r.split.get("near_duplicates") or {}).get("test_photos_with_twin", 0) for r in group])
+        chosen = [((r.params or {}).get("classifier_choice") or {}).get("chosen", "") for r in group]
+        lines.append(f"| {backbone} | {classifier} | {len(group)} | {acc.mean():.3f} ± {acc.std():.3f} | "
+                     f"{acc.min():.3f}-{acc.max():.3f} | {fit:.2f} | {twins:.1f} | {','.join(c for c in chosen if c)} |")
     return "\n".join(lines)
 
 
@@ -46,15 +72,20 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.sweep import run_sweep
 
     result = run_sweep(args.data, test_data=args.test_data, backbones=_names(args.backbones) or None,
-                       classifiers=_names(args.classifiers) or None, seed=args.seed, test_size=args.test_size,
+                       classifiers=_names(args.classifiers) or None, seed=args.seed,
+                       seeds=[int(s) for s in _names(args.seeds)] or None, test_size=args.test_size,
                        split=args.split, store=run_store(settings), cache=feature_cache(settings),
                        progress=TextProgressBar())
     print()
     if result.runs:
         first = result.runs[0]
         print(f"{len(result.runs)} run(s) on {first.dataset}: {first.split['n_train']} training photos, "
-              f"{first.split['n_test']} held-out photos ({first.split['method']})")
+              f"{first.split['n_test']} held-out photos ({first.split['method']}"
+              + (f"; and seeds {args.seeds}" if len(_names(args.seeds)) > 1 else "") + ")")
         print(sweep_table(result.runs))
+        if len(_names(args.seeds)) > 1:
+            print()
+            print(seeds_table(result.runs))
     for backbone, classifier, reason in result.failures:
         print(f"failed: {backbone} + {classifier}: {reason}")
     write_json(args.json, {"runs": [summary(r) for r in result.runs],
@@ -69,3 +100,5 @@ def add_parsers(sub) -> None:
                    help="comma-separated backbones (default: every offline one, tf_efficientnet_lite0,1,2)")
     p.add_argument("--classifiers", default="", help=f"comma-separated classifiers (default: all of "
                                                      f"{','.join(CLASSIFIERS)})")
+    p.add_argument("--seeds", default="", help="comma-separated seeds: repeat every combination on each seed's "
+                                               "split and print means over them (default: --seed only)")

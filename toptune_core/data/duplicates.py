@@ -7,20 +7,26 @@ similarity of their ``REFERENCE_BACKBONE`` features is at least
 ``DUPLICATE_THRESHOLD``. One backbone for every run and method, so every
 method and backbone sees the same groups and the same grouped split.
 
-Why 0.90 (measured on the full iBean set, 1167 photos, tf_efficientnet_lite0):
-- the same photo re-framed slightly (crop keeping 90-95 % of each side, up to
-  5 degrees of rotation, 5 % brightness, JPEG re-encoding) scores a median
-  0.896 against its original, 0.857 at the 5th percentile: lite0's pooled
-  features move a lot with framing, so a re-shot of one leaf sits about there;
-- distinct photos: 98 of the 680,000 pairs (0.014 %) reach 0.90, none of them
-  across classes; at 0.88 there are 438 pairs, 10 across classes (which
-  cannot be the same leaf), at 0.85 2263 and 112. The highest pair is 0.935;
+Why 0.90 (measured on tf_efficientnet_lite0 features; lite0's pooled features
+move a lot with framing, so the line between "same shot" and "look-alike" is
+narrow):
+- the same photo edited slightly (30 demo photos, each re-encoded at JPEG
+  quality 85): re-encoding alone scores 0.946-0.993 against the original;
+  cropping 1 % off each side 0.926-0.983; a 3 % shift 0.919-0.979; a 2-degree
+  rotation 0.887-0.969 (median 0.934); a 3 % crop 0.852-0.976 (median 0.932);
+  a re-framing by 5-10 % with up to 5 degrees of rotation (60 photos of the
+  full set) a median 0.896;
+- distinct photos (the full iBean set, 1167 photos, 680,000 pairs): 98 pairs
+  (0.014 %) reach 0.90, none across classes; at 0.88 there are 438, 10 across
+  classes (which cannot be one leaf); at 0.85 2263 and 112. The highest pair
+  scores 0.935;
 - looked at side by side, the pairs above 0.90 are a re-shot of one bean-rust
   leaf (same spot pattern, closer framing) and healthy leaves held the same
   way against the same soil: for a held-out score, a near-twin either way.
-So 0.90 flags the re-shots it can without flagging pairs that are certainly
-different leaves; lower thresholds start to. It does not catch every re-shot
-(about half of the slight re-framings score below it).
+So 0.90 catches re-encoded, slightly cropped or shifted copies and most
+slightly rotated ones, without flagging pairs that are certainly different
+leaves; lower thresholds start to. It misses about half of the re-shots that
+are re-framed by 5 % or more.
 
 Groups are the connected components of the near-duplicate graph: photos
 linked by a chain of near-duplicates are kept together (``data.split``'s

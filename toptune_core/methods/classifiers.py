@@ -45,9 +45,9 @@ CLASSIFIERS = {
                              "scores; random_state = seed"),
     "auto": ClassifierSpec("auto", "Automatic choice",
                            "stratified 5-fold cross-validation on the training photos only (near-duplicates kept "
-                           "in one fold) picks the most accurate of Random Forest, logistic regression and kernel "
-                           "ridge, then refits it on all the training photos; the held-out photos are used once, "
-                           "for the final score"),
+                           "in one fold) picks the most accurate of kernel ridge, logistic regression and Random "
+                           "Forest (a tie goes to the first named), then refits it on all the training photos; the "
+                           "held-out photos are used once, for the final score"),
     "logreg": ClassifierSpec("logreg", "Logistic regression",
                              "standardised features, L2 penalty C=1.0, lbfgs, max_iter=1000; random_state = seed"),
     "rf": ClassifierSpec("rf", "Random Forest (the Eden notebook's choice)",
