@@ -94,8 +94,8 @@ def test_split_is_stratified_and_reproducible(demo_dataset):
     assert not np.array_equal(a.test_idx, c.test_idx)
     assert set(a.train_idx).isdisjoint(a.test_idx) and len(a.train_idx) + len(a.test_idx) == 300
     assert Counter(labels[a.test_idx].tolist()) == {0: 25, 1: 25, 2: 25}
-    assert a.describe() == {"method": "stratified random split, 25% held out for testing, seed 0", "seed": 0,
-                            "test_size": 0.25, "n_train": 225, "n_test": 75}
+    assert a.describe() == {"method": "stratified random split, 25% held out for testing, seed 0", "kind": "random",
+                            "seed": 0, "test_size": 0.25, "n_train": 225, "n_test": 75}
 
 
 def test_bad_datasets_have_clear_messages(tmp_path, small_dataset):
