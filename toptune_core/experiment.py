@@ -183,4 +183,7 @@ def summary(run: RunRecord) -> dict:
         "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
         "extract_seconds": t.get("extract_seconds"), "fit_seconds": t.get("fit_seconds"),
         "cache_hit": t.get("cache_hit"), "split": s.get("method"), "unreadable_images": len(s.get("unreadable", []))}
+    familiarity = m.get("familiarity") or {}
+    out["coverage"] = familiarity.get("coverage")  # held-out photos the unknown-photo check recognises
+    out["accuracy_recognised"] = familiarity.get("accuracy_recognised")
     return out
