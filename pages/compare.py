@@ -34,6 +34,9 @@ def page() -> None:
         "accuracy": st.column_config.NumberColumn(format="%.3f"),
         "balanced accuracy": st.column_config.NumberColumn(format="%.3f"),
         "macro F1": st.column_config.NumberColumn(format="%.3f"),
+        "coverage": st.column_config.NumberColumn(format="%.3f", help="Share of held-out photos the unknown-photo "
+                                                                     "check recognises (normal strictness)."),
+        "accuracy on recognised": st.column_config.NumberColumn(format="%.3f"),
         "training time (s)": st.column_config.NumberColumn(format="%.2f"),
         "best trade-off": st.column_config.CheckboxColumn(help="On the Pareto front: no other run is at least as "
                                                                "accurate and at most as long, and better in one."),

@@ -89,32 +89,30 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
     """
     start = time.perf_counter()
     store = store or RunStore()
+    curve: list[dict] = []
     try:
         estimator.check_params()
         dataset, test_dataset = load_data(data, test_data)
         run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size, split)
+        run_id = run.id
+        return _train_and_test(estimator, store, run, dataset, test_dataset, (seed, test_size, split), curve,
+                               start, progress, should_cancel)
     except BaseException as e:
-        if run_id is not None:  # e.g. a cancel that arrives while the training process is still starting
-            store.finish(run_id, *_ending(e))
-        raise
-    curve: list[dict] = []
-    try:
-        return _train_and_test(estimator, store, run, dataset, test_dataset, (seed, test_size, split), curve, start,
-                               progress, should_cancel)
-    except BaseException as e:
-        store.finish(run.id, *_ending(e), curve=curve)
+        if run_id is not None:
+            _record_end(store, run_id, e, curve)
         raise
 
 
-def _ending(e: BaseException) -> tuple[str, str]:
-    """How a run that stopped with ``e`` ends: (status, one-line reason)."""
+def _record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> None:
+    """Record how a run ended early: cancelled (by the user), interrupted (stopped from outside) or failed."""
     if isinstance(e, Cancelled):
-        return "cancelled", str(e)
-    if isinstance(e, KeyboardInterrupt):
-        return "cancelled", "Interrupted from the keyboard."
-    if isinstance(e, JobInterrupted):
-        return "interrupted", str(e)
-    return "failed", str(e) or type(e).__name__
+        store.finish(run_id, "cancelled", str(e), curve=curve)
+    elif isinstance(e, KeyboardInterrupt):
+        store.finish(run_id, "cancelled", "Interrupted from the keyboard.", curve=curve)
+    elif isinstance(e, JobInterrupted):
+        store.finish(run_id, "interrupted", str(e), curve=curve)
+    else:
+        store.finish(run_id, "failed", str(e) or type(e).__name__, curve=curve)
 
 
 def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel) -> tuple:
@@ -222,4 +220,7 @@ def summary(run: RunRecord) -> dict:
         out["classifier_choice"] = choice
     duplicates = s.get("near_duplicates") or {}
     out["test_photos_with_near_duplicate"] = duplicates.get("test_photos_with_twin")
+    familiarity = m.get("familiarity") or {}
+    out["coverage"] = familiarity.get("coverage")  # held-out photos the unknown-photo check recognises
+    out["accuracy_recognised"] = familiarity.get("accuracy_recognised")
     return out

@@ -24,6 +24,10 @@ def print_report(run) -> None:
           f"macro F1 {m['macro_f1']:.3f}")
     print_choice(run)
     print("  " + describe_leakage(s.get("near_duplicates") or {}))
+    fam = m.get("familiarity")
+    if fam:
+        print(f"  unknown-photo check (normal): {fam['coverage']:.1%} of held-out photos recognised, accuracy on "
+              f"those {fam['accuracy_recognised']:.3f} (without the check {fam['accuracy_all']:.3f})")
     if run.method == "toptune":
         source = "from cache" if t.get("cache_hit") else "extracted"
         print(f"  features {source} in {t['extract_seconds']:.2f} s (extraction cost {t['feature_extraction_seconds']:.1f} s); "
