@@ -39,7 +39,7 @@ CLASSIFIERS = {
     "kernel": ClassifierSpec("kernel", "Kernel ridge (Nyström, as Falkon)",
                              "RBF kernel on L2-normalised features, Nyström approximation with up to 1000 centres "
                              "drawn from the training photos, ridge regression on one-hot targets; kernel width "
-                             "gamma in {0.25, 0.5, 1, 2, 4, 8} and penalty in {1e-4 ... 1} chosen by leave-one-out "
+                             "gamma in {0.125, 0.25 ... 4} and penalty in {1e-5 ... 1} chosen by leave-one-out "
                              "cross-validation on the training photos (near-duplicates left out together); "
                              "probabilities: softmax of the scores with a temperature fitted on the left-out "
                              "scores; random_state = seed"),
