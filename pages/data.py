@@ -187,7 +187,8 @@ def show_dataset() -> None:
                          "uses the same split.")
     if kind != split_kind():
         set_split_kind(kind)
-    near_duplicates(ds, int(new_seed), share / 100, kind)
+    with friendly_errors():  # e.g. a grouped split a class's photos cannot make: said here, the rest still shows
+        near_duplicates(ds, int(new_seed), share / 100, kind)
     st.page_link(PAGES["toptune"], label="Next: top-tune a model on these photos →", icon=":material/bolt:")
 
 

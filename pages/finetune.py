@@ -13,9 +13,10 @@ import streamlit as st
 
 from pages._charts import finetune_curve
 from pages._router import link, through_router
-from pages._state import finetune_job, home, remember, remembered_run, store
+from pages._state import finetune_job, home, remember, remembered_run, split_kind, store
 from pages._widgets import follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE
+from toptune_core.data.duplicates import describe_leakage
 from toptune_core.errors import RunNotFound
 from toptune_core.finetune import FINETUNE_DEFAULTS, FINETUNE_RECIPE
 from toptune_core.jobs.process import FinetuneJob
@@ -53,6 +54,7 @@ def draw_result(run_id: str) -> None:
     if t.get("epochs_run"):
         st.caption(f"{t['epochs_run']} epoch(s) run; best epoch {t.get('best_epoch')}; "
                    f"stopped because: {t.get('stop_reason') or 'all epochs done'}.")
+    st.caption(":material/content_copy: " + describe_leakage(run.split.get("near_duplicates") or {}))
     link("compare", "Compare with top-tuning →")
 
 
@@ -105,7 +107,8 @@ def start_form() -> None:
     choice, _, seed, test_size = needed
     chosen = settings_form(dict(FINETUNE_DEFAULTS))
     if st.button("Start fine-tuning", type="primary", icon=":material/model_training:"):
-        job = FinetuneJob.start(choice["path"], store_root=home(), seed=seed, test_size=test_size, **chosen)
+        job = FinetuneJob.start(choice["path"], store_root=home(), seed=seed, test_size=test_size, split=split_kind(),
+                                **chosen)
         remember("finetune_run", job.run_id)
         st.rerun()
 
