@@ -53,7 +53,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     paths = photo_paths(args.images)
     if not paths:
         raise ToptuneError("No photos found in the given paths.")
-    predictor = Predictor.from_run(args.run, store=run_store(settings))
+    predictor = Predictor.from_run(args.run, store=run_store(settings), settings=settings)
     entries = []
     for path in paths:
         try:
@@ -86,6 +86,10 @@ def cmd_unseen(args: argparse.Namespace, settings: Settings) -> int:
               + ("-" if acc is None else f"{acc:.3f}") + " |")
     write_json(args.json, {"strictness": args.strictness, "rows": rows})
     return 0
+
+
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("predict", "unseen")
 
 
 def add_parsers(sub) -> None:
