@@ -114,7 +114,7 @@ def eval_resize_crop(im, cfg: dict) -> np.ndarray:
     if (new_w, new_h) != (w, h):
         im = im.resize((new_w, new_h), _RESAMPLE[str(cfg["interpolation"])])
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def normalise(pixels: np.ndarray, cfg: dict) -> np.ndarray:
