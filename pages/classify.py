@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._charts import probabilities_chart
+from pages._download import model_download_button
 from pages._router import through_router
 from pages._state import predictor_for, store
 from pages._widgets import friendly_errors, need_runs, percent, pick_run, seconds
@@ -24,6 +25,7 @@ def page() -> None:
     run = pick_run("Model (the best one is chosen first)", runs, best.id if best else None, key="cls_run")
     classes = run.metrics.get("classes") or run.params.get("classes") or []
     st.caption(f"It tells apart: {', '.join(classes)}. Held-out accuracy {percent(run.accuracy)}.")
+    model_download_button(run)
 
     upload_tab, camera_tab = st.tabs(["Upload a photo", "Take a photo"])
     with upload_tab:
