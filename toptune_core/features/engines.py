@@ -95,25 +95,34 @@ class OnnxRuntimeEngine:
 
 
 class OpenVinoEngine:
-    """OpenVINO on an exported graph, fp32: ``streams`` parallel streams of ``threads`` threads; each calling
-    thread (lane) has its own infer request."""
+    """OpenVINO on an exported graph, fp32 (``precision``): each calling thread (lane) gets its own compiled
+    model of one stream and ``threads`` threads, compiled on its first call. (One compiled model of several
+    streams shared by the lanes' synchronous requests hung now and then on the reference machine.)"""
 
     name = "openvino"
 
     def __init__(self, graph: Path, threads: int = 1, streams: int = 1, precision: str = "f32"):
         import openvino as ov
 
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(graph)), "CPU", {
-            "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(max(1, streams)),
-            "INFERENCE_NUM_THREADS": str(max(1, streams * threads)), "INFERENCE_PRECISION_HINT": precision})
+        self.core = ov.Core()
+        self.graph = self.core.read_model(str(graph))
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(max(1, threads)),
+                       "INFERENCE_PRECISION_HINT": precision}
         self._local = threading.local()
+        self._compile_lock = threading.Lock()
+        self._request()  # compile once now, so that a graph OpenVINO cannot run fails here
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
+    def _request(self):
         request = getattr(self._local, "request", None)
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)})
+            with self._compile_lock:
+                compiled = self.core.compile_model(self.graph, "CPU", self.config)
+            request = self._local.request = compiled.create_infer_request()
+        return request
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        request = self._request()
+        request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)}, share_inputs=True)
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the request reuses it
 
 

@@ -36,7 +36,7 @@ from toptune_core.config import Settings
 from toptune_core.data.images import ImageSource
 from toptune_core.errors import ImageError
 from toptune_core.features import engines
-from toptune_core.features.reader import chunked, read_ahead
+from toptune_core.features.reader import chunked, in_lanes, read_ahead
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
 from toptune_core.system import cuda_present, nothing, thread_policy, torch_threads
 
@@ -365,59 +365,16 @@ class FeatureExtractor:
         return batch
 
     def _lane_batches(self, sources, batches: list[list[int]], plan: ExtractionPlan) -> Iterator[PixelBatch]:
-        """CPU: ``plan.lanes`` threads each take the next batch, decode it and run the model on it.
-
-        Finished batches are handed on in order; a lane does not start a batch
-        more than ``lanes + 1`` ahead of the last one handed on, which bounds memory.
-        """
-        uses_torch = self._engine.name == "torch"
-        done: dict[int, object] = {}
-        state = {"next": 0, "handed": 0, "stop": False}
-        cond = threading.Condition()
-        window = plan.lanes + 1
-
-        def lane() -> None:
-            if uses_torch:
+        """CPU: ``plan.lanes`` threads each take the next batch, decode it and run the engine on it
+        (``features.reader.in_lanes``: in order, at most ``lanes + 1`` batches ahead, which bounds memory)."""
+        def start_lane() -> None:
+            if self._engine.name == "torch":
                 import torch
 
                 torch.set_num_threads(plan.threads)  # this thread's own OpenMP team
-            while True:
-                with cond:
-                    while not state["stop"] and state["next"] < len(batches) \
-                            and state["next"] >= state["handed"] + window:
-                        cond.wait()
-                    if state["stop"] or state["next"] >= len(batches):
-                        return
-                    k = state["next"]
-                    state["next"] += 1
-                try:
-                    result: object = self._with_features(self._load_batch(sources, batches[k]))
-                except BaseException as e:  # handed to the caller in order
-                    result = e
-                with cond:
-                    done[k] = result
-                    cond.notify_all()
 
-        workers = [threading.Thread(target=lane, name=f"extract-lane-{j}", daemon=True) for j in range(plan.lanes)]
-        for w in workers:
-            w.start()
-        try:
-            for k in range(len(batches)):
-                with cond:
-                    while k not in done:
-                        cond.wait()
-                    result = done.pop(k)
-                    state["handed"] = k + 1
-                    cond.notify_all()
-                if isinstance(result, BaseException):
-                    raise result
-                yield result
-        finally:
-            with cond:
-                state["stop"] = True
-                cond.notify_all()
-            for w in workers:
-                w.join()
+        return in_lanes(batches, lambda b: self._with_features(self._load_batch(sources, b)), plan.lanes,
+                        start_lane, name="extract-lane")
 
     def _pooled_batches(self, sources, batches: list[list[int]], plan: ExtractionPlan) -> Iterator[PixelBatch]:
         """``plan.decode_workers`` threads decode ahead (``features.reader``) while this thread runs the model."""
