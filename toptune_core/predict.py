@@ -90,8 +90,9 @@ class Predictor:
 
     ``strictness``: "strict", "normal" (default) or "lenient", the share of
     photos like the training photos the check accepts (``STRICTNESS``).
-    Loading takes a few seconds (the backbone); each prediction after that a
-    fraction of a second on a CPU.
+    Loading a top-tuned run takes a fraction of a second (ONNX Runtime on the
+    backbone's checked graph, ``portable.top``); each prediction after that
+    some milliseconds plus decoding the photo.
     """
 
     def __init__(self, run: RunRecord, estimator, familiarity: Optional[FamiliarityCheck] = None):
