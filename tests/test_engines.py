@@ -26,6 +26,12 @@ from toptune_core.features.graph import TOLERANCE, find_graph, graph_path
 PHOTOS = sorted(DEMO_DATASET.glob("*/*.jpg"))
 
 
+@pytest.fixture(scope="module")
+def lite0_cpu_model():
+    """The PyTorch model on the CPU (graph engines run on the CPU, also on a machine with a GPU)."""
+    return FeatureExtractor("tf_efficientnet_lite0", device="cpu").model
+
+
 def _odd_photos(tmp_path) -> list:
     """Real leaf photos at sizes that exercise the resize and the crop: portrait, landscape, upscaled, odd."""
     base = Image.open(PHOTOS[7]).convert("RGB")
@@ -63,9 +69,9 @@ def _features(extractor: FeatureExtractor, photos) -> np.ndarray:
 @pytest.mark.parametrize("backbone", offline_backbones())
 def test_onnxruntime_features_match_pytorch(backbone, toptune_home):
     photos = [str(p) for p in PHOTOS[::37]]  # 9 photos, all three classes; batches of 4 leave a partial one
-    torch_extractor = FeatureExtractor(backbone, engine="torch")
+    torch_extractor = FeatureExtractor(backbone, engine="torch", device="cpu")
     expected = _features(torch_extractor, photos)
-    fast = FeatureExtractor(backbone, engine="onnxruntime")
+    fast = FeatureExtractor(backbone, engine="onnxruntime", device="cpu")
     fast._model = torch_extractor.model  # the same loaded weights for the export and the check
     got = _features(fast, photos)
     assert fast.engine_name == "onnxruntime" and "fell back" not in fast.engine_note
@@ -74,18 +80,18 @@ def test_onnxruntime_features_match_pytorch(backbone, toptune_home):
     graph = find_graph(fast.cache_identity, Settings.from_env(), "onnxruntime")
     assert graph is not None and graph.max_difference("onnxruntime") <= TOLERANCE
     # A fresh extractor finds the checked graph and runs it without loading the PyTorch model.
-    again = FeatureExtractor(backbone)
+    again = FeatureExtractor(backbone, device="cpu")
     np.testing.assert_array_equal(again.features_of_photos([photos[0]]), got[:1])
     assert again._model is None and again.engine_name == "onnxruntime"
 
 
 @pytest.mark.skipif(not engines.installed("openvino"), reason="OpenVINO is not installed")
-def test_openvino_features_match_pytorch(lite0_extractor, toptune_home):
+def test_openvino_features_match_pytorch(lite0_cpu_model, toptune_home):
     photos = [str(p) for p in PHOTOS[5::60]]
-    reference = FeatureExtractor("tf_efficientnet_lite0", engine="torch")
-    reference._model = lite0_extractor.model
-    ov = FeatureExtractor("tf_efficientnet_lite0", engine="openvino")
-    ov._model = lite0_extractor.model
+    reference = FeatureExtractor("tf_efficientnet_lite0", engine="torch", device="cpu")
+    reference._model = lite0_cpu_model
+    ov = FeatureExtractor("tf_efficientnet_lite0", engine="openvino", device="cpu")
+    ov._model = lite0_cpu_model
     got = _features(ov, photos)
     assert ov.engine_name == "openvino"
     assert np.abs(got - _features(reference, photos)).max() <= TOLERANCE
@@ -103,11 +109,11 @@ def _damage_weights(path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["wrong weights", "not a graph"])
-def test_a_broken_graph_falls_back_to_pytorch_with_one_clear_line(damage, lite0_extractor, small_dataset,
+def test_a_broken_graph_falls_back_to_pytorch_with_one_clear_line(damage, lite0_cpu_model, small_dataset,
                                                                   toptune_home):
     settings = Settings.from_env()
-    first = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime")
-    first._model = lite0_extractor.model
+    first = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime", device="cpu")
+    first._model = lite0_cpu_model
     first.load_engine()
     path = graph_path(first.cache_identity, settings)
     assert path.is_file() and first.engine_name == "onnxruntime"
@@ -116,8 +122,8 @@ def test_a_broken_graph_falls_back_to_pytorch_with_one_clear_line(damage, lite0_
     else:
         path.write_bytes(b"\x08\x01this is not an ONNX graph" * 100)
 
-    broken = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime")
-    broken._model = lite0_extractor.model
+    broken = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime", device="cpu")
+    broken._model = lite0_cpu_model
     lines = []
     fs = get_features(load_dataset(small_dataset), broken, FeatureCache(),
                       progress=lambda p: p.message and lines.append(p.message))
@@ -128,14 +134,14 @@ def test_a_broken_graph_falls_back_to_pytorch_with_one_clear_line(damage, lite0_
     assert broken.engine_name == "torch"
     # Recorded with the features, and the features are PyTorch's own.
     assert fs.entry.meta["engine"] == "torch" and "fell back to PyTorch" in fs.entry.meta["engine_note"]
-    reference = FeatureExtractor("tf_efficientnet_lite0", engine="torch")
-    reference._model = lite0_extractor.model
+    reference = FeatureExtractor("tf_efficientnet_lite0", engine="torch", device="cpu")
+    reference._model = lite0_cpu_model
     np.testing.assert_allclose(fs.entry.features[:5], _features(reference, load_dataset(small_dataset).paths[:5]),
                                rtol=0, atol=TOLERANCE)
     # The bad graph was removed: the next extraction exports a good one again.
     assert not path.exists()
-    healed = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime")
-    healed._model = lite0_extractor.model
+    healed = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime", device="cpu")
+    healed._model = lite0_cpu_model
     healed.load_engine()
     assert healed.engine_name == "onnxruntime" and json.loads(path.with_suffix(".json").read_text())["checks"]
 

@@ -74,7 +74,8 @@ def _export(run_id: str, env: dict, tmp_path: Path) -> Path:
 
 
 def test_exported_toptuned_model_predicts_like_the_predict_command(small_dataset, subprocess_env, tmp_path):
-    run = run_toptuning(small_dataset, extractor=FeatureExtractor("tf_efficientnet_lite0"))
+    subprocess_env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path (ONNX Runtime) also on a machine with a GPU
+    run = run_toptuning(small_dataset, extractor=FeatureExtractor("tf_efficientnet_lite0", device="cpu"))
     assert "fell back" not in run.timings.get("engine_note", "") and run.timings["engine"] == "onnxruntime"
     photos = _photos(tmp_path)
     ours, heavy = _predict_command(run.id, photos, subprocess_env, tmp_path)
@@ -92,6 +93,7 @@ def test_exported_finetuned_model_predicts_like_the_predict_command(tmp_path, su
     tiny = FineTuner(epochs=1, head_epochs=0, batch_size=8, freeze_blocks=5, val_fraction=0.0, budget_seconds=None)
     run = run_experiment(tiny, data, store=RunStore())
     photos = _photos(tmp_path)[:4]
+    subprocess_env["CUDA_VISIBLE_DEVICES"] = ""  # fp32 on the CPU, as the exported network runs
     ours, _ = _predict_command(run.id, photos, subprocess_env, tmp_path)
     _assert_same(ours, _unzipped_predict(_export(run.id, subprocess_env, tmp_path), photos, tmp_path))
 

@@ -105,11 +105,13 @@ def _rate_rows(report: BenchReport, ctx: BenchContext, figs: dict) -> None:
     report.add("naive baseline, dataset JPEGs" + (f" ({ctx.n_naive} of {ctx.n})" if ctx.n_naive < ctx.n else ""),
                f"{naive:.1f} img/s", f"{naive / torch_ceiling:.2f}x PyTorch's ceiling")
     ratio = extraction / torch_ceiling
-    others = "; ".join(f"{extraction / e['ceiling_ips']:.2f} of {ENGINE_LABELS[name]}'s"
-                       for name, e in engines.items() if name != "torch")
+    ratios = [f"{ratio:.2f}x PyTorch's ceiling"] + [f"{extraction / e['ceiling_ips']:.2f} of {ENGINE_LABELS[name]}'s"
+                                                   for name, e in engines.items() if name != "torch"]
+    graph_engine = default != "torch"  # on a GPU PyTorch is the engine: its own ceiling is the measure
     report.add(f"project extraction, dataset JPEGs -> cached features ({ctx.n}), {ENGINE_LABELS[default]}",
-               f"{extraction:.1f} img/s", f"{ratio:.2f}x PyTorch's ceiling; {others}; {extraction / naive:.1f}x naive",
-               f">= {TARGET_VS_TORCH_CEILING:.1f}x PyTorch's ceiling", ratio >= TARGET_VS_TORCH_CEILING)
+               f"{extraction:.1f} img/s", "; ".join(ratios + [f"{extraction / naive:.1f}x naive"]),
+               f">= {TARGET_VS_TORCH_CEILING:.1f}x PyTorch's ceiling" if graph_engine else "",
+               ratio >= TARGET_VS_TORCH_CEILING if graph_engine else None)
     for name, e in engines.items():
         diff = e["max_diff_vs_torch"]
         if name != default:
