@@ -615,6 +615,15 @@ def test_finetune_cancel_from_the_page(fresh_home, beans16):
     assert not has_button(tab, "Cancel fine-tune") and has_button(tab, "Start fine-tuning")
 
 
+def test_classify_page_offers_the_model_as_one_zip(demo_run):
+    """The button is there and makes its zip only when clicked (a deferred download); the zip itself is
+    tested in test_portable.py (AppTest cannot click a download)."""
+    at = goto(new_app(), "classify")
+    no_problems(at)
+    buttons = [b for b in at.get("download_button") if "Download this model" in b.proto.label]
+    assert len(buttons) == 1 and buttons[0].proto.deferred_file_id
+
+
 # --- kernel, automatic choice, sweep, near-duplicates ----------------------------------------------------
 
 def test_sweep_and_automatic_choice_from_the_top_tune_page(fresh_home, beans30):

@@ -25,12 +25,14 @@ class Settings:
 
     home: Path
     eden_url: Optional[str] = None  # a mirror of Eden's download address (TOPTUNE_EDEN_URL)
+    engine: str = "auto"  # the frozen backbone's inference engine (TOPTUNE_ENGINE; see features.engines)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
         env = os.environ if environ is None else environ
         home = Path(env.get("TOPTUNE_HOME") or Path.home() / ".toptune").expanduser()
-        return cls(home=home, eden_url=env.get("TOPTUNE_EDEN_URL") or None)
+        return cls(home=home, eden_url=env.get("TOPTUNE_EDEN_URL") or None,
+                   engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower())
 
     def ensure_home(self) -> Path:
         """``home``, created on first use; a one-line error if it cannot be."""
@@ -48,6 +50,11 @@ class Settings:
     @property
     def runs_root(self) -> Path:
         return self.home
+
+    @property
+    def graphs_dir(self) -> Path:
+        """Exported backbone graphs (ONNX), beside the feature cache."""
+        return self.home / "graphs"
 
     @property
     def data_configs_dir(self) -> Path:

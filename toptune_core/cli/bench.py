@@ -31,6 +31,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("bench",)
+
+
 def add_parsers(sub) -> None:
     p = add_command(sub, "bench", cmd_bench, "measure extraction, training and prediction speed; prints a table",
                     data=True)

@@ -102,3 +102,6 @@ def add_parsers(sub) -> None:
                                                      f"{','.join(CLASSIFIERS)})")
     p.add_argument("--seeds", default="", help="comma-separated seeds: repeat every combination on each seed's "
                                                "split and print means over them (default: --seed only)")
+
+
+COMMANDS = ("sweep",)

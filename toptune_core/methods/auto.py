@@ -83,7 +83,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         self.best_estimator_ = make_classifier(self.chosen_, random_state=self.random_state)
         self.refit_seconds_ = fit_classifier(self.best_estimator_, X, y, groups=groups)
         meter.update(meter.total, f"chose {best['label']}")
-        self.classes_ = self.best_estimator_.classes_
+        self.classes_, self.n_features_in_ = self.best_estimator_.classes_, X.shape[1]
         return self
 
     def predict_proba(self, X) -> np.ndarray:

@@ -10,8 +10,7 @@ The experiment (``toptune_core.experiment``) drives any of them the same way:
    rule of ``backbones.pixels``) and anything the method derives from all
    photos up front (top-tuning: the cached features);
 2. the split is made over the readable photos, the same for every method;
-3. ``fit(train, y, classes)`` on the training ``Photos`` only (with their near-duplicate groups, so
-   a method that cross-validates inside its fit keeps near-duplicates in one fold);
+3. ``fit(train, y, classes)`` on the training ``Photos`` only;
 4. ``predict_proba(test)`` once, on the held-out ``Photos``;
 5. ``save(folder)`` into the run's own folder (the store checksums the files;
    ``from_run`` reads them back); ``timings()`` and ``record()`` go into the run record.
@@ -19,45 +18,16 @@ The experiment (``toptune_core.experiment``) drives any of them the same way:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from toptune_core.methods.photos import Photos, PhotoTable  # noqa: F401 - part of the protocol
 from toptune_core.progress import CancelCheck, ProgressCallback
 
 EpochCallback = Callable[[dict], None]
-
-
-@dataclass
-class PhotoTable:
-    """What ``read`` found in one dataset: readable photos, reasons for the others, and up-front features."""
-
-    ok: np.ndarray  # (n,) bool, in dataset order
-    errors: list[tuple[int, str]]  # (index, one-line reason) of unreadable photos
-    features: Optional[np.ndarray] = None  # (n_ok, dim) for the readable photos, when the method uses features
-    seconds: float = 0.0  # time spent reading in this call
-    cost_seconds: float = 0.0  # what producing this table cost when it was first made (feature extraction)
-    cache_hit: Optional[bool] = None
-
-
-@dataclass
-class Photos:
-    """Photos handed to ``fit`` / ``predict_proba``: paths (or in-memory sources), and their features if known."""
-
-    paths: list  # str paths, or file-like sources for single uploaded photos
-    features: Optional[np.ndarray] = None  # (len(paths), dim), aligned with paths
-    groups: Optional[np.ndarray] = None  # near-duplicate group of each photo, for cross-validation inside fit
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, idx: Sequence[int]) -> "Photos":
-        idx = list(idx)
-        return Photos([self.paths[i] for i in idx], None if self.features is None else self.features[idx],
-                      None if self.groups is None else self.groups[idx])
 
 
 class PhotoEstimator(BaseEstimator):
@@ -101,7 +71,7 @@ class PhotoEstimator(BaseEstimator):
         raise NotImplementedError
 
     def record(self) -> dict:
-        """Settings for the run record's params (JSON-ready); once fitted, also what the fit chose."""
+        """Settings for the run record's params (JSON-ready)."""
         raise NotImplementedError
 
     def split_notes(self) -> dict:

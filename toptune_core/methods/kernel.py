@@ -130,6 +130,7 @@ class NystroemKernelClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, groups: Optional[Sequence] = None, *, progress: Optional[ProgressCallback] = None,
             should_cancel: Optional[CancelCheck] = None) -> "NystroemKernelClassifier":
         X = _unit(X)
+        self.n_features_in_ = X.shape[1]
         self.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
         Y = np.eye(len(self.classes_))[y_idx]
         n = len(X)
@@ -172,6 +173,36 @@ class NystroemKernelClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.decision_function(X).argmax(axis=1)]
+
+    def to_onnx(self, n_features: int) -> bytes:
+        """The fitted classifier as an ONNX graph (what ``portable.top`` writes as ``classifier.onnx``): input
+        ``features`` (n, n_features) float32, outputs ``label`` (index into ``classes_``) and ``probabilities``.
+        Computed in float64 inside, as here: the ridge weights can be large, float32 would lose digits."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        weights = self.proj_ @ self.coef_  # (centres, classes): the two matrix products folded into one
+        consts = {"centres_t": self.centres_.T, "weights": weights, "two": np.array(2.0), "zero": np.array(0.0),
+                  "tiny": np.array(1e-12), "neg_gamma": np.array(-self.gamma_),
+                  "inv_t": np.array(1.0 / self.temperature_)}
+        node = helper.make_node
+        nodes = [node("Cast", ["features"], ["x"], to=TensorProto.DOUBLE),
+                 node("Mul", ["x", "x"], ["x2"]), node("ReduceSum", ["x2", "axis1"], ["n2"], keepdims=1),
+                 node("Sqrt", ["n2"], ["n"]), node("Max", ["n", "tiny"], ["nn"]), node("Div", ["x", "nn"], ["u"]),
+                 node("MatMul", ["u", "centres_t"], ["cos"]), node("Mul", ["two", "cos"], ["two_cos"]),
+                 node("Sub", ["two", "two_cos"], ["sq0"]), node("Max", ["sq0", "zero"], ["sq"]),
+                 node("Mul", ["sq", "neg_gamma"], ["e"]), node("Exp", ["e"], ["k"]),
+                 node("MatMul", ["k", "weights"], ["scores"]), node("Mul", ["scores", "inv_t"], ["logits"]),
+                 node("Softmax", ["logits"], ["p64"], axis=1),
+                 node("Cast", ["p64"], ["probabilities"], to=TensorProto.FLOAT),
+                 node("ArgMax", ["p64"], ["label"], axis=1, keepdims=0)]
+        inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float64), k) for k, v in consts.items()]
+        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
+        graph = helper.make_graph(
+            nodes, "nystroem_kernel_ridge", [helper.make_tensor_value_info("features", TensorProto.FLOAT,
+                                                                           [None, n_features])],
+            [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(self.classes_)])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
     def describe(self) -> dict:
         """What cross-validation chose (JSON-ready)."""
