@@ -111,3 +111,16 @@ def test_kernel_class_rejects_nothing_it_cannot_fit():
     clf = NystroemKernelClassifier().fit(X, y)
     assert list(clf.predict(X[[0, 11]])) == ["a", "b"]
     np.testing.assert_allclose(clf.predict_proba(X).sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("kind", ["kernel", "auto"])
+def test_the_onnx_classifier_gives_the_same_probabilities(leaf_features, kind):
+    """Default runs stay portable: the kernel writes its own ONNX graph, the automatic choice exports its pick."""
+    from toptune_core.portable.top import OnnxClassifier, classifier_to_onnx
+
+    X, y = leaf_features
+    train, test = _halves(y)
+    clf = make_classifier(kind)
+    fit_classifier(clf, X[train], y[train])
+    onnx = OnnxClassifier(classifier_to_onnx(clf, X.shape[1]), clf.classes_, 3)
+    np.testing.assert_allclose(onnx.predict_proba(X[test]), clf.predict_proba(X[test]), atol=1e-6)

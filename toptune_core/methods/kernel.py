@@ -114,8 +114,9 @@ def _multi_groups(groups: Optional[Sequence]) -> list[np.ndarray]:
 class NystroemKernelClassifier(ClassifierMixin, BaseEstimator):
     """Nyström kernel ridge regression (RBF on L2-normalised features), width and penalty chosen by CV.
 
-    Fitted: ``gamma_``, ``alpha_``, ``temperature_``, ``cv_accuracy_`` (left-out accuracy of the chosen
-    pair), ``cv_results_`` (every pair), ``n_centres_``.
+    Fitted: ``centres_`` and ``weights_`` (scores = K(x, centres) @ weights), ``gamma_``, ``alpha_``,
+    ``temperature_``, ``cv_accuracy_`` (left-out accuracy of the chosen pair), ``cv_results_`` (every pair),
+    ``n_centres_``.
     """
 
     _fits_with_progress = True  # ``fit`` takes ``groups``, ``progress`` and ``should_cancel``
@@ -144,8 +145,8 @@ class NystroemKernelClassifier(ClassifierMixin, BaseEstimator):
             cos_xc = None if len(take) == n else X @ self.centres_.T
             (self.cv_accuracy_, _), self.gamma_, self.alpha_, spectrum, scores = self._search(
                 cos_cc, cos_xc, Y, y_idx, _multi_groups(groups), meter)
-            self.proj_ = spectrum.proj
-            self.coef_ = spectrum.coef(Y, self.alpha_)
+            # Scores are K(x, centres) @ proj @ coef: one (centres, classes) matrix of weights is all prediction needs.
+            self.weights_ = spectrum.proj @ spectrum.coef(Y, self.alpha_)
             self.temperature_ = _fit_temperature(scores, y_idx)
         return self
 
@@ -166,7 +167,7 @@ class NystroemKernelClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         with one_blas_thread():
-            return (_rbf(_unit(X), self.centres_, self.gamma_) @ self.proj_) @ self.coef_
+            return _rbf(_unit(X), self.centres_, self.gamma_) @ self.weights_
 
     def predict_proba(self, X) -> np.ndarray:
         return _softmax(self.decision_function(X), self.temperature_)
@@ -180,8 +181,7 @@ class NystroemKernelClassifier(ClassifierMixin, BaseEstimator):
         Computed in float64 inside, as here: the ridge weights can be large, float32 would lose digits."""
         from onnx import TensorProto, helper, numpy_helper
 
-        weights = self.proj_ @ self.coef_  # (centres, classes): the two matrix products folded into one
-        consts = {"centres_t": self.centres_.T, "weights": weights, "two": np.array(2.0), "zero": np.array(0.0),
+        consts = {"centres_t": self.centres_.T, "weights": self.weights_, "two": np.array(2.0), "zero": np.array(0.0),
                   "tiny": np.array(1e-12), "neg_gamma": np.array(-self.gamma_),
                   "inv_t": np.array(1.0 / self.temperature_)}
         node = helper.make_node
