@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pages._charts import FRONT_NAME
+
 import pytest
 
 from toptune_core.config import DEMO_DATASET
@@ -141,7 +143,11 @@ def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path)
 
             open_page("Compare")
             expect(page.get_by_role("heading", name="4 · Compare")).to_be_visible()
-            expect(page.locator(".js-plotly-plot .scatterlayer .point")).to_have_count(2)
+            # Two runs, plus the ring of the best trade-off (the Pareto front, the last trace) around the faster of
+            # the two equally accurate runs.
+            expect(page.locator(".js-plotly-plot .scatterlayer .point")).to_have_count(3)
+            expect(page.locator(".js-plotly-plot .scatterlayer .trace").last.locator(".point")).to_have_count(1)
+            expect(page.locator(".js-plotly-plot .legend").get_by_text(FRONT_NAME)).to_be_visible()
             shot("compare")
 
             open_page("Predictions")
