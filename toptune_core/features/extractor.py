@@ -96,8 +96,9 @@ class FeatureExtractor:
     ``threads`` and ``decode_workers``, how the CPUs are used (each None:
     chosen for this machine, see ``plan``); the device (default: CUDA when
     present, else CPU); channels-last memory layout; and ``draft``, JPEG
-    draft-mode decoding of photos at least twice the size the model needs.
-    The model is loaded on first use, so a cache hit never loads it (nor
+    draft-mode decoding of photos at least twice the size the model needs;
+    ``data_config``, timm's resolved preprocessing when the caller already has
+    it (a cluster worker gets the driver's), else resolved here. The model is loaded on first use, so a cache hit never loads it (nor
     imports torch).
 
     The hot path (``transform``): photos are decoded, resized and cropped to
@@ -115,7 +116,7 @@ class FeatureExtractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: Optional[int] = None,
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
                  draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None,
-                 settings: Optional[Settings] = None):
+                 settings: Optional[Settings] = None, data_config: Optional[dict] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
@@ -125,7 +126,7 @@ class FeatureExtractor:
         self.channels_last = channels_last
         self.draft = draft
         self.spec = get_backbone(backbone)
-        self.data_config = eval_data_config(backbone, settings)
+        self.data_config = data_config or eval_data_config(backbone, settings)
         self.pixels = PixelPipeline(self.data_config, draft=draft)
         self._model: Optional["torch.nn.Module"] = None
 

@@ -1,0 +1,458 @@
+"""Feature extraction on a Ray cluster (Ray Data): the same features, into the same cache entry.
+
+``RayFeatureExtractor`` is a ``FeatureExtractor`` whose ``transform`` runs on
+Ray. The photo paths become a Ray dataset; Ray tasks decode, resize and crop
+them to 8-bit pixels with the one pixel pipeline (``PixelPipeline``); an
+actor pool runs the backbone (one model per actor, one GPU each where the
+cluster has GPUs); the features stream back to the driver batch by batch and
+are put back in dataset order. Everything else is the local extractor's (the
+cache identity, prediction of a single photo), so ``get_features`` writes the
+same cache entry as a local extraction, under the same key and lock, and a
+later ``toptune`` on one machine is a cache hit.
+
+Workers read the photos by path: on a cluster the dataset folder must be at
+the same path on every node (a shared file system, or object storage mounted
+there). ``ray`` is imported in this module only, and only when a Ray
+extraction runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import re
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
+from toptune_core.backbones.pixels import PixelPipeline, timm_version
+from toptune_core.config import Settings
+from toptune_core.data.images import ImageSource
+from toptune_core.errors import Cancelled, ToptuneError
+from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
+from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter, check_cancel
+
+#: Photos per Ray batch (one decoding task, one actor call) on CPUs and on GPUs.
+CPU_RAY_BATCH, GPU_RAY_BATCH = 16, 64
+#: Photos per forward pass inside a CPU actor (small batches ran fastest on a CPU, see ``FeatureExtractor.plan``).
+CPU_MODEL_BATCH = 4
+#: At most this many CPU actors (one single-threaded model each) unless asked for more.
+MAX_CPU_ACTORS = 32
+#: Logical CPUs one decoding task asks for.
+DECODE_CPUS = 0.5
+
+_PACKAGE = Path(__file__).resolve().parent.parent  # toptune_core, shipped to the workers of a remote cluster
+_ONE_AT_A_TIME = threading.Lock()  # Ray extractions of this process share one Ray connection: one at a time
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """How a Ray extraction uses the cluster.
+
+    ``actors`` models, each asking Ray for ``actor_cpus`` CPUs and ``actor_gpus``
+    GPUs; decoding tasks ask for ``decode_cpus`` each. The actors never take
+    every CPU: an actor pool that took both CPUs of a 2-CPU machine starved the
+    decoding tasks and the pipeline hung, so ``actors * actor_cpus +
+    decode_cpus <= cpus`` always holds.
+    """
+
+    cpus: float
+    gpus: float
+    actors: int
+    actor_cpus: float
+    actor_gpus: float
+    decode_cpus: float
+    batch_size: int  # photos per Ray batch
+    model_batch: int  # photos per forward pass in an actor
+    threads: int  # torch threads per actor (0: torch's own choice, on a GPU)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.actor_gpus else "cpu"
+
+    def describe(self) -> str:
+        per = f"{self.actor_gpus:g} GPU + {self.actor_cpus:g} CPU" if self.actor_gpus else \
+            f"{self.actor_cpus:g} CPU, {self.threads} torch thread(s)"
+        return (f"Ray cluster of {self.cpus:g} CPU(s), {self.gpus:g} GPU(s): {self.actors} model actor(s) of {per}; "
+                f"decoding tasks of {self.decode_cpus:g} CPU; batches of {self.batch_size}")
+
+
+def plan_for(cpus: float, gpus: float, *, actors: Optional[int] = None, batch_size: Optional[int] = None) -> RayPlan:
+    """The plan for a cluster with ``cpus`` CPUs and ``gpus`` GPUs (explicit ``actors``/``batch_size`` win).
+
+    With GPUs: one actor per GPU with one CPU to feed it, the other CPUs decode.
+    CPUs only: one single-threaded model per CPU (as the local lanes), at most
+    ``MAX_CPU_ACTORS``, with a quarter of the CPUs (at least half a CPU) left
+    to the decoding tasks.
+    """
+    if cpus < 2 * DECODE_CPUS:
+        raise ToptuneError(f"The Ray cluster has {cpus:g} CPU(s); a Ray extraction needs at least 1 (one for "
+                           "decoding photos, one for the model).")
+    if gpus >= 1:
+        n = actors or int(gpus)
+        per_cpu = min(1.0, (cpus - DECODE_CPUS) / n)
+        decode = min(1.0, cpus - n * per_cpu)
+        return RayPlan(cpus, gpus, n, round(per_cpu, 3), round(min(1.0, gpus / n), 3), decode,
+                       batch_size or GPU_RAY_BATCH, batch_size or GPU_RAY_BATCH, 0)
+    n = actors or max(1, min(int(cpus), MAX_CPU_ACTORS))
+    reserve = max(DECODE_CPUS, cpus / 4)
+    per_cpu = math.floor((cpus - reserve) / n * 1000) / 1000
+    if per_cpu <= 0:
+        raise ToptuneError(f"{n} model actors do not fit on a Ray cluster of {cpus:g} CPU(s) with room left to "
+                           "decode photos; ask for fewer actors.")
+    return RayPlan(cpus, gpus, n, per_cpu, 0.0, DECODE_CPUS, batch_size or CPU_RAY_BATCH, CPU_MODEL_BATCH,
+                   max(1, int(per_cpu)))
+
+
+# --- what runs on the workers ------------------------------------------------------------------------
+
+_PIPELINES: dict[str, PixelPipeline] = {}  # per worker process: one pixel pipeline per data config
+
+
+def decode_batch(batch: dict, data_config: dict, draft: bool) -> dict:
+    """Ray task: a batch of photo paths -> 8-bit pixels at the model's input size (``PixelPipeline``).
+
+    Unreadable photos keep their row (``ok`` False, zero pixels, the one-line reason in ``error``).
+    """
+    key = repr((sorted(data_config.items()), draft))
+    pipeline = _PIPELINES.get(key) or _PIPELINES.setdefault(key, PixelPipeline(data_config, draft=draft))
+    paths = [str(p) for p in batch["path"]]
+    loaded = pipeline.load_batch(paths, range(len(paths)))
+    ok = np.asarray(loaded.ok, dtype=bool)
+    pixels = np.zeros((len(paths), pipeline.size, pipeline.size, 3), dtype=np.uint8)
+    pixels[ok] = loaded.pixels
+    errors = np.array([""] * len(paths), dtype=object)
+    for i, reason in loaded.errors:
+        errors[i] = reason
+    return {"index": batch["index"], "pixels": pixels, "ok": ok, "error": errors}
+
+
+class BackboneActor:
+    """Ray actor: one loaded backbone; a batch of pixels -> its features (zero rows for unreadable photos)."""
+
+    def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
+                 channels_last: bool):
+        if timm_version() != timm:
+            raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
+                               "would differ. Install the same requirements.txt on every node.")
+        self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None,
+                                          device=device, channels_last=channels_last)
+        self.model_batch = model_batch
+        _ = self.extractor.model
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.asarray(batch["ok"], dtype=bool)
+        pixels = batch["pixels"][ok]
+        chunks = [self.extractor.features_of_pixels(pixels[i:i + self.model_batch])
+                  for i in range(0, len(pixels), self.model_batch)]
+        dim = chunks[0].shape[1] if chunks else self.extractor.spec.feature_dim
+        features = np.zeros((len(ok), dim), dtype=np.float32)
+        if chunks:
+            features[ok] = np.concatenate(chunks)
+        return {"index": batch["index"], "ok": ok, "error": batch["error"], "features": features}
+
+
+# --- the driver --------------------------------------------------------------------------------------
+
+def connect(address: Optional[str]) -> str:
+    """Connect this process to Ray and say to what: the cluster at ``address`` (``auto``,
+    ``host:port`` or ``ray://host:port``), or, without one, a local runtime on this machine.
+    A process already connected stays connected (to whatever it is connected to)."""
+    import ray
+
+    if ray.is_initialized():
+        return "the Ray runtime this process is connected to"
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            # The workers of an existing cluster get this toptune_core; its dependencies they must have.
+            ray.init(address=address, runtime_env={"py_modules": [str(_PACKAGE)]}, **quiet)
+            return f"the Ray cluster at {address}"
+        ray.init(include_dashboard=False, **quiet)
+        return "a local Ray runtime"
+    except Exception as e:
+        where = f"the Ray cluster at '{address}'" if address else "a local Ray runtime"
+        raise ToptuneError(f"Could not connect to {where}: {_one_line(e)} Check the address (the head node's "
+                           "`ray status` shows the cluster is up) or run without --address.") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error at once when nothing answers at a ``host:port`` or ``ray://host:port`` address
+    (``ray.init`` itself retries an unreachable address for minutes). ``auto`` is Ray's to find."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ToptuneError(f"Nothing answers at the Ray address '{address}' ({e.strerror or _one_line(e)}). Check "
+                           "the address (`ray status` on the head node shows it) and that this machine can reach "
+                           "it.") from None
+
+
+class _ConsoleWarningsOnly(logging.Filter):
+    """On the terminal, Ray Data's warnings only: its INFO notes (plans, stats) are noise there, its errors
+    come back as the extraction's one-line error, and its note that its own progress bars are off is ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno == logging.WARNING and "Progress bars disabled" not in record.getMessage()
+
+
+def _quiet_ray_data() -> None:
+    """Filter the terminal handlers of Ray Data's logger (its log file keeps everything)."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+                and not any(isinstance(f, _ConsoleWarningsOnly) for f in handler.filters):
+            handler.addFilter(_ConsoleWarningsOnly())
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = (lines[-1] if lines else type(e).__name__)[:300]
+    return text if text.endswith(".") else text + "."
+
+
+_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Cancelled)): (.+)$")
+
+
+def _worker_error(e: BaseException) -> ToptuneError:
+    """A failure inside the Ray pipeline as one line. Ray hands the worker's exception back as text (an actor
+    that failed to start has no exception object), whose last ``Type: message`` line is the worker's own: a
+    toptune error keeps its words."""
+    from toptune_core import errors
+
+    for line in reversed(str(e).splitlines()):
+        match = _RAISED.match(line)
+        if match:
+            kind, message = match.groups()
+            if isinstance(getattr(errors, kind, None), type):
+                return ToptuneError(message.strip())
+            return ToptuneError(f"The Ray extraction failed on a worker ({kind}: {message.strip()[:300]}).")
+    return ToptuneError(f"The Ray extraction failed: {_one_line(e)} The Ray Data log has the details"
+                        f"{_log_hint()}.")
+
+
+def _log_hint() -> str:
+    try:
+        from ray.data._internal.logging import get_log_directory
+
+        folder = get_log_directory()
+    except Exception:
+        folder = None
+    return f" ({folder})" if folder else ""
+
+
+@contextmanager
+def _exclusive(should_cancel: Optional[CancelCheck]) -> Iterator[threading.Lock]:
+    """The process's Ray slot; waiting for it can be cancelled. Yields the lock: whoever holds it last releases it."""
+    while not _ONE_AT_A_TIME.acquire(timeout=0.1):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("Feature extraction was cancelled (while waiting for another Ray extraction).")
+    yield _ONE_AT_A_TIME
+
+
+class RayFeatureExtractor(FeatureExtractor):
+    """A ``FeatureExtractor`` whose ``transform`` runs on Ray (module docstring).
+
+    ``address``: an existing cluster (``auto``, ``host:port``, ``ray://host:port``);
+    None starts a local Ray runtime (or uses the one this process is connected
+    to). ``actors`` and ``batch_size``: overrides of ``plan_for``'s choice.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, address: Optional[str] = None,
+                 actors: Optional[int] = None, batch_size: Optional[int] = None, channels_last: bool = True,
+                 draft: bool = True, settings: Optional[Settings] = None):
+        super().__init__(backbone, batch_size=batch_size, channels_last=channels_last, draft=draft,
+                         settings=settings)
+        self.address = address
+        self.actors = actors
+        self.last_plan_: Optional[RayPlan] = None  # what the last transform ran
+        self.connected_to_: Optional[str] = None
+        self.first_batch_seconds_: Optional[float] = None  # its start-up: connecting, starting the actors
+
+    def cluster_plan(self) -> RayPlan:
+        """``plan_for`` the resources of the connected cluster."""
+        import ray
+
+        resources = ray.cluster_resources()
+        return plan_for(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), actors=self.actors,
+                        batch_size=self.batch_size)
+
+    def transform(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
+                  should_cancel: Optional[CancelCheck] = None) -> ExtractionResult:
+        """Features of every readable photo in ``sources``, extracted on Ray; unreadable ones are reported.
+
+        Sources that are not file paths (uploaded bytes) are extracted here, by the local extractor.
+        """
+        if not all(isinstance(s, (str, Path)) for s in sources):
+            return super().transform(sources, progress=progress, should_cancel=should_cancel)
+        paths = [str(Path(s).absolute()) for s in sources]
+        meter = ProgressMeter("extract", len(paths), progress, "images", should_cancel)
+        start = time.perf_counter()
+        with _exclusive(should_cancel) as slot:
+            handed_over = False
+            try:
+                meter.update(0, "connecting to Ray")
+                self.connected_to_ = connect(self.address)
+                self.last_plan_ = plan = self.cluster_plan()
+                meter.update(0, f"starting {plan.actors} model actor(s) on {self.connected_to_}")
+                batches = _Stream(self._dataset(paths, plan), slot)
+                handed_over = True  # the stream's thread releases the slot once Ray has stopped
+                features, ok, errors = self._collect(batches, len(paths), meter, start)
+            finally:
+                if not handed_over:
+                    slot.release()
+        return ExtractionResult(features, ok, errors, time.perf_counter() - start)
+
+    def _dataset(self, paths: list[str], plan: RayPlan):
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # progress goes to the caller's callback
+        ctx.enable_auto_log_stats = False
+        if _Executors not in ctx.custom_execution_callback_classes:
+            ctx.custom_execution_callback_classes.append(_Executors)
+        _quiet_ray_data()
+        items = [{"index": i, "path": p} for i, p in enumerate(paths)]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / plan.batch_size)))
+        ds = ds.map_batches(decode_batch, fn_kwargs={"data_config": self.data_config, "draft": self.draft},
+                            batch_size=plan.batch_size, batch_format="numpy", num_cpus=plan.decode_cpus)
+        args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
+                "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
+                "channels_last": self.channels_last}
+        return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=plan.batch_size,
+                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                              num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
+
+    def _collect(self, batches: "_Stream", n: int, meter: ProgressMeter, start: float
+                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        """Put the streamed batches back in dataset order, reporting progress; cancel stops the stream."""
+        full: Optional[np.ndarray] = None
+        ok = np.zeros(n, dtype=bool)
+        reasons: dict[int, str] = {}
+        done = 0
+        try:
+            for batch in batches.batches(meter.should_cancel):
+                index = np.asarray(batch["index"], dtype=np.int64)
+                if full is None:
+                    full = np.zeros((n, batch["features"].shape[1]), dtype=np.float32)
+                    self.first_batch_seconds_ = time.perf_counter() - start
+                full[index] = batch["features"]
+                ok[index] = batch["ok"]
+                reasons.update((int(i), str(r)) for i, r, good in zip(index, batch["error"], batch["ok"]) if not good)
+                done += len(index)
+                meter.update(done)
+        finally:
+            batches.stop()
+        dim = full.shape[1] if full is not None else self.spec.feature_dim
+        features = full[ok] if full is not None else np.zeros((0, dim), dtype=np.float32)
+        return features, ok, sorted(reasons.items())
+
+
+class _Executors:
+    """A Ray Data execution callback (``DataContext.custom_execution_callback_classes``): the executor each
+    thread started, so that a cancel can shut it down at once. Without it, Ray Data stops only when its
+    iterator closes, at the next batch: after the actors have loaded their models, seconds later."""
+
+    running: dict[Optional[int], object] = {}
+
+    def before_execution_starts(self, executor) -> None:
+        self.running[threading.get_ident()] = executor
+
+    def on_execution_step(self, executor) -> None:
+        pass
+
+    def after_execution_succeeds(self, executor) -> None:
+        self._forget(executor)
+
+    def after_execution_fails(self, executor, error: Exception) -> None:
+        self._forget(executor)
+
+    def _forget(self, executor) -> None:
+        for thread, running in list(self.running.items()):
+            if running is executor:
+                self.running.pop(thread, None)
+
+
+class _Stream:
+    """The Ray dataset's batches, consumed in a thread of their own so that the caller can poll for cancel.
+
+    ``batches()`` yields them (numpy dicts); a pipeline failure is raised as one line. ``stop()`` asks the thread to stop the pipeline at its next batch (Ray Data
+    shuts the tasks and actors down when its iterator closes); the thread then
+    releases ``slot``.
+    """
+
+    _END = object()
+
+    def __init__(self, dataset, slot: threading.Lock):
+        self._queue: "queue.Queue" = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._slot = slot
+        self._dataset = dataset
+        self._thread = threading.Thread(target=self._run, args=(dataset,), name="ray-extract", daemon=True)
+        self._thread.start()
+
+    def _run(self, dataset) -> None:
+        try:
+            iterator = dataset.iter_batches(batch_size=None, batch_format="numpy")
+            try:
+                for batch in iterator:
+                    if self._stop.is_set():
+                        break
+                    self._put(batch)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+            self._put(self._END)
+        except BaseException as e:
+            self._put(e)
+        finally:
+            self._slot.release()
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def batches(self, should_cancel: Optional[CancelCheck]) -> Iterator[dict]:
+        """The batches as they arrive; ``should_cancel`` is polled while waiting (``Cancelled``)."""
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                check_cancel(should_cancel, "Extract")
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise ToptuneError("The Ray extraction stopped without an answer; see the Ray logs.")
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise _worker_error(item) from None
+            yield item
+
+    def stop(self) -> None:
+        """Stop the pipeline now: ``_Executors`` knows this thread's Ray Data executor."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        executor = _Executors.running.get(self._thread.ident)
+        if executor is not None:  # ends the tasks and actors now, and wakes the waiting iterator
+            try:
+                executor.shutdown(force=True)
+            except Exception:  # it may be shutting down already; the iterator then closes at the next batch
+                pass
