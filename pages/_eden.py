@@ -73,6 +73,9 @@ def choose_eden(on_finished: Callable[[JobView], None]) -> None:
     names = st.multiselect("Eden datasets (or type another Eden folder name and press Enter)", options,
                            format_func=describe_name, key=NAMES_KEY, accept_new_options=True)
     classes = {eden_label(n) for n in names}
+    if names:
+        st.caption(f"{len(classes)} class(es): " + ", ".join(sorted(classes)) + ". Datasets whose names start "
+                   "alike (e.g. two Tomato datasets) become one class.")
     if names and len(classes) < 2:
         st.info("Choose at least two datasets of different plants: each plant is one class.")
     busy = job_is_running("download")

@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import extractor_for, feature_cache, job_for, remember, start_job, store
-from pages._widgets import draw_failure, follow_job, friendly_errors, need_dataset, percent, seconds
+from pages._state import feature_cache, job_for, remember, start_job, store
+from pages._widgets import (choose_extractor, draw_failure, follow_job, friendly_errors, need_dataset, percent,
+                            seconds)
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
 from toptune_core.methods.classifiers import CLASSIFIERS
 from toptune_core.jobs.view import JobView
@@ -83,7 +84,7 @@ def page() -> None:
                           horizontal=True, key="tt_classifier")
     st.caption(f"Settings: {CLASSIFIERS[classifier].settings}.")
 
-    extractor = extractor_for(backbone)
+    extractor = choose_extractor(backbone)
     cache = feature_cache()
     cached = cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir()
     if cached:

@@ -83,7 +83,7 @@ def test_catalogue_search_and_the_top_tuning_preset() -> None:
     assert {find(n).layout for n in preset.names} == {"new"}
     assert len({eden_label(n) for n in preset.names}) == 4, "four datasets, four classes"
     assert describe_name(NEW) == "Cucumber · Healthy → class 'Cucumber'"
-    assert describe_name("Kale-010101-Healthy-zz") == "Kale-010101-Healthy-zz (typed by hand) → class 'Kale'"
+    assert describe_name("Kale-010101-Healthy-zz") == "Kale-010101-Healthy-zz", "a typed name reads as typed"
 
 
 def test_combined_progress_adds_datasets_up() -> None:

@@ -96,6 +96,7 @@ def find(name: str, catalogue: Sequence[EdenDataset] = EDEN_CATALOGUE) -> Option
 
 
 def describe_name(name: str) -> str:
-    """How a dataset name reads in a list: the catalogue's crop and condition, or the name typed by hand."""
+    """How a dataset name reads in a list: the catalogue's crop, condition and class, or, for a name typed by
+    hand, the name itself (what was typed is what is downloaded)."""
     entry = find(name)
-    return entry.describe() if entry else f"{name} (typed by hand) → class '{eden_label(name)}'"
+    return entry.describe() if entry else name
