@@ -32,6 +32,9 @@ def page() -> None:
         "accuracy": st.column_config.NumberColumn(format="%.3f"),
         "balanced accuracy": st.column_config.NumberColumn(format="%.3f"),
         "macro F1": st.column_config.NumberColumn(format="%.3f"),
+        "coverage": st.column_config.NumberColumn(format="%.3f", help="Share of held-out photos the unknown-photo "
+                                                                     "check recognises (normal strictness)."),
+        "accuracy on recognised": st.column_config.NumberColumn(format="%.3f"),
         "training time (s)": st.column_config.NumberColumn(format="%.2f"),
         "feature extraction (s)": st.column_config.NumberColumn(format="%.1f"),
     })

@@ -31,6 +31,18 @@ st.page_link(PAGES["compare"], label="4 · Compare: accuracy against training ti
 st.page_link(PAGES["predictions"], label="5 · Predictions: where a model is right and wrong")
 st.page_link(PAGES["classify"], label="6 · Classify a photo: diagnose one leaf")
 
+st.markdown("##### When the answer is \"not recognised\"")
+st.markdown(
+    "Each model also remembers what its training photos look like. A photo that looks like none of them (another "
+    "crop, a photo that is not a leaf, a very dark or blurred shot) gets **\"not recognised\"** instead of a "
+    "class, with what to do next. The check is set on the training photos only so that it accepts about 95 % of "
+    "photos like them (measured on each model's held-out photos and shown beside it).\n\n"
+    "**Its limit, stated plainly:** a *new disease of the same crop* usually still looks like a leaf of that crop. "
+    "On the bean photos, a model trained with one disease left out refused only 3 % to 19 % of that disease's "
+    "photos (see the README for the figures on the full bean set); the rest got one of the classes it knows. "
+    "Do not rely on it to catch a disease the model was never taught."
+)
+
 with friendly_errors():
     runs = completed_runs()
     if runs:

@@ -39,6 +39,11 @@ def page() -> None:
                f"{percent(m.get('accuracy'))} · balanced accuracy {percent(m.get('balanced_accuracy'))} · "
                f"macro F1 {percent(m.get('macro_f1'))}")
     preds = run.predictions()
+    fam = m.get("familiarity")
+    if fam:
+        st.caption(f"Unknown-photo check (normal strictness): {percent(fam['coverage'])} of these held-out photos are "
+                   f"recognised, {percent(fam['accuracy_recognised'])} of those right "
+                   f"({percent(fam['accuracy_all'])} of all photos right without the check).")
 
     st.markdown("##### Confusion matrix")
     st.caption("Rows: the true class. Columns: what the model said. The diagonal is right; everything else is a "
@@ -55,7 +60,7 @@ def page() -> None:
                "Recall: how many of the photos of this class it finds.")
 
     st.markdown("##### Held-out photos")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     options = [ALL, *classes]
     for key in ("pred_true", "pred_pred"):
         if st.session_state.get(key) not in options:
@@ -63,6 +68,10 @@ def page() -> None:
     true = c1.selectbox("True class", options, key="pred_true")
     pred = c2.selectbox("Predicted class", options, key="pred_pred")
     mistakes = c3.toggle("Only mistakes", key="pred_mistakes")
+    checked = "recognised" in preds.columns
+    refused = c4.toggle("Only photos not recognised", key="pred_refused", disabled=not checked,
+                        help="Photos the unknown-photo check refused: in use they would get \"not recognised\" "
+                             "instead of a class." if checked else "This run predates the unknown-photo check.")
     shown = preds
     if true != ALL:
         shown = shown[shown["true"] == true]
@@ -70,6 +79,8 @@ def page() -> None:
         shown = shown[shown["predicted"] == pred]
     if mistakes:
         shown = shown[~shown["correct"].astype(bool)]
+    if refused and checked:
+        shown = shown[~shown["recognised"].astype(bool)]
     shown = shown.sort_values("confidence", kind="stable")
     st.caption(f"{len(shown)} photo(s), least confident first" + (f"; showing the first {GALLERY_SIZE}"
                                                                    if len(shown) > GALLERY_SIZE else "") + ".")
@@ -80,6 +91,8 @@ def page() -> None:
             thumb = thumbnail(row.path)
             verdict = "Right" if bool(row.correct) else "Wrong"
             caption = f"{verdict} · true: {row.true} · predicted: {row.predicted} ({row.confidence:.0%})"
+            if checked and not bool(row.recognised):
+                caption += " · not recognised"
             if thumb is None:
                 col.caption(f"{Path(row.path).name} (photo no longer available) · {caption}")
             else:

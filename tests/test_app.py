@@ -370,6 +370,52 @@ def test_classify_unreadable_upload_gets_a_clear_message(demo_run, name, data, e
     assert not at.expander, "a user error shows no technical details"
 
 
+def _jpeg_of(array) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array if array.ndim == 3 else np.stack([array] * 3, axis=-1)).convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_classify_a_photo_that_is_not_a_leaf_says_not_recognised(demo_run):
+    import skimage.data
+
+    at = goto(new_app(), "classify")
+    at.file_uploader(key="cls_upload").set_value(("cup.jpg", _jpeg_of(skimage.data.coffee()), "image/jpeg")).run()
+    no_problems(at)
+    headline = [m[4:] for m in texts(at.markdown) if m.startswith("### ")]
+    assert headline == ["Not recognised"]
+    assert "Confidence" not in metrics(at), "no class, no confidence for a photo the model does not know"
+    assert any("does not look like the photos this model was trained on" in w for w in texts(at.warning))
+    assert not [f for f in plotly_figures(at) if f["data"][0].get("orientation") == "h"]
+
+
+def test_classify_three_photos_of_one_plant_gives_one_combined_answer(demo_run):
+    run = RunStore(demo_run.home).best()
+    held_out = run.predictions()
+    rust = held_out[(held_out["true"] == "bean_rust") & held_out["recognised"] & held_out["correct"]]["path"][:3]
+    files = [(Path(p).name, Path(p).read_bytes(), "image/jpeg") for p in rust]
+    at = goto(new_app(), "classify")
+    at.selectbox(key="cls_run").set_value(run.id).run()
+    at.file_uploader(key="cls_upload").set_value(files).run()
+    no_problems(at)
+    assert [m[4:] for m in texts(at.markdown) if m.startswith("### ")] == ["Combined diagnosis: bean_rust"]
+    assert len([s for s in texts(at.success) if s.startswith("bean_rust · ")]) == 3  # each photo's own verdict
+    assert "Confidence" in metrics(at)
+
+
+def test_classify_strictness_shows_its_measured_effect(demo_run):
+    at = goto(new_app(), "classify")
+    options = at.radio(key="cls_strictness").options
+    assert [o.split(" · ")[0] for o in options] == ["strict", "normal", "lenient"]
+    assert all("of held-out photos" in o for o in options)
+    assert at.radio(key="cls_strictness").value == "normal"
+
+
 # --- other data sources --------------------------------------------------------------------------------
 
 def test_local_folder_choice_and_a_wrong_path(fresh_home, beans30, tmp_path):

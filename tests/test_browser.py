@@ -77,10 +77,22 @@ def server(toptune_home):
         log.close()
 
 
-def test_new_user_gets_from_home_to_a_prediction(server):
-    from playwright.sync_api import expect, sync_playwright
+def known_photos(home: Path, cls: str, n: int) -> list[str]:
+    """``n`` held-out photos of ``cls`` that the first run recognised and got right (from its recorded predictions)."""
+    from toptune_core.runs.store import RunStore
 
-    photo = sorted((DEMO_DATASET / "healthy").glob("*.jpg"))[5]
+    held_out = RunStore(home).list()[-1].predictions()
+    chosen = held_out[(held_out["true"] == cls) & held_out["recognised"] & held_out["correct"]]
+    return [str(p) for p in chosen["path"][:n]]
+
+
+def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    import skimage.data
+    from PIL import Image
+
+    non_leaf = tmp_path / "coffee_cup.jpg"
+    Image.fromarray(skimage.data.coffee()).save(non_leaf, "JPEG")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 1000})
@@ -150,12 +162,31 @@ def test_new_user_gets_from_home_to_a_prediction(server):
 
             open_page("Classify a photo")
             expect(page.get_by_role("heading", name="6 · Classify a photo")).to_be_visible()
-            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(photo))
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(known_photos(toptune_home, "healthy", 1)[0])
             expect(page.get_by_test_id("stMetric").filter(has_text="Confidence")).to_be_visible()
             answer = page.locator("h3").filter(has_text=re.compile("|".join(CLASSES)))
             expect(answer).to_have_count(1)
             assert answer.inner_text().strip() in CLASSES
+            expect(page.get_by_text("Most similar training photos")).to_be_visible()  # the evidence
             shot("classify")
+
+            # A photo that is not a leaf: "Not recognised", and no class.
+            page.reload()
+            expect(page.get_by_role("heading", name="6 · Classify a photo")).to_be_visible()
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(non_leaf))
+            expect(page.locator("h3").filter(has_text="Not recognised")).to_have_count(1)
+            expect(page.locator("h3").filter(has_text=re.compile("|".join(CLASSES)))).to_have_count(0)
+            expect(page.get_by_test_id("stMetric").filter(has_text="Confidence")).to_have_count(0)
+            shot("classify-not-recognised")
+
+            # Three photos of one plant: one combined answer and three per-photo verdicts.
+            page.reload()
+            expect(page.get_by_role("heading", name="6 · Classify a photo")).to_be_visible()
+            three = known_photos(toptune_home, "bean_rust", 3)
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(three)
+            expect(page.locator("h3").filter(has_text="Combined diagnosis: bean_rust")).to_have_count(1)
+            expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="bean_rust · ")).to_have_count(3)
+            shot("classify-three-photos")
 
             assert page.get_by_test_id("stException").count() == 0, "no traceback anywhere"
         except BaseException:

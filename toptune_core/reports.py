@@ -69,6 +69,8 @@ def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd
             "accuracy": m.get("accuracy"),
             "balanced accuracy": m.get("balanced_accuracy"),
             "macro F1": m.get("macro_f1"),
+            "coverage": (m.get("familiarity") or {}).get("coverage"),
+            "accuracy on recognised": (m.get("familiarity") or {}).get("accuracy_recognised"),
             "training time (s)": training_seconds(r, include_extraction),
             "feature extraction (s)": t.get("feature_extraction_seconds") if r.method == "toptune" else None,
             "features from cache": t.get("cache_hit") if r.method == "toptune" else None,
@@ -79,7 +81,7 @@ def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
         })
     columns = ["run", "method", "backbone", "classifier", "status", "accuracy", "balanced accuracy", "macro F1",
-               "training time (s)", "feature extraction (s)", "features from cache", "training photos",
+               "coverage", "accuracy on recognised", "training time (s)", "feature extraction (s)", "features from cache", "training photos",
                "test photos", "dataset", "settings", "started"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -322,7 +322,7 @@ def test_cli_predict_refuses_a_bad_photo_with_one_line(case: str, trained, huge_
     elif case == "decompression_bomb":
         photo, expect = huge_images["page_100mp.png"][0], "the limit is 64 megapixels"
     else:
-        photo, expect = tmp_path / "leaf.jpg", "is a folder"
+        photo, expect = tmp_path / "leaf.jpg", "No photos found"  # a folder is searched for photos: none here
         photo.mkdir()
     result = run_cli(["predict", "--run", trained.run.id, str(photo)], trained.home)
     assert result.returncode == 2

@@ -52,7 +52,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
     paths = photo_paths(args.images)
     if not paths:
-        raise ToptuneError("No photos found in the given paths.")
+        raise ToptuneError(f"No photos found in {', '.join(repr(Path(x).name) for x in args.images)} (a folder is "
+                           "searched for JPEG, PNG, WebP, GIF, BMP or TIFF photos, sub-folders included).")
     predictor = Predictor.from_run(args.run, store=run_store(settings))
     entries = []
     for path in paths:
