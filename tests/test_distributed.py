@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,13 +38,20 @@ def cli(args: list[str], env: dict, timeout: float = 300) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def ray_address():
+    """A local Ray runtime with 2 CPUs for the module; its address. (ray.init sets environment variables of
+    this process, e.g. PYTHONBREAKPOINT: they are put back afterwards.)"""
+    import os
+
     import ray
 
+    environ = dict(os.environ)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 # --- without a Ray runtime ---------------------------------------------------------------------------
@@ -92,6 +100,25 @@ def test_an_unreachable_cluster_is_one_clear_line(subprocess_env):
     assert last.startswith(f"error: Nothing answers at the Ray address '127.0.0.1:{port}'") and "Traceback" not in out.stderr
     wrong = cli(["extract", "--data", str(DEMO_DATASET), "--address", "auto"], subprocess_env)
     assert wrong.returncode == 2 and "--address and --actors go with --engine ray" in wrong.stderr
+
+
+def test_a_stale_cluster_record_does_not_hang_the_local_runtime(subprocess_env):
+    """A `ray start` killed without `ray stop` leaves its address recorded on the machine; a plain ray.init()
+    would wait for it forever. The local runtime is a new one of its own."""
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+        code = ("import ray; from toptune_core.features.distributed import connect; print(connect(None)); "
+                "print(ray.cluster_resources().get('CPU')); ray.shutdown()")
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                             env={**subprocess_env, "RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert out.returncode == 0 and out.stdout.splitlines()[0] == "a local Ray runtime", out.stderr[-2000:]
 
 
 # --- on a local Ray runtime ----------------------------------------------------------------------------

@@ -31,6 +31,10 @@ MAX_CPU_ACTORS = 32
 DECODE_CPUS = 0.5
 
 
+def _floor3(x: float) -> float:
+    """``x`` rounded down to thousandths: resource requests that never add up to more than the cluster has."""
+    return math.floor(x * 1000) / 1000
+
 
 @dataclass(frozen=True)
 class RayPlan:
@@ -77,13 +81,13 @@ def plan_for(cpus: float, gpus: float, *, actors: Optional[int] = None, batch_si
                            "decoding photos, one for the model).")
     if gpus >= 1:
         n = actors or int(gpus)
-        per_cpu = min(1.0, (cpus - DECODE_CPUS) / n)
-        decode = min(1.0, cpus - n * per_cpu)
-        return RayPlan(cpus, gpus, n, round(per_cpu, 3), round(min(1.0, gpus / n), 3), decode,
+        per_cpu = _floor3(min(1.0, (cpus - DECODE_CPUS) / n))
+        decode = _floor3(min(1.0, cpus - n * per_cpu))
+        return RayPlan(cpus, gpus, n, per_cpu, _floor3(min(1.0, gpus / n)), decode,
                        batch_size or GPU_RAY_BATCH, batch_size or GPU_RAY_BATCH, 0)
     n = actors or max(1, min(int(cpus), MAX_CPU_ACTORS))
     reserve = max(DECODE_CPUS, cpus / 4)
-    per_cpu = math.floor((cpus - reserve) / n * 1000) / 1000
+    per_cpu = _floor3((cpus - reserve) / n)
     if per_cpu <= 0:
         raise ToptuneError(f"{n} model actors do not fit on a Ray cluster of {cpus:g} CPU(s) with room left to "
                            "decode photos; ask for fewer actors.")

@@ -25,7 +25,6 @@ import re
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -63,12 +62,17 @@ def connect(address: Optional[str]) -> str:
             # The workers of an existing cluster get this toptune_core; its dependencies they must have.
             ray.init(address=address, runtime_env={"py_modules": [str(_PACKAGE)]}, **quiet)
             return f"the Ray cluster at {address}"
-        ray.init(include_dashboard=False, **quiet)
+        # "local": a new runtime of our own; a bare ray.init() would join any cluster it finds recorded on this
+        # machine, and wait forever for one that has stopped without cleaning up after itself
+        ray.init(address="local", include_dashboard=False, **quiet)
         return "a local Ray runtime"
     except Exception as e:
         where = f"the Ray cluster at '{address}'" if address else "a local Ray runtime"
-        raise ToptuneError(f"Could not connect to {where}: {_one_line(e)} Check the address (the head node's "
-                           "`ray status` shows the cluster is up) or run without --address.") from None
+        cause = e.__cause__ or e.__context__
+        why = _one_line(e) + (f" ({_first_sentence(cause)})" if cause is not None else "")
+        raise ToptuneError(f"Could not connect to {where}: {why} Check the address (the head node's `ray status` "
+                           "shows it) and, if the cluster uses token authentication, that its token is here "
+                           "(~/.ray/auth_token or RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token).") from None
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -100,6 +104,11 @@ def _quiet_ray_data() -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
                 and not any(isinstance(f, _ConsoleWarningsOnly) for f in handler.filters):
             handler.addFilter(_ConsoleWarningsOnly())
+
+
+def _first_sentence(e: BaseException) -> str:
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return first.split(". ", 1)[0].rstrip(".")[:200]
 
 
 def _one_line(e: BaseException) -> str:
@@ -138,13 +147,12 @@ def _log_hint() -> str:
     return f" ({folder})" if folder else ""
 
 
-@contextmanager
-def _exclusive(should_cancel: Optional[CancelCheck]) -> Iterator[threading.Lock]:
-    """The process's Ray slot; waiting for it can be cancelled. Yields the lock: whoever holds it last releases it."""
+def _take_the_slot(should_cancel: Optional[CancelCheck]) -> threading.Lock:
+    """Acquire this process's one Ray slot (waiting can be cancelled); the caller hands it on or releases it."""
     while not _ONE_AT_A_TIME.acquire(timeout=0.1):
         if should_cancel is not None and should_cancel():
             raise Cancelled("Feature extraction was cancelled (while waiting for another Ray extraction).")
-    yield _ONE_AT_A_TIME
+    return _ONE_AT_A_TIME
 
 
 class RayFeatureExtractor(FeatureExtractor):
@@ -185,22 +193,21 @@ class RayFeatureExtractor(FeatureExtractor):
         paths = [str(Path(s).absolute()) for s in sources]
         meter = ProgressMeter("extract", len(paths), progress, "images", should_cancel)
         start = time.perf_counter()
-        with _exclusive(should_cancel) as slot:
-            handed_over = False
-            try:
-                meter.update(0, "connecting to Ray")
-                self.connected_to_ = connect(self.address)
-                plan = self.cluster_plan()
-                # no more actors than batches: an actor with nothing to do would only load a model
-                self.last_plan_ = plan = replace(plan, actors=max(1, min(plan.actors,
-                                                                       math.ceil(len(paths) / plan.batch_size))))
-                meter.update(0, f"starting {plan.actors} model actor(s) on {self.connected_to_}")
-                batches = _Stream(self._dataset(paths, plan), slot)
-                handed_over = True  # the stream's thread releases the slot once Ray has stopped
-                features, ok, errors = self._collect(batches, len(paths), meter, start)
-            finally:
-                if not handed_over:
-                    slot.release()
+        slot, handed_over = _take_the_slot(should_cancel), False
+        try:
+            meter.update(0, "connecting to Ray")
+            self.connected_to_ = connect(self.address)
+            plan = self.cluster_plan()
+            # no more actors than batches: an actor with nothing to do would only load a model
+            self.last_plan_ = plan = replace(plan, actors=max(1, min(plan.actors,
+                                                                   math.ceil(len(paths) / plan.batch_size))))
+            meter.update(0, f"starting {plan.actors} model actor(s) on {self.connected_to_}")
+            batches = _Stream(self._dataset(paths, plan), slot)
+            handed_over = True  # the stream's thread releases the slot once Ray has stopped
+            features, ok, errors = self._collect(batches, len(paths), meter, start)
+        finally:
+            if not handed_over:
+                slot.release()
         return ExtractionResult(features, ok, errors, time.perf_counter() - start)
 
     def _dataset(self, paths: list[str], plan: RayPlan):
