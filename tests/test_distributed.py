@@ -211,3 +211,14 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     here = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache,
                          extractor=FeatureExtractor(BACKBONE))  # its model is never loaded: a cache hit
     assert here.timings["cache_hit"] is True and here.metrics == on_ray.metrics
+
+
+def test_bench_engines_prints_one_row_per_engine_and_run(ray_address, tmp_path, capsys):
+    from toptune_core.cli.main import main
+
+    data = copy_subset(DEMO_DATASET, tmp_path / "beans", 8)
+    assert main(["bench-engines", "--data", str(data), "--engines", "local,ray"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in table] == ["engine", "local", "ray"]
+    ray_row = [cell.strip() for cell in table[2].split("|")[1:-1]]
+    assert ray_row[2] == "24" and float(ray_row[3]) > 0 and "model actor(s)" in ray_row[-1]
