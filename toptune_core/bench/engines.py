@@ -2,9 +2,11 @@
 
 ``compare_engines`` extracts the whole dataset into a fresh, temporary feature
 cache with each engine (``repeats`` times), and times it from the call to the
-cache entry: the wall time, the start-up (until the first features arrive:
+cache entry: the wall time and the start-up (until the first features arrive:
 loading the model; for Ray also connecting or starting a runtime and starting
-the actors) and the steady rate (over the last 80 % of the photos). ``python -m toptune_core bench-engines``
+the actors). No rate "after the start-up" is given: Ray decodes ahead while its
+actors start and hands back finished batches in bursts, so such a rate would
+flatter it; the wall time is what a user waits. ``python -m toptune_core bench-engines``
 prints the table.
 """
 
@@ -29,7 +31,6 @@ class EngineRun:
     n: int
     wall_s: float
     startup_s: float  # until the first features arrived
-    steady_rate: float  # photos a second over the last 80 % of the photos
     setup: str
 
     @property
@@ -52,25 +53,20 @@ def time_engine(engine: str, dataset, backbone: str, settings: Settings, address
     """One extraction of ``dataset`` with ``engine`` into a fresh cache (``get_features``, as ``extract`` runs it)."""
     from toptune_core.features.cache import FeatureCache, get_features
 
-    seen: list[tuple[float, float]] = []
+    first: list[float] = []  # when the first features arrived
 
     def progress(p: Progress) -> None:
-        if p.stage == "extract" and p.done:
-            seen.append((time.perf_counter(), p.done))
+        if p.stage == "extract" and p.done and not first:
+            first.append(time.perf_counter())
 
     extractor = make_engine(engine, backbone, settings, address)
     with tempfile.TemporaryDirectory(prefix="toptune-engines-") as tmp:
         start = time.perf_counter()
         get_features(dataset, extractor, FeatureCache(Path(tmp)), progress=progress)
         end = time.perf_counter()
-    first_t = seen[0][0]
-    # The steady rate over the last 80 % of the photos: Ray decodes ahead while its actors start, and its
-    # first batches can arrive together, so the photos right after the start-up would flatter it.
-    fifth_t, fifth_done = next((t, d) for t, d in seen if d >= len(dataset) / 5)
-    steady = (len(dataset) - fifth_done) / (end - fifth_t) if end > fifth_t else float("nan")
     plan = getattr(extractor, "last_plan_", None)
     setup = plan.describe() if plan else extractor.plan().describe()
-    return EngineRun(engine, len(dataset), end - start, first_t - start, steady, setup)
+    return EngineRun(engine, len(dataset), end - start, first[0] - start, setup)
 
 
 def compare_engines(data: str | Path, backbone: str, engines: list[str], *, repeats: int = 1,
@@ -91,10 +87,10 @@ def compare_engines(data: str | Path, backbone: str, engines: list[str], *, repe
 
 
 def engines_table(runs: list[EngineRun]) -> str:
-    cells = [("engine", "run", "photos", "wall s", "photos/s", "start-up s", "photos/s, last 80 %", "setup")]
+    cells = [("engine", "run", "photos", "wall s", "photos/s", "first features after s", "setup")]
     count: dict[str, int] = {}
     for run in runs:
         count[run.engine] = count.get(run.engine, 0) + 1
         cells.append((run.engine, str(count[run.engine]), str(run.n), f"{run.wall_s:.1f}", f"{run.rate:.1f}",
-                      f"{run.startup_s:.1f}", f"{run.steady_rate:.1f}", run.setup))
+                      f"{run.startup_s:.1f}", run.setup))
     return markdown_table(cells)
