@@ -80,7 +80,8 @@ def test_plan_on_two_cpus_and_impossible_plans():
 
 
 def test_only_the_distributed_module_imports_ray(subprocess_env):
-    importers = [p.relative_to(REPO).as_posix() for folder in ("toptune_core", "pages") for p in (REPO / folder).rglob("*.py")
+    sources = [p for folder in ("toptune_core", "pages") for p in (REPO / folder).rglob("*.py")]
+    importers = [p.relative_to(REPO).as_posix() for p in sources
                  if re.search(r"^\s*(import ray|from ray\b)", p.read_text(), re.M)]
     assert importers == ["toptune_core/features/distributed.py"]
     code = ("import sys, toptune_core.cli.main as m, toptune_core.experiment, toptune_core.features.cache, "
@@ -97,7 +98,8 @@ def test_an_unreachable_cluster_is_one_clear_line(subprocess_env):
               subprocess_env, timeout=120)
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: Nothing answers at the Ray address '127.0.0.1:{port}'") and "Traceback" not in out.stderr
+    assert last.startswith(f"error: Nothing answers at the Ray address '127.0.0.1:{port}'")
+    assert "Traceback" not in out.stderr
     wrong = cli(["extract", "--data", str(DEMO_DATASET), "--address", "auto"], subprocess_env)
     assert wrong.returncode == 2 and "--address and --actors go with --engine ray" in wrong.stderr
 

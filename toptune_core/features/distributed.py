@@ -220,13 +220,16 @@ class RayFeatureExtractor(FeatureExtractor):
             ctx.custom_execution_callback_classes.append(_Executors)
         _quiet_ray_data()
         items = [{"index": i, "path": p} for i, p in enumerate(paths)]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / plan.batch_size)))
+        # One block per batch; Ray Data would bundle blocks smaller than a map's batch size, so the decoding
+        # task takes its block whole and the actor's batch size is the smallest block's.
+        blocks = max(1, math.ceil(len(items) / plan.batch_size))
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
         ds = ds.map_batches(decode_batch, fn_kwargs={"data_config": self.data_config, "draft": self.draft},
-                            batch_size=plan.batch_size, batch_format="numpy", num_cpus=plan.decode_cpus)
+                            batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus)
         args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
                 "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
                 "channels_last": self.channels_last}
-        return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=plan.batch_size,
+        return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=max(1, len(items) // blocks),
                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
                               num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
 
@@ -283,9 +286,9 @@ class _Executors:
 class _Stream:
     """The Ray dataset's batches, consumed in a thread of their own so that the caller can poll for cancel.
 
-    ``batches()`` yields them (numpy dicts); a pipeline failure is raised as one line. ``stop()`` asks the thread to stop the pipeline at its next batch (Ray Data
-    shuts the tasks and actors down when its iterator closes); the thread then
-    releases ``slot``.
+    ``batches()`` yields them (numpy dicts); a pipeline failure is raised as one
+    line. ``stop()`` shuts the pipeline down (its tasks and actors) and the
+    thread ends; the thread releases ``slot`` when Ray has stopped.
     """
 
     _END = object()
