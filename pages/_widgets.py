@@ -78,7 +78,7 @@ def need_runs(hint: str) -> list[RunRecord]:
 
 # --- where features are extracted ----------------------------------------------------------------------
 
-ENGINES = {"local": "This machine", "ray": "Ray cluster"}
+EXTRACT_ON = {"local": "This machine", "ray": "Ray cluster"}
 
 
 def choose_extractor(backbone: str):
@@ -87,10 +87,10 @@ def choose_extractor(backbone: str):
     address = settings().ray_address
     if not address:
         return extractor_for(backbone)
-    engine = st.radio("Feature extraction", list(ENGINES), format_func=ENGINES.get, horizontal=True,
-                      key="tt_engine", help=f"The Ray cluster at {address} reads the photos by their path here, "
-                      "so they must be on storage its workers share; the features land in this machine's cache.")
-    return ray_extractor_for(backbone) if engine == "ray" else extractor_for(backbone)
+    where = st.radio("Feature extraction", list(EXTRACT_ON), format_func=EXTRACT_ON.get, horizontal=True,
+                     key="tt_where", help=f"The Ray cluster at {address} reads the photos by their path here, "
+                     "so they must be on storage its workers share; the features land in this machine's cache.")
+    return ray_extractor_for(backbone) if where == "ray" else extractor_for(backbone)
 
 
 # --- numbers in plain words --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._charts import probabilities_chart
+from pages._download import model_download_button
 from pages._router import through_router
 from pages._state import predictor_for, store
 from pages._widgets import friendly_errors, need_runs, percent, pick_run, seconds, thumbnail
@@ -162,6 +163,7 @@ def page() -> None:
     st.caption(f"It tells apart: {', '.join(classes)}. Held-out accuracy {percent(run.accuracy)}. Photos of other "
                "crops, other problems or no leaf at all should get \"not recognised\"; an unseen disease of the "
                "same crop is often NOT caught (see the Home page).")
+    model_download_button(run)
     strictness = strictness_choice(run)
     photos = gather_photos()
     if not photos:

@@ -605,6 +605,15 @@ def test_finetune_cancel_from_the_page(fresh_home, beans16):
     assert not has_button(tab, "Cancel fine-tune") and has_button(tab, "Start fine-tuning")
 
 
+def test_classify_page_offers_the_model_as_one_zip(demo_run):
+    """The button is there and makes its zip only when clicked (a deferred download); the zip itself is
+    tested in test_portable.py (AppTest cannot click a download)."""
+    at = goto(new_app(), "classify")
+    no_problems(at)
+    buttons = [b for b in at.get("download_button") if "Download this model" in b.proto.label]
+    assert len(buttons) == 1 and buttons[0].proto.deferred_file_id
+
+
 # --- the Eden catalogue on the Data page; the Ray engine on the Top-tune page -------------------------
 
 def test_eden_catalogue_search_preset_and_typed_names(fresh_home):
@@ -640,10 +649,10 @@ def test_toptune_page_offers_the_ray_engine_only_when_a_cluster_is_configured(fr
     at = use_folder(new_app(), beans16)
     goto(at, "toptune")
     no_problems(at)
-    assert not [r for r in at.radio if r.key == "tt_engine"]
+    assert not [r for r in at.radio if r.key == "tt_where"]
     monkeypatch.setenv("TOPTUNE_RAY_ADDRESS", "ray://head.example:10001")
     at = goto(use_folder(new_app(), beans16), "toptune")
     no_problems(at)
-    engine = at.radio(key="tt_engine")
-    assert engine.value == "local" and engine.options == ["This machine", "Ray cluster"]
-    assert "ray://head.example:10001" in engine.help
+    where = at.radio(key="tt_where")
+    assert where.value == "local" and where.options == ["This machine", "Ray cluster"]
+    assert "ray://head.example:10001" in where.help

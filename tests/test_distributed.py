@@ -142,6 +142,8 @@ def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_a
     assert local.entry.key == report["cache_key"], "the same cache key as a local extraction"
     on_ray = FeatureCache(toptune_home / "features").load(report["cache_key"])
     assert on_ray.relpaths == local.entry.relpaths and on_ray.ok.all()
+    assert on_ray.meta["engine"] == local.entry.meta["engine"], "the actors ran the same inference engine"
+    assert on_ray.meta["engine_note"].startswith("on Ray: Ray cluster of 2 CPU(s)")
     np.testing.assert_allclose(on_ray.features, local.entry.features, rtol=0, atol=1e-4)
     assert np.abs(local.entry.features[0] - local.entry.features[1]).max() > 0.1, "not a vacuous comparison"
 
@@ -215,12 +217,12 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     assert here.timings["cache_hit"] is True and here.metrics == on_ray.metrics
 
 
-def test_bench_engines_prints_one_row_per_engine_and_run(ray_address, tmp_path, capsys):
+def test_bench_ray_prints_one_row_per_place_and_run(ray_address, tmp_path, capsys):
     from toptune_core.cli.main import main
 
     data = copy_subset(DEMO_DATASET, tmp_path / "beans", 8)
-    assert main(["bench-engines", "--data", str(data), "--engines", "local,ray"]) == 0
+    assert main(["bench-ray", "--data", str(data), "--where", "local,ray"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in table] == ["engine", "local", "ray"]
+    assert [row.split("|")[1].strip() for row in table] == ["where", "local", "ray"]
     ray_row = [cell.strip() for cell in table[2].split("|")[1:-1]]
     assert ray_row[2] == "24" and float(ray_row[3]) > 0 and "model actor(s)" in ray_row[-1]

@@ -102,11 +102,18 @@ def test_extracted_features_equal_the_plain_path(small_batch_extractor, tmp_path
     assert np.abs(expected[0] - expected[1]).max() > 0.1
 
 
-def test_torch_thread_setting_is_restored(small_batch_extractor):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_torch_thread_setting_is_restored(small_batch_extractor, engine):
+    extractor = FeatureExtractor("tf_efficientnet_lite0", batch_size=5, lanes=small_batch_extractor.lanes,
+                                 threads=small_batch_extractor.threads,
+                                 decode_workers=small_batch_extractor.decode_workers, engine=engine)
+    extractor._model = small_batch_extractor.model
     before = torch.get_num_threads()
     seen = []
-    small_batch_extractor.transform([str(p) for p in PHOTOS[:7]], progress=lambda p: seen.append(torch.get_num_threads()))
-    assert seen[-1] == small_batch_extractor.plan().threads and torch.get_num_threads() == before
+    extractor.transform([str(p) for p in PHOTOS[:7]], progress=lambda p: seen.append(torch.get_num_threads()))
+    # The PyTorch engine runs on the plan's threads; a graph engine leaves torch's setting alone.
+    assert seen[-1] == (extractor.plan().threads if engine == "torch" else before)
+    assert torch.get_num_threads() == before
     # Threads started afterwards (the dashboard runs each page in a new thread) get the old default too.
     in_new_thread = []
     t = threading.Thread(target=lambda: in_new_thread.append(torch.get_num_threads()))

@@ -1,8 +1,10 @@
 """Diagnose photos with a recorded run: class probabilities, and whether the model knows such photos at all.
 
-``Predictor.from_run(run_id)`` loads whatever estimator the run saved
-(``methods.method_class(run.method).from_run``) and its familiarity check
-(``trust.familiarity``). ``predict(photo)`` gives every class's probability,
+``Predictor.from_run(run_id)`` loads whatever estimator the run saved - for a
+top-tuning run its portable ONNX form (``portable.top``), so a new process
+classifies a photo without importing torch or scikit-learn; otherwise
+``methods.method_class(run.method).from_run`` - and its familiarity check
+(``trust.familiarity``, NumPy only). ``predict(photo)`` gives every class's probability,
 the familiarity score and verdict, and the nearest training photos as
 evidence; a photo unlike the training photos is "not recognised" rather than
 given a confident wrong class. ``diagnose(photos)`` combines several photos
@@ -20,7 +22,7 @@ import numpy as np
 from toptune_core.data.images import ImageSource
 from toptune_core.errors import ToptuneError
 from toptune_core.methods import method_class
-from toptune_core.methods.base import Photos
+from toptune_core.methods.photos import Photos
 from toptune_core.runs.store import RunRecord, RunStore
 from toptune_core.trust.familiarity import FILE as FAMILIARITY_FILE
 from toptune_core.trust.familiarity import STRICTNESS, Familiarity, FamiliarityCheck
@@ -88,8 +90,9 @@ class Predictor:
 
     ``strictness``: "strict", "normal" (default) or "lenient", the share of
     photos like the training photos the check accepts (``STRICTNESS``).
-    Loading takes a few seconds (the backbone); each prediction after that a
-    fraction of a second on a CPU.
+    Loading a top-tuned run takes a fraction of a second (ONNX Runtime on the
+    backbone's checked graph, ``portable.top``); each prediction after that
+    some milliseconds plus decoding the photo.
     """
 
     def __init__(self, run: RunRecord, estimator, familiarity: Optional[FamiliarityCheck] = None):
@@ -97,12 +100,20 @@ class Predictor:
         self.classes = list(estimator.classes_)
 
     @classmethod
-    def from_run(cls, run_id: str, store: Optional[RunStore] = None, extractor=None) -> "Predictor":
+    def from_run(cls, run_id: str, store: Optional[RunStore] = None, extractor=None, settings=None) -> "Predictor":
+        """The run's model and familiarity check; ``extractor``: an already loaded ``FeatureExtractor`` to
+        share (the dashboard's), ``settings``: where exported graphs are kept (default: the environment's)."""
         store = store or RunStore()
         run = store.get(run_id)
         if run.status != "completed":
             raise ToptuneError(f"Run {run.id} is {run.status}, not completed; choose a completed run.")
-        estimator = method_class(run.method).from_run(store, run, extractor=extractor)
+        estimator = None
+        if run.method == "toptune":
+            from toptune_core.portable.top import PortableTopTuner
+
+            estimator = PortableTopTuner.from_run(store, run, extractor=extractor, settings=settings)
+        if estimator is None:
+            estimator = method_class(run.method).from_run(store, run, extractor=extractor)
         check = None
         if (store.run_dir(run.id) / FAMILIARITY_FILE).exists():
             check = FamiliarityCheck.load(store.model_file(run.id, FAMILIARITY_FILE))
@@ -114,8 +125,7 @@ class Predictor:
         if strictness not in STRICTNESS:
             raise ToptuneError(f"Unknown strictness '{strictness}'. Choose one of: {', '.join(STRICTNESS)}.")
         start = time.perf_counter()
-        photo = Photos([source])
-        photo = Photos([source], self.estimator.embed(photo))
+        photo = Photos([source], self.estimator.embed(Photos([source])))
         proba = np.asarray(self.estimator.predict_proba(photo)[0], dtype=np.float64)
         fam = None
         if self.check is not None:

@@ -78,6 +78,15 @@ def thread_policy(cpus: Optional[int] = None) -> ThreadPolicy:
     return ThreadPolicy(cpus=cpus, training_threads=cpus, lanes=lanes, lane_threads=max(1, cpus // lanes))
 
 
+def cuda_present() -> bool:
+    """False when this machine certainly has no CUDA GPU (no NVIDIA driver device), decided without importing
+    torch; True means torch should be asked (``torch.cuda.is_available()``)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists() \
+        or os.name != "posix" or not Path("/dev").is_dir()
+
+
 _threads_lock = threading.Lock()
 _threads_users = 0
 _threads_default = 0

@@ -1,14 +1,16 @@
-"""The one pixel pipeline: photo -> 8-bit pixels at the model's input size -> normalised tensor.
+"""The one pixel pipeline: photo -> 8-bit pixels at the model's input size -> normalised input.
 
 Both methods, and prediction, see a photo through this module, so they see the
 same pixels. Everything derives from timm's resolved data config
 (``eval_data_config``): the evaluation pixels are timm's evaluation transform
-(resize, centre crop) split into its Pillow steps and its tensor arithmetic;
-the training pixels (fine-tune only) are a random resized crop at the input
-size with flips. ``to_tensor`` does timm's ToTensor + Normalize arithmetic,
-operator for operator, on a whole batch, so the result is bitwise the plain
-transform's. Decoding (``load_rgb``) runs only Pillow and NumPy, never a torch
-operator, so it can run in background threads.
+(resize the shorter side, centre crop) done by Pillow and NumPy alone
+(``eval_resize_crop``, checked against timm's transform by the tests), so a
+prediction needs neither torch nor torchvision; the training pixels (fine-tune
+only) are a random resized crop at the input size with flips. ``normalise``
+(NumPy) and ``to_tensor`` (torch, for the torch engine and the GPU) do timm's
+ToTensor + Normalize arithmetic, operator for operator, on a whole batch, so
+the result is bitwise the plain transform's. Decoding (``load_rgb``) runs only
+Pillow and NumPy, never a torch operator, so it can run in background threads.
 
 A photo is *readable* when ``load_rgb`` at the resize side succeeds; that one
 rule decides which photos every method trains and tests on.
@@ -88,6 +90,43 @@ def resize_side(cfg: dict) -> int:
     return math.floor(cfg["input_size"][-1] / cfg["crop_pct"])
 
 
+def native_eval_supported(cfg: dict) -> bool:
+    """True when ``eval_resize_crop`` reproduces timm's eval transform for ``cfg``: a square input, centre
+    crop mode, crop_pct <= 1 (so the crop never pads) and a Pillow resampling filter."""
+    size = cfg["input_size"]
+    return (size[-1] == size[-2] and cfg.get("crop_mode", "center") in (None, "center")
+            and 0 < float(cfg.get("crop_pct") or 0) <= 1 and str(cfg.get("interpolation")) in _RESAMPLE_NAMES)
+
+
+def eval_resize_crop(im, cfg: dict) -> np.ndarray:
+    """(H, W, 3) uint8: timm's eval resize and centre crop of a Pillow RGB image, by Pillow and NumPy alone.
+
+    torchvision's ``Resize(side)`` (the shorter side to ``resize_side``, the longer
+    one ``int(side * long / short)``, no resize when the size already matches)
+    then ``CenterCrop`` (offsets ``int(round((size - crop) / 2))``); both call
+    the same Pillow operations, so the pixels are bitwise timm's.
+    """
+    size, side = int(cfg["input_size"][-1]), resize_side(cfg)
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = side, int(side * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), _RESAMPLE[str(cfg["interpolation"])])
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def normalise(pixels: np.ndarray, cfg: dict) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32: timm's ToTensor + Normalize arithmetic in NumPy
+    (x / 255, then (x - mean) / std, in float32), bitwise the torch result."""
+    x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32)
+    x /= np.float32(255)
+    x -= np.asarray(cfg["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    x /= np.asarray(cfg["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    return x
+
+
 def unreadable_reason(source: ImageSource, e: Exception) -> str:
     """The one-line reason a photo counts as unreadable (any decoder failure does)."""
     if isinstance(e, ImageError):
@@ -120,6 +159,7 @@ class PixelPipeline:
         self.draft = draft
         self.size = int(data_config["input_size"][-1])
         self.min_size = resize_side(data_config)
+        self.native = native_eval_supported(data_config)
         self._steps = None
 
     def _split(self):
@@ -139,7 +179,7 @@ class PixelPipeline:
 
     @property
     def has_pixel_stage(self) -> bool:
-        return self._split() is not None
+        return self.native or self._split() is not None
 
     def require_pixel_stage(self) -> None:
         if not self.has_pixel_stage:
@@ -151,7 +191,10 @@ class PixelPipeline:
         return load_rgb(source, min_size=self.min_size if self.draft else None)
 
     def eval_pixels(self, source: ImageSource) -> np.ndarray:
-        """(H, W, 3) uint8: timm's eval resize and centre crop of the photo."""
+        """(H, W, 3) uint8: timm's eval resize and centre crop of the photo (Pillow and NumPy only when the
+        config allows, else timm's own Pillow steps)."""
+        if self.native:
+            return eval_resize_crop(self.decode(source), self.cfg)
         self.require_pixel_stage()
         return np.array(self._split()[0](self.decode(source)), dtype=np.uint8)
 
@@ -209,7 +252,7 @@ class PixelPipeline:
         import torch
 
         self.require_pixel_stage()
-        _, mean, std = self._split()
+        mean, std = self.cfg["mean"], self.cfg["std"]
         x = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
         if device is not None and device.type == "cuda":
             if not x.is_pinned():
@@ -237,6 +280,7 @@ def _resample_table() -> dict:
 
 
 _RESAMPLE = _resample_table()
+_RESAMPLE_NAMES = frozenset(_RESAMPLE)
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, scale: Sequence[float],

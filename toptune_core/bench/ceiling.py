@@ -27,8 +27,39 @@ class Ceiling:
     again: Callable[[], float]  # times the best setting once more (interleaved with the extraction's repeats)
 
 
+def _lanes_rate(lanes: int, duration: float, prepare: Callable[[int], Callable[[], int]]) -> float:
+    """Images/s of ``lanes`` threads each running ``step()`` (which returns the images it did) for
+    ``duration`` s; ``prepare(j)`` runs in lane j first (thread settings, a warm-up) and returns its step.
+    The clock starts when every lane has warmed up."""
+    counts = [0] * lanes
+    ready = threading.Barrier(lanes + 1)
+
+    def lane(j: int) -> None:
+        step = prepare(j)
+        ready.wait()
+        start = time.perf_counter()
+        while time.perf_counter() - start < duration:
+            counts[j] += step()
+
+    workers = [threading.Thread(target=lane, args=(j,)) for j in range(lanes)]
+    for w in workers:
+        w.start()
+    ready.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def _best(modes: dict, rate: Callable, batch_sizes: list[int], seconds: float) -> Ceiling:
+    """Sweep ``rate(mode, batch size, seconds)`` over every mode and batch size; the best is the ceiling."""
+    table = {mode: {bs: rate(mode, bs, seconds) for bs in batch_sizes} for mode in modes}
+    best_mode, best_bs = max(((m, bs) for m in table for bs in table[m]), key=lambda mb: table[mb[0]][mb[1]])
+    return Ceiling(table[best_mode][best_bs], best_mode, best_bs, table, lambda: rate(best_mode, best_bs, seconds))
+
+
 def model_ceiling(extractor, batch_sizes: list[int], seconds: float = 2.0) -> Ceiling:
-    """Images/s of the backbone alone on random tensors, at the best batch size and way of using the CPUs.
+    """Images/s of the PyTorch backbone alone on random tensors, at the best batch size and way of using the CPUs.
 
     Model settings as in the extraction (device, channels-last, inference mode,
     fp16 autocast on CUDA). On a CPU two ways are timed: one batch at a time
@@ -47,41 +78,6 @@ def model_ceiling(extractor, batch_sizes: list[int], seconds: float = 2.0) -> Ce
     plan = extractor.plan()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def run_for(bs: int, duration: float, threads: int, counts: list, j: int, ready=None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
-        x = torch.randn(bs, *size, device=device)
-        if extractor.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            model(x)  # warm-up (oneDNN / cuDNN pick their kernels)
-            sync()
-            if ready is not None:
-                ready.wait()
-            start = time.perf_counter()
-            while time.perf_counter() - start < duration:
-                model(x)
-                counts[j] += bs
-            sync()
-
-    def rate(lanes: int, threads: int, bs: int, duration: float) -> float:
-        counts = [0] * lanes
-        if lanes == 1:
-            ready = threading.Barrier(1, action=lambda: started.append(time.perf_counter()))
-            started: list = []
-            run_for(bs, duration, threads, counts, 0, ready)  # the clock starts after the warm-up
-            return counts[0] / (time.perf_counter() - started[0])
-        ready = threading.Barrier(lanes + 1)
-        workers = [threading.Thread(target=run_for, args=(bs, duration, threads, counts, j, ready))
-                   for j in range(lanes)]
-        for w in workers:
-            w.start()
-        ready.wait()
-        start = time.perf_counter()
-        for w in workers:
-            w.join()
-        return sum(counts) / (time.perf_counter() - start)
-
     if device.type == "cuda":
         modes = {"one batch at a time on the GPU": (1, 0)}
     else:
@@ -89,17 +85,56 @@ def model_ceiling(extractor, batch_sizes: list[int], seconds: float = 2.0) -> Ce
         modes = {f"one batch at a time, {cpus} torch thread(s)": (1, cpus)}
         if plan.lanes > 1:
             modes[f"{plan.lanes} lanes of {plan.threads} torch thread(s)"] = (plan.lanes, plan.threads)
-    table: dict = {}
-    with (torch_threads(torch.get_num_threads()) if device.type == "cpu" else _nothing()):  # restores threads
-        for mode, (lanes, threads) in modes.items():
-            table[mode] = {bs: rate(lanes, threads, bs, seconds) for bs in batch_sizes}
-    best_mode, best_bs = max(((m, bs) for m in table for bs in table[m]), key=lambda mb: table[mb[0]][mb[1]])
 
-    def again() -> float:
-        with (torch_threads(torch.get_num_threads()) if device.type == "cpu" else _nothing()):
-            return rate(*modes[best_mode], best_bs, seconds)
+    def rate(mode: str, bs: int, duration: float) -> float:
+        lanes, threads = modes[mode]
 
-    return Ceiling(table[best_mode][best_bs], best_mode, best_bs, table, again)
+        def prepare(j: int):
+            if threads:
+                torch.set_num_threads(threads)
+            x = torch.randn(bs, *size, device=device)
+            if extractor.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def step() -> int:
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
+                                                            enabled=device.type == "cuda"):
+                    model(x)
+                sync()
+                return bs
+
+            step()  # warm-up (oneDNN / cuDNN pick their kernels)
+            return step
+
+        with (torch_threads(torch.get_num_threads()) if device.type == "cpu" else _nothing()):  # restores threads
+            return _lanes_rate(lanes, duration, prepare)
+
+    return _best(modes, rate, batch_sizes, seconds)
+
+
+def graph_ceiling(engine: str, graph, input_size: int, lanes: int, cpus: int, batch_sizes: list[int],
+                  seconds: float = 2.0) -> Ceiling:
+    """Images/s of a graph engine (``features.engines``) alone on random 8-bit pixels (normalisation is part
+    of the graph), the best of: the extraction's lanes (``lanes`` callers of one thread each on one engine),
+    and one batch at a time on ``cpus`` threads."""
+    from toptune_core.features.engines import open_graph_engine
+
+    modes = {f"one batch at a time, {cpus} thread(s)": (1, cpus)}
+    if lanes > 1:
+        modes[f"{lanes} lanes of 1 thread"] = (lanes, 1)
+    runners = {mode: open_graph_engine(engine, graph, threads=threads, lanes=n) for mode, (n, threads) in modes.items()}
+
+    def rate(mode: str, bs: int, duration: float) -> float:
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (bs, input_size, input_size, 3), dtype=np.uint8)
+
+        def prepare(j: int):
+            runners[mode].run(x)  # warm-up
+            return lambda: (runners[mode].run(x), bs)[1]
+
+        return _lanes_rate(modes[mode][0], duration, prepare)
+
+    return _best(modes, rate, batch_sizes, seconds)
 
 
 class _nothing:

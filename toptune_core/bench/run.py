@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from toptune_core.bench.camera import make_camera_photos
-from toptune_core.bench.ceiling import CPU_BATCH_SIZES, CUDA_BATCH_SIZES, model_ceiling, naive_rate
+from toptune_core.bench.ceiling import CPU_BATCH_SIZES, CUDA_BATCH_SIZES, graph_ceiling, model_ceiling, naive_rate
 from toptune_core.bench.measure import (REPO_ROOT, OtherCpuUse, RssSampler, cpu_name, load_average, rss_mb, spread,
                                         time_command)
 from toptune_core.bench.report import BenchContext, BenchReport, build_report
@@ -114,15 +114,18 @@ def _run_bench(data: str, backbone: str, settings: Settings, camera_images: int,
 
 
 def _load_model(b: _Bench) -> None:
+    """The project's extractor (default engine; its graph exported and checked here, in the temporary data
+    folder) and the PyTorch model, which the ceilings, the naive baseline and the other engines share."""
     from toptune_core.features.extractor import FeatureExtractor
     from toptune_core.system import available_cpus
 
-    b.log("loading the model")
+    b.log("loading the model (and exporting and checking its graph)")
     t0 = time.perf_counter()
     import torch
 
     b.extractor = FeatureExtractor(b.backbone, settings=b.settings)
     b.device = next(b.extractor.model.parameters()).device
+    b.extractor.load_engine(b.log)
     b.figs["model_load_s"] = time.perf_counter() - t0
     b.on_gpu = b.device.type == "cuda"
     ctx = b.ctx
@@ -130,14 +133,51 @@ def _load_model(b: _Bench) -> None:
     ctx.cpus, ctx.torch_version, ctx.python_version = available_cpus(), torch.__version__, platform.python_version()
     ctx.extraction_settings = (f"{b.extractor.plan().describe()}, channels-last {b.extractor.channels_last}, "
                                f"JPEG draft mode {b.extractor.draft}"
-                               + (", fp16 autocast, pinned memory" if b.on_gpu else ""))
+                               + (", fp16 autocast, pinned memory" if b.on_gpu else "")
+                               + (f"; {b.extractor.engine_note}" if b.extractor.engine_note else ""))
+
+
+def _engines(b: _Bench) -> dict:
+    """An extractor per engine that runs here (the project's default first), sharing the loaded model."""
+    from toptune_core.features import engines
+    from toptune_core.features.extractor import FeatureExtractor
+
+    out = {b.extractor.engine_name: b.extractor}
+    for name in ("torch",) + (() if b.on_gpu else engines.GRAPH_ENGINES):
+        if name in out or not engines.installed(name):
+            continue
+        extractor = FeatureExtractor(b.backbone, engine=name, settings=b.settings)
+        extractor._model = b.extractor.model
+        extractor.load_engine(b.log)
+        if extractor.engine_name == name:
+            out[name] = extractor
+    return out
+
+
+def _ceilings(b: _Bench, extractors: dict, batch_sizes: Optional[tuple[int, ...]]) -> dict:
+    """Each engine's model-only ceiling: a sweep that picks the setting (see ``bench.ceiling``)."""
+    from toptune_core.features.graph import find_graph
+    from toptune_core.system import available_cpus
+
+    sizes = list(batch_sizes or (CUDA_BATCH_SIZES if b.on_gpu else CPU_BATCH_SIZES))
+    out = {}
+    for name, extractor in extractors.items():
+        b.log(f"model-only ceiling of {name}, batch sizes {sizes}")
+        if name == "torch":
+            out[name] = model_ceiling(extractor, sizes)
+        else:
+            graph = find_graph(extractor.cache_identity, b.settings, name)
+            out[name] = graph_ceiling(name, graph.path, int(extractor.data_config["input_size"][-1]),
+                                      extractor.plan().lanes, available_cpus(), sizes)
+    return out
 
 
 def _extraction_and_ceiling(b: _Bench, batch_sizes: Optional[tuple[int, ...]]) -> None:
-    """The project's extraction, JPEG files -> cached features, alternating with the model-only ceiling.
+    """The project's extraction, JPEG files -> cached features, with each engine, alternating with each engine's
+    model-only ceiling; and how far each engine's features are from PyTorch's.
 
-    The first extraction also samples memory and is the first thing this process
-    does after loading the model, so its memory is the extraction's (as in ``toptune``).
+    The first extraction (the project's default engine) also samples memory and is the first thing this
+    process does after loading the model, so its memory is the extraction's (as in ``toptune``).
     """
     import torch
 
@@ -147,39 +187,72 @@ def _extraction_and_ceiling(b: _Bench, batch_sizes: Optional[tuple[int, ...]]) -
     cache = FeatureCache(settings=b.settings)
     key = cache.key(b.dataset.fingerprint(), b.extractor.cache_identity)
     checkpoints: dict[int, float] = {}
+    features: dict[str, np.ndarray] = {}
 
     def at_checkpoint(p) -> None:
         if p.stage == "extract" and p.done:
             checkpoints[int(p.done)] = rss_mb()
 
-    def extract(record_memory: bool) -> tuple[float, RssSampler]:
+    def extract(extractor, record_memory: bool = False) -> tuple[float, RssSampler]:
         shutil.rmtree(cache.path(key), ignore_errors=True)
         with RssSampler() as mem:
-            fs = get_features(b.dataset, b.extractor, cache, progress=at_checkpoint if record_memory else None)
-        assert not fs.cache_hit
+            fs = get_features(b.dataset, extractor, cache, progress=at_checkpoint if record_memory else None)
+        assert not fs.cache_hit and fs.entry.meta["engine"] == extractor.engine_name
+        features[extractor.engine_name] = fs.entry.features
         return int(fs.entry.ok.sum()) / fs.seconds, mem
 
-    b.log(f"project extraction of {n} photos (1 of {b.repeats})")
+    default = b.extractor.engine_name
+    b.log(f"project extraction of {n} photos with {default} (1 of {b.repeats})")
     if b.on_gpu:
         torch.cuda.reset_peak_memory_stats(b.device)
-    first_rate, mem = extract(True)
+    first_rate, mem = extract(b.extractor, True)
     gpu_peak = torch.cuda.max_memory_allocated(b.device) / 1e6 if b.on_gpu else None
     figs.update(peak_rss_mb=mem.peak, rss_before_mb=mem.start, gpu_peak_mb=gpu_peak, **_memory_growth(checkpoints, n))
 
-    sizes = list(batch_sizes or (CUDA_BATCH_SIZES if b.on_gpu else CPU_BATCH_SIZES))
-    b.log(f"model-only ceiling, batch sizes {sizes}")
-    top = model_ceiling(b.extractor, sizes)
+    extractors = _engines(b)
+    ceilings = _ceilings(b, extractors, batch_sizes)
     # The sweep only picks the setting: its best value is the maximum of many noisy samples, which would bias
-    # the ceiling upwards. The ceiling is the best of as many fresh runs of that setting as the extraction gets,
-    # alternating with them, so that both see the same machine.
-    rates, ceiling_rates = [first_rate], [top.again()]
-    for r in range(1, b.repeats):
-        b.log(f"project extraction of {n} photos ({r + 1} of {b.repeats}), then the ceiling's best setting again")
-        rates.append(extract(False)[0])
-        ceiling_rates.append(top.again())
-    figs.update(ceiling_ips=max(ceiling_rates), ceiling_runs_ips=ceiling_rates, ceiling_mode=top.mode,
-                ceiling_batch_size=top.batch_size, ceiling_table=top.table, extraction_ips=max(rates),
-                extraction_runs_ips=rates)
+    # the ceiling upwards. Each ceiling is the best of as many fresh runs of that setting as the extractions
+    # get, alternating with them, so that all see the same machine.
+    rates = {name: [] for name in extractors}
+    rates[default].append(first_rate)
+    ceiling_runs = {name: [] for name in extractors}
+    for r in range(b.repeats):
+        b.log(f"extraction with each engine ({r + 1} of {b.repeats}), then each ceiling's best setting again")
+        for name, extractor in extractors.items():
+            if len(rates[name]) <= r:
+                rates[name].append(extract(extractor)[0])
+        for name, ceiling in ceilings.items():
+            ceiling_runs[name].append(ceiling.again())
+    figs["engines"] = {name: {"extraction_ips": max(rates[name]), "extraction_runs_ips": rates[name],
+                              "ceiling_ips": max(ceiling_runs[name]), "ceiling_runs_ips": ceiling_runs[name],
+                              "ceiling_mode": ceilings[name].mode, "ceiling_batch_size": ceilings[name].batch_size,
+                              "ceiling_table": ceilings[name].table,
+                              "max_diff_vs_torch": (float(np.abs(features[name] - features["torch"]).max())
+                                                    if "torch" in features else None)}
+                       for name in extractors}
+    figs["default_engine"] = default
+    figs["extraction_ips"] = max(rates[default])
+    _decoding(b, b.extractor)
+
+
+def _decoding(b: _Bench, extractor) -> None:
+    """Decoding, resizing and cropping alone (Pillow and NumPy), in the extraction's lanes: its share of the
+    extraction's time is extraction rate / decoding rate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toptune_core.features.reader import chunked
+
+    plan, paths = extractor.plan(), b.paths
+    batches = chunked(range(len(paths)), plan.batch_size)
+    b.log("decoding alone")
+    best = 0.0
+    for _ in range(b.repeats):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max(1, plan.lanes)) as pool:
+            list(pool.map(lambda idx: extractor.pixels.load_batch(paths, idx), batches))
+        best = max(best, len(paths) / (time.perf_counter() - start))
+    b.figs["decode_ips"] = best
 
 
 def _memory_growth(checkpoints: dict[int, float], n: int) -> dict:
@@ -271,6 +344,14 @@ def _prediction(b: _Bench) -> None:
     for label, photo in (("dataset photo", b.paths[0]), ("12-MP photo", b.camera[0])):
         predictor.predict(photo)
         warm[label] = statistics.median(predictor.predict(photo).seconds for _ in range(20))
-    cold_s, _ = time_command([sys.executable, "-m", "toptune_core", "predict", "--run", b.run_id, b.camera[0]],
-                             _subprocess_env(b), 1)
-    b.figs.update(warm_predict_s=warm, cold_predict_s=cold_s)
+    # Cold: a whole new process, through a wrapper that reports the process's peak memory and heavy imports.
+    # (VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent, this large benchmark)
+    code = ("import json, sys; from toptune_core.cli.main import main; "
+            f"rc = main(['predict', '--run', {b.run_id!r}, {b.camera[0]!r}]); "
+            "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+            "print(json.dumps([int(hwm[0]) / 1e3 if hwm else float('nan'), "
+            "sorted(m for m in ('torch', 'sklearn', 'pandas', 'timm') if m in sys.modules)]))")
+    cold_s, result = time_command([sys.executable, "-c", code], _subprocess_env(b), max(3, b.repeats))
+    cold_rss, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    b.figs.update(warm_predict_s=warm, cold_predict_s=cold_s, cold_predict_rss_mb=cold_rss,
+                  cold_predict_imports=heavy)

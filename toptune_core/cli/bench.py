@@ -1,5 +1,5 @@
 """Command-line commands ``bench`` (its flags, and printing the benchmark's table, ``toptune_core.bench.run``) and
-``bench-engines`` (extraction here and on Ray side by side, ``toptune_core.bench.engines``)."""
+``bench-ray`` (extraction here and on Ray side by side, ``toptune_core.bench.ray_vs_local``)."""
 
 from __future__ import annotations
 
@@ -32,17 +32,21 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_bench_engines(args: argparse.Namespace, settings: Settings) -> int:
-    from toptune_core.bench.engines import compare_engines, engines_table
+def cmd_bench_ray(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.ray_vs_local import compare_where, where_table
 
     start = time.perf_counter()
-    header, runs = compare_engines(args.data, args.backbone, args.engines.split(","), repeats=max(1, args.repeats),
-                                   address=args.address or settings.ray_address, settings=settings,
-                                   log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}",
-                                                          file=sys.stderr, flush=True))
-    print("\n".join(header + ["", engines_table(runs)]))
+    header, runs = compare_where(args.data, args.backbone, args.where.split(","), repeats=max(1, args.repeats),
+                                 address=args.address or settings.ray_address, settings=settings,
+                                 log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}",
+                                                        file=sys.stderr, flush=True))
+    print("\n".join(header + ["", where_table(runs)]))
     write_json(args.json, {"header": header, "runs": [vars(r) for r in runs]})
     return 0
+
+
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("bench", "bench-ray")
 
 
 def add_parsers(sub) -> None:
@@ -57,11 +61,11 @@ def add_parsers(sub) -> None:
                    f"(default {','.join(map(str, CPU_BATCH_SIZES))} on a CPU, "
                    f"{','.join(map(str, CUDA_BATCH_SIZES))} on CUDA)")
 
-    e = add_command(sub, "bench-engines", cmd_bench_engines,
+    e = add_command(sub, "bench-ray", cmd_bench_ray,
                     "time feature extraction on this machine and on Ray, into fresh caches; prints a table")
     e.add_argument("--data", required=True, help="dataset folder")
     e.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
-    e.add_argument("--engines", default="local,ray", help="comma-separated: local, ray (default both)")
+    e.add_argument("--where", default="local,ray", help="comma-separated: local, ray (default both)")
     e.add_argument("--address", help="Ray cluster (default $TOPTUNE_RAY_ADDRESS; else a local Ray runtime)")
     e.add_argument("--repeats", type=int, default=1, help="runs of each engine, alternating (default 1)")
     e.add_argument("--json", help="write the figures as JSON to this file")

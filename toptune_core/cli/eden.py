@@ -44,6 +44,10 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("eden",)
+
+
 def add_parsers(sub) -> None:
     from toptune_core.data.eden import DOWNLOAD_WORKERS
     from toptune_core.data.eden_catalogue import EDEN_PRESETS

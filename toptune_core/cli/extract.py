@@ -61,6 +61,10 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("extract",)
+
+
 def add_parsers(sub) -> None:
     from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 

@@ -22,7 +22,6 @@ from typing import Optional
 
 from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
 from toptune_core.config import Settings
-from toptune_core.finetune import FINETUNE_DEFAULTS
 
 
 def _optional_int(text: str) -> Optional[int]:
@@ -53,6 +52,8 @@ _FLAGS: dict[str, tuple] = {
 
 
 def _hyper_args(p: argparse.ArgumentParser) -> None:
+    from toptune_core.finetune import FINETUNE_DEFAULTS  # reads FineTuner (scikit-learn): only for these commands
+
     for name, (kind, text, metavar) in _FLAGS.items():
         d = FINETUNE_DEFAULTS[name]
         kw = {"metavar": metavar} if metavar else {}
@@ -175,6 +176,10 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
                                                                "images_per_second", "device", "threads")},
                            "load_average_before": load_before, "load_average_after": load_average(unknown="?")})
     return 0 if same else 1
+
+
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("finetune", "compare")
 
 
 def add_parsers(sub) -> None:

@@ -1,8 +1,8 @@
 """The command line: ``python -m toptune_core <command> ...``; builds the parser and dispatches.
 
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
-``cli.finetune`` (finetune, compare), ``cli.bench`` (bench), ``cli.extract`` (extract, locally
-or on Ray) and ``cli.eden`` (eden list, eden download). The
+``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.bench`` (bench, bench-ray),
+``cli.extract`` (extract, here or on Ray) and ``cli.eden`` (eden list, eden download). The
 environment is read here, once (``Settings.from_env()``), and passed to the
 command. Errors a user can act on print one line (``error: ...``) and exit
 with status 2; there is no traceback.
@@ -14,22 +14,28 @@ import argparse
 import sys
 from typing import Optional
 
-from toptune_core.cli import bench, eden, extract, finetune, predict, toptune
+from toptune_core.cli import bench, eden, export, extract, finetune, predict, toptune
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
 
-def build_parser() -> argparse.ArgumentParser:
+MODULES = (toptune, predict, export, finetune, bench, extract, eden)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's module adds its parsers (building the fine-tune's
+    flags reads the estimator, which imports scikit-learn: a cold ``predict`` must not pay for that)."""
     parser = argparse.ArgumentParser(prog="python -m toptune_core",
                                      description="Top-tuning of pretrained backbones on plant photos.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (toptune, predict, finetune, bench, extract, eden):
+    for module in [m for m in MODULES if command in m.COMMANDS] or MODULES:
         module.add_parsers(sub)
     return parser
 
 
 def main(argv: Optional[list[str]] = None, settings: Optional[Settings] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     settings = settings or Settings.from_env()
     try:
         return args.handler(args, settings)

@@ -54,7 +54,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if not paths:
         raise ToptuneError(f"No photos found in {', '.join(repr(Path(x).name) for x in args.images)} (a folder is "
                            "searched for JPEG, PNG, WebP, GIF, BMP or TIFF photos, sub-folders included).")
-    predictor = Predictor.from_run(args.run, store=run_store(settings))
+    predictor = Predictor.from_run(args.run, store=run_store(settings), settings=settings)
     entries = []
     for path in paths:
         try:
@@ -87,6 +87,10 @@ def cmd_unseen(args: argparse.Namespace, settings: Settings) -> int:
               + ("-" if acc is None else f"{acc:.3f}") + " |")
     write_json(args.json, {"strictness": args.strictness, "rows": rows})
     return 0
+
+
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("predict", "unseen")
 
 
 def add_parsers(sub) -> None:

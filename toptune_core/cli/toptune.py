@@ -56,6 +56,10 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("toptune", "runs")
+
+
 def add_parsers(sub) -> None:
     p = add_command(sub, "toptune", cmd_toptune, "extract (cached) features, fit a classifier, evaluate, record the run",
                     data=True)

@@ -178,6 +178,7 @@ def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCa
                     raise ToptuneError(f"None of the {len(dataset)} photos could be read; the first problem: "
                                        f"{result.errors[0][1] if result.errors else 'unknown'}")
                 entry = cache.save(key, result, dataset.relpaths,
-                                   {**extractor.cache_identity, "dataset_root": str(dataset.root)})
+                                   {**extractor.cache_identity, **extractor.engine_record,
+                                    "dataset_root": str(dataset.root)})
                 return FeatureSet(entry, False, time.perf_counter() - start)
     return FeatureSet(entry, True, time.perf_counter() - start)

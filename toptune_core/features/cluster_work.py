@@ -119,17 +119,22 @@ def decode_batch(batch: dict, data_config: dict, draft: bool) -> dict:
 
 
 class BackboneActor:
-    """Ray actor: one loaded backbone; a batch of pixels -> its features (zero rows for unreadable photos)."""
+    """Ray actor: one loaded backbone; a batch of pixels -> its features (zero rows for unreadable photos).
+
+    The backbone runs on the inference engine the driver asked for (``features.engines``; "auto": ONNX
+    Runtime on a CPU, PyTorch on a GPU), as a single lane: a graph engine's checked graph is found in the
+    worker's own ``TOPTUNE_HOME``, or exported and checked there once; each batch says which engine ran.
+    """
 
     def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
-                 channels_last: bool):
+                 channels_last: bool, engine: str):
         if timm_version() != timm:
             raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
                                "would differ. Install the same requirements.txt on every node.")
-        self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None,
-                                          device=device, channels_last=channels_last)
+        self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None, lanes=1,
+                                          device=device, channels_last=channels_last, engine=engine)
         self.model_batch = model_batch
-        _ = self.extractor.model
+        self.extractor.load_engine()
 
     def __call__(self, batch: dict) -> dict:
         ok = np.asarray(batch["ok"], dtype=bool)
@@ -140,4 +145,7 @@ class BackboneActor:
         features = np.zeros((len(ok), dim), dtype=np.float32)
         if chunks:
             features[ok] = np.concatenate(chunks)
-        return {"index": batch["index"], "ok": ok, "error": batch["error"], "features": features}
+        engine = self.extractor.engine_record
+        return {"index": batch["index"], "ok": ok, "error": batch["error"], "features": features,
+                "engine": np.array([engine["engine"]] * len(ok), dtype=object),
+                "engine_note": np.array([engine["engine_note"]] * len(ok), dtype=object)}

@@ -160,19 +160,35 @@ class RayFeatureExtractor(FeatureExtractor):
 
     ``address``: an existing cluster (``auto``, ``host:port``, ``ray://host:port``);
     None starts a local Ray runtime (or uses the one this process is connected
-    to). ``actors`` and ``batch_size``: overrides of ``plan_for``'s choice.
+    to). ``actors`` and ``batch_size``: overrides of ``plan_for``'s choice; ``engine``: the inference
+    engine the actors run (``features.engines``; None: ``settings.engine``).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, address: Optional[str] = None,
                  actors: Optional[int] = None, batch_size: Optional[int] = None, channels_last: bool = True,
-                 draft: bool = True, settings: Optional[Settings] = None):
+                 draft: bool = True, engine: Optional[str] = None, settings: Optional[Settings] = None):
         super().__init__(backbone, batch_size=batch_size, channels_last=channels_last, draft=draft,
-                         settings=settings)
+                         engine=engine, settings=settings)
         self.address = address
         self.actors = actors
         self.last_plan_: Optional[RayPlan] = None  # what the last transform ran
         self.connected_to_: Optional[str] = None
         self.first_batch_seconds_: Optional[float] = None  # its start-up: connecting, starting the actors
+        self.worker_engine_: Optional[dict] = None  # the inference engine the actors ran (``engine_record``)
+
+    @property
+    def engine_name(self) -> str:
+        """The inference engine the actors ran (after any fallback), or that this machine would run."""
+        return self.worker_engine_["engine"] if self.worker_engine_ else super().engine_name
+
+    @property
+    def engine_record(self) -> dict:
+        """What the cache entry and the run record say about the engine: the actors', and where they ran."""
+        if not self.worker_engine_:
+            return super().engine_record
+        where = f"on Ray: {self.last_plan_.describe()}" if self.last_plan_ else "on Ray"
+        note = self.worker_engine_["engine_note"]
+        return {"engine": self.worker_engine_["engine"], "engine_note": f"{where}" + (f"; {note}" if note else "")}
 
     def cluster_plan(self) -> RayPlan:
         """``plan_for`` the resources of the connected cluster."""
@@ -228,7 +244,7 @@ class RayFeatureExtractor(FeatureExtractor):
                             batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus)
         args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
                 "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
-                "channels_last": self.channels_last}
+                "channels_last": self.channels_last, "engine": self.engine}
         return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=max(1, len(items) // blocks),
                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
                               num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
@@ -246,6 +262,7 @@ class RayFeatureExtractor(FeatureExtractor):
                 if full is None:
                     full = np.zeros((n, batch["features"].shape[1]), dtype=np.float32)
                     self.first_batch_seconds_ = time.perf_counter() - start
+                    self.worker_engine_ = {key: str(batch[key][0]) for key in ("engine", "engine_note")}
                 full[index] = batch["features"]
                 ok[index] = batch["ok"]
                 reasons.update((int(i), str(r)) for i, r, good in zip(index, batch["error"], batch["ok"]) if not good)

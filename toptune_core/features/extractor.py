@@ -2,13 +2,18 @@
 
 ``FeatureExtractor`` turns photos into pooled backbone features. Photos are
 decoded, resized and cropped to 8-bit pixels by Pillow and NumPy (JPEG draft
-mode for large photos) and batches go through the model under
-``torch.inference_mode()``, channels-last. On a CPU, one "lane" thread per
-core decodes a batch and runs single-threaded torch on it, so one lane's
-decoding overlaps the others' compute; on CUDA, decoding threads feed the GPU
-(pinned memory, fp16 autocast). Only a few batches of pixels exist at a time,
-so memory stays flat however large the dataset. ``python -m toptune_core
-bench`` measures how close this comes to the model's own speed.
+mode for large photos) and batches go through an inference engine
+(``features.engines``): on a CPU by default ONNX Runtime on the backbone's
+exported graph (``features.graph``; built and checked against PyTorch once,
+then loaded without torch), on CUDA the PyTorch model (pinned memory, fp16
+autocast). If the graph cannot be built or fails its check, extraction falls
+back to PyTorch and says so (``engine_note``, the progress line, the cache
+entry and the run record). On a CPU, one "lane" thread per core decodes a
+batch and runs the engine on it single-threaded, so one lane's decoding
+overlaps the others' compute; on CUDA, decoding threads feed the GPU. Only a
+few batches of pixels exist at a time, so memory stays flat however large the
+dataset. ``python -m toptune_core bench`` measures how close this comes to
+each engine's own speed.
 
 Pixels come from the one pixel pipeline (``backbones.pixels``), the CPU
 split from the one thread policy (``system.thread_policy``) and decoding
@@ -29,11 +34,13 @@ from toptune_core.backbones.pixels import PixelBatch, PixelPipeline, eval_data_c
     unreadable_reason
 from toptune_core.config import Settings
 from toptune_core.data.images import ImageSource
-from toptune_core.features.reader import chunked, read_ahead
+from toptune_core.errors import ImageError
+from toptune_core.features import engines
+from toptune_core.features.reader import chunked, in_lanes, read_ahead
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
-from toptune_core.system import nothing, thread_policy, torch_threads
+from toptune_core.system import cuda_present, nothing, thread_policy, torch_threads
 
-if TYPE_CHECKING:  # torch and timm load only when a model must run: a cache hit never imports them
+if TYPE_CHECKING:  # torch and timm load only when a PyTorch model must run: a cache hit never imports them
     import torch
 
 
@@ -70,9 +77,9 @@ class ExtractionPlan:
     """How an extraction runs.
 
     ``lanes`` > 1 (CPU): that many threads each decode a batch and run the
-    model on it with ``threads`` torch threads of their own. ``lanes`` == 1:
+    engine on it with ``threads`` threads of their own. ``lanes`` == 1:
     ``decode_workers`` threads decode ahead while the calling thread runs the
-    model (with ``threads`` torch threads on a CPU; 0 leaves torch's setting).
+    engine (with ``threads`` threads on a CPU; 0 leaves torch's setting).
     """
 
     device: str
@@ -80,13 +87,15 @@ class ExtractionPlan:
     lanes: int
     threads: int
     decode_workers: int
+    engine: str = "torch"
 
     def describe(self) -> str:
+        engine = engines.LABELS.get(self.engine, self.engine)
         if self.lanes > 1:
-            return (f"{self.device}, {self.lanes} lanes (decode + model) of {self.threads} torch thread(s), "
+            return (f"{self.device}, {engine}, {self.lanes} lanes (decode + model) of {self.threads} thread(s), "
                     f"batch {self.batch_size}")
-        threads = f"{self.threads} torch thread(s), " if self.threads else ""
-        return f"{self.device}, batch {self.batch_size}, {threads}{self.decode_workers} decoding thread(s)"
+        threads = f"{self.threads} thread(s), " if self.threads else ""
+        return f"{self.device}, {engine}, batch {self.batch_size}, {threads}{self.decode_workers} decoding thread(s)"
 
 
 class FeatureExtractor:
@@ -95,28 +104,31 @@ class FeatureExtractor:
     Parameters: the backbone's timm name; ``batch_size``; ``lanes``,
     ``threads`` and ``decode_workers``, how the CPUs are used (each None:
     chosen for this machine, see ``plan``); the device (default: CUDA when
-    present, else CPU); channels-last memory layout; and ``draft``, JPEG
+    present, else CPU); channels-last memory layout (PyTorch); ``draft``, JPEG
     draft-mode decoding of photos at least twice the size the model needs;
-    ``data_config``, timm's resolved preprocessing when the caller already has
-    it (a cluster worker gets the driver's), else resolved here. The model is loaded on first use, so a cache hit never loads it (nor
-    imports torch).
+    ``engine``, the inference engine's name (``features.engines``; None:
+    ``settings.engine``, by default "auto"); and ``data_config``, timm's
+    resolved preprocessing when the caller already has it (a cluster worker
+    gets the driver's), else resolved here. Nothing is loaded until it is
+    needed, so a cache hit loads no engine (nor imports torch), and a loaded
+    ONNX Runtime engine never imports torch.
 
     The hot path (``transform``): photos are decoded, resized and cropped to
-    8-bit pixels by Pillow and NumPy, in threads that run no torch operator
-    until the pixels are ready; a batch then becomes a normalised
-    channels-last float tensor in one step (exactly timm's ToTensor +
-    Normalize arithmetic) and goes through the model under
-    ``inference_mode``. On a CPU, ``lanes`` threads each decode and run their
-    own batches with single-threaded torch, so decoding in one lane overlaps
-    the model in the others and no core waits at an OpenMP barrier. On CUDA
-    decoding threads work ahead of the GPU; the 8-bit batch goes through
-    pinned memory, is normalised on the GPU and runs under fp16 autocast.
+    8-bit pixels by Pillow and NumPy, in threads that hold no lock while they
+    do; a batch of 8-bit pixels then goes to the engine, which normalises it
+    (timm's ToTensor + Normalize arithmetic) and runs the backbone. On a CPU,
+    ``lanes`` threads each decode and run their own batches single-threaded,
+    so decoding in one lane overlaps the model in the others and no core
+    waits at a barrier. On CUDA decoding threads work ahead of the GPU; the
+    8-bit batch goes through pinned memory, is normalised on the GPU and runs
+    under fp16 autocast.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: Optional[int] = None,
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
                  draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None,
-                 settings: Optional[Settings] = None, data_config: Optional[dict] = None):
+                 engine: Optional[str] = None, settings: Optional[Settings] = None,
+                 data_config: Optional[dict] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
@@ -125,13 +137,19 @@ class FeatureExtractor:
         self.device = device
         self.channels_last = channels_last
         self.draft = draft
+        self.settings = settings or Settings.from_env()
+        self.engine = engines.check_name(engine or self.settings.engine)
         self.spec = get_backbone(backbone)
-        self.data_config = data_config or eval_data_config(backbone, settings)
+        self.data_config = data_config or eval_data_config(backbone, self.settings)
         self.pixels = PixelPipeline(self.data_config, draft=draft)
         self._model: Optional["torch.nn.Module"] = None
+        self._engine: Optional[engines.Engine] = None
+        self._engine_lock = threading.Lock()
+        self.engine_note = ""  # why the engine in use is not the one asked for, or how its graph was checked
 
     @property
     def model(self) -> "torch.nn.Module":
+        """The PyTorch model (loaded on first use): the torch engine's, the graph's export and check."""
         import torch
 
         if self._model is None:
@@ -144,43 +162,97 @@ class FeatureExtractor:
 
     @property
     def cache_identity(self) -> dict:
-        """Everything that determines the features, for the cache key."""
+        """Everything that determines the features, for the cache key. Not the engine: every engine's
+        features agree with PyTorch's within ``graph.TOLERANCE`` (checked when its graph is built)."""
         return {"backbone": self.spec.name, "weights": self.spec.weights_id, "data_config": self.data_config,
                 "timm": timm_version()}
+
+    def on_cuda(self) -> bool:
+        """Whether the model runs on a CUDA GPU; torch is imported only where an NVIDIA device exists."""
+        if self._model is not None:
+            return next(self._model.parameters()).device.type == "cuda"
+        if self.device:
+            return str(self.device).startswith("cuda")
+        return cuda_present() and pick_device().type == "cuda"
+
+    @property
+    def engine_name(self) -> str:
+        """The engine that runs (after any fallback), or that will run."""
+        return self._engine.name if self._engine is not None else engines.resolve(self.engine, self.on_cuda())
 
     def plan(self) -> ExtractionPlan:
         """How an extraction uses this machine. Explicit constructor settings win; otherwise:
 
         * CPU: one lane per CPU this process may use (``system.thread_policy``: the
           affinity mask and any cgroup CPU quota, not the host's cores), up to
-          ``system.MAX_LANES``, each with ``cpus // lanes`` torch threads - so one
+          ``system.MAX_LANES``, each with ``cpus // lanes`` engine threads - so one
           single-threaded lane per core on small machines. A lane decodes its
-          batch (about 1 ms a 256-px photo, 25-50 ms a 12-MP camera JPEG in
-          draft mode) and runs the model on it (about 25 ms a photo for
-          EfficientNet-Lite0 on one core of the reference machine); the
-          lanes' phases interleave, so every core is always computing and
-          none waits at an OpenMP barrier for a core that is decoding - which
-          is what one multi-threaded model plus decoding threads did: on 2
-          CPUs, decoding threads took turns with torch's threads and the
-          extraction ran at less than half the model's speed. Batches of
-          ``CPU_BATCH_SIZE``: small batches keep the activations in cache and
-          ran fastest on the reference machine (the bench prints the ceiling
-          per batch size).
-        * CUDA: the GPU computes; every CPU but the one feeding it decodes,
-          ``CUDA_BATCH_SIZE`` photos a batch.
+          batch (about 0.5 ms a 256-px photo, 25-50 ms a 12-MP camera JPEG in
+          draft mode) and runs the engine on it (about 6 ms a photo for
+          EfficientNet-Lite0 with ONNX Runtime on one core of the reference
+          machine, 13 ms with PyTorch); the lanes' phases interleave, so every
+          core is always computing and none waits at a barrier for a core that
+          is decoding - which is what one multi-threaded model plus decoding
+          threads did: on 2 CPUs, decoding threads took turns with the model's
+          threads and the extraction ran at less than half the model's speed.
+          Batches of ``CPU_BATCH_SIZE``: small batches keep the activations in
+          cache (the bench prints the ceiling per batch size).
+        * CUDA: the GPU computes (PyTorch); every CPU but the one feeding it
+          decodes, ``CUDA_BATCH_SIZE`` photos a batch.
         """
         policy = thread_policy()
         cpus = policy.cpus
-        on_cuda = (pick_device(self.device).type == "cuda" if self._model is None
-                   else next(self._model.parameters()).device.type == "cuda")
-        if on_cuda:
+        engine = self.engine_name
+        if self.on_cuda():
             return ExtractionPlan("cuda", self.batch_size or CUDA_BATCH_SIZE, 1, self.threads or 0,
-                                  self.decode_workers if self.decode_workers is not None else max(1, cpus - 1))
+                                  self.decode_workers if self.decode_workers is not None else max(1, cpus - 1),
+                                  engine)
         lanes = self.lanes or policy.lanes
         threads = self.threads or (policy.lane_threads if lanes == policy.lanes else max(1, cpus // lanes))
         # (with a single CPU, lanes == 1 and decoding in the model's thread avoids pointless switching)
         decode = self.decode_workers if self.decode_workers is not None else (1 if cpus > 1 else 0)
-        return ExtractionPlan("cpu", self.batch_size or CPU_BATCH_SIZE, lanes, threads, decode)
+        return ExtractionPlan("cpu", self.batch_size or CPU_BATCH_SIZE, lanes, threads, decode, engine)
+
+    # --- the engine ----------------------------------------------------------------------------------
+
+    def load_engine(self, say=None) -> engines.Engine:
+        """The inference engine, loaded on first use. A graph engine's graph is found on disk (no torch), or
+        exported and checked against PyTorch once; if that fails, or the engine's package is missing, PyTorch
+        runs instead and ``engine_note`` (also passed to ``say``) says why in one line."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._open_engine(say or (lambda line: None))
+            return self._engine
+
+    def _open_engine(self, say) -> engines.Engine:
+        from toptune_core.features.graph import GraphError, find_graph, prepare_graph
+
+        name = engines.resolve(self.engine, self.on_cuda())
+        if name in engines.GRAPH_ENGINES and self.pixels.has_pixel_stage:
+            try:
+                if self.on_cuda():
+                    raise GraphError(f"{engines.LABELS[name]} runs on the CPU, and this extractor uses the GPU")
+                if not engines.installed(name):
+                    raise GraphError(f"the '{name}' package is not installed")
+                graph = find_graph(self.cache_identity, self.settings, name)
+                if graph is None:
+                    say(f"exporting {self.backbone} for {engines.LABELS[name]} and checking it against PyTorch")
+                    graph = prepare_graph(self.cache_identity, self.settings, name, lambda: self.model,
+                                          self.data_config)
+                plan = self.plan()
+                engine = engines.open_graph_engine(name, graph.path, threads=plan.threads, lanes=plan.lanes)
+                self.engine_note = f"graph checked: features within {graph.max_difference(name):.1g} of PyTorch's"
+                return engine
+            except Exception as e:  # GraphError, or an engine that cannot load the checked graph
+                reason = str(e) if isinstance(e, GraphError) else f"{type(e).__name__}: {e}"
+                self.engine_note = f"fell back to PyTorch: {engines.LABELS[name]} could not be used ({reason})"
+                say(f"feature extraction {self.engine_note}")
+        return engines.TorchEngine(self.model, self.pixels, self.channels_last)
+
+    @property
+    def engine_record(self) -> dict:
+        """What the run record and the cache entry say about the engine that extracted."""
+        return {"engine": self.engine_name, "engine_note": self.engine_note}
 
     # --- preprocessing -------------------------------------------------------------------------------
 
@@ -194,7 +266,7 @@ class FeatureExtractor:
         return self.pixels.to_tensor(pixels, device, self.channels_last)
 
     def preprocess(self, source: ImageSource) -> "torch.Tensor":
-        """One photo as the model's normalised input tensor (3, H, W)."""
+        """One photo as the PyTorch model's normalised input tensor (3, H, W)."""
         if not self.pixels.has_pixel_stage:
             return self.pixels.plain_tensor(source)
         return self.pixels_to_tensor(self.load_pixels(source)[None])[0].contiguous()
@@ -206,54 +278,47 @@ class FeatureExtractor:
     # --- the model -----------------------------------------------------------------------------------
 
     def features_of(self, batch: "torch.Tensor") -> np.ndarray:
-        """Run the backbone on a preprocessed batch (N, 3, H, W); returns (N, feature_dim) float32.
+        """Run the PyTorch model on a preprocessed batch (N, 3, H, W); returns (N, feature_dim) float32.
 
         On a CPU this runs on one lane's torch threads (``plan().threads``: one
-        on machines with up to 8 CPUs), which is what a single photo's
-        prediction wants: a model spread over several OpenMP threads waits at
-        every operator for its slowest thread, so when anything else runs on
-        the machine (another user's extraction in the dashboard, another
-        program) a 2-thread prediction took 600-850 ms on the reference
-        machine against 35-100 ms on one thread.
+        on machines with up to 8 CPUs): a model spread over several threads
+        waits at every operator for its slowest thread, so when anything else
+        runs on the machine a 2-thread prediction took 600-850 ms on the
+        reference machine against 35-100 ms on one thread.
         """
         import torch
 
         model = self.model
         device = next(model.parameters()).device
-        with self._lane_threads(device), torch.inference_mode():
+        with self._lane_threads(torch=True), torch.inference_mode():
             if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
                 batch = batch.pin_memory()
-            return self._run(model, batch.to(device, non_blocking=True), device)
+            return engines.TorchEngine(model, self.pixels, self.channels_last).run_tensor(
+                batch.to(device, non_blocking=True))
 
     def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels``; (N, feature_dim) float32.
-        Threads as in ``features_of``."""
-        device = next(self.model.parameters()).device
-        with self._lane_threads(device):
-            return self._features_of_pixels(pixels)
+        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels`` by the engine; (N, feature_dim) float32.
+        Threads as in ``features_of``; one photo's prediction needs nothing more (no torch with a graph engine)."""
+        engine = self.load_engine()
+        with self._lane_threads(torch=engine.name == "torch"):
+            return engine.run(pixels)
+
+    def features_of_photos(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
+                           should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """Features of photos that must all be readable (``ImageError`` names the first that is not): one
+        photo directly, in this thread (a prediction), several through ``transform``."""
+        if len(sources) == 1 and self.pixels.has_pixel_stage:
+            return self.features_of_pixels(self.load_pixels(sources[0])[None])
+        result = self.transform(sources, progress=progress, should_cancel=should_cancel)
+        if not result.ok.all():
+            raise ImageError(result.errors[0][1])
+        return result.features
 
     def _features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
+        return self._engine.run(pixels)  # on the threads transform() set up
 
-        model = self.model
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            return self._run(model, self.pixels_to_tensor(pixels, device), device)
-
-    def _lane_threads(self, device: "torch.device"):
-        return torch_threads(self.plan().threads) if device.type == "cpu" else nothing()
-
-    def _run(self, model, batch: "torch.Tensor", device: "torch.device") -> np.ndarray:
-        import torch
-
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                out = model(batch)
-        else:
-            out = model(batch)
-        return out.float().cpu().numpy()
+    def _lane_threads(self, torch: bool):
+        return torch_threads(self.plan().threads) if torch and not self.on_cuda() else nothing()
 
     # --- the pipeline --------------------------------------------------------------------------------
 
@@ -268,9 +333,11 @@ class FeatureExtractor:
         n = len(sources)
         meter = ProgressMeter("extract", n, progress, "images", should_cancel)
         start = time.perf_counter()
-        meter.update(0, "loading the model" if self._model is None else "")
-        _ = self.model
+        if self._engine is None:
+            meter.update(0, "loading the model")
+        engine = self.load_engine(lambda line: meter.update(0, line))
         plan = self.plan()
+        uses_torch = engine.name == "torch" and plan.device == "cpu"
         bs = plan.batch_size
         batches = chunked(range(n), bs)
         if not self.pixels.has_pixel_stage:
@@ -280,7 +347,7 @@ class FeatureExtractor:
         else:
             stream = self._pooled_batches(sources, batches, plan)
         chunks, ok, errors = [], np.zeros(n, dtype=bool), []
-        with (torch_threads(plan.threads) if plan.threads else nothing()):
+        with (torch_threads(plan.threads) if plan.threads and uses_torch else nothing()):
             try:
                 for batch in stream:
                     ok[batch.indices[0]:batch.indices[-1] + 1] = batch.ok
@@ -296,62 +363,21 @@ class FeatureExtractor:
 
     def _with_features(self, batch: PixelBatch) -> PixelBatch:
         if len(batch.pixels):
-            batch.features = self._features_of_pixels(batch.pixels)  # on the threads transform() set up
+            batch.features = self._features_of_pixels(batch.pixels)
         batch.pixels = batch.pixels[:0]  # the pixels are no longer needed
         return batch
 
     def _lane_batches(self, sources, batches: list[list[int]], plan: ExtractionPlan) -> Iterator[PixelBatch]:
-        """CPU: ``plan.lanes`` threads each take the next batch, decode it and run the model on it.
+        """CPU: ``plan.lanes`` threads each take the next batch, decode it and run the engine on it
+        (``features.reader.in_lanes``: in order, at most ``lanes + 1`` batches ahead, which bounds memory)."""
+        def start_lane() -> None:
+            if self._engine.name == "torch":
+                import torch
 
-        Finished batches are handed on in order; a lane does not start a batch
-        more than ``lanes + 1`` ahead of the last one handed on, which bounds memory.
-        """
-        import torch
+                torch.set_num_threads(plan.threads)  # this thread's own OpenMP team
 
-        done: dict[int, object] = {}
-        state = {"next": 0, "handed": 0, "stop": False}
-        cond = threading.Condition()
-        window = plan.lanes + 1
-
-        def lane() -> None:
-            torch.set_num_threads(plan.threads)  # this thread's own OpenMP team
-            while True:
-                with cond:
-                    while not state["stop"] and state["next"] < len(batches) \
-                            and state["next"] >= state["handed"] + window:
-                        cond.wait()
-                    if state["stop"] or state["next"] >= len(batches):
-                        return
-                    k = state["next"]
-                    state["next"] += 1
-                try:
-                    result: object = self._with_features(self._load_batch(sources, batches[k]))
-                except BaseException as e:  # handed to the caller in order
-                    result = e
-                with cond:
-                    done[k] = result
-                    cond.notify_all()
-
-        workers = [threading.Thread(target=lane, name=f"extract-lane-{j}", daemon=True) for j in range(plan.lanes)]
-        for w in workers:
-            w.start()
-        try:
-            for k in range(len(batches)):
-                with cond:
-                    while k not in done:
-                        cond.wait()
-                    result = done.pop(k)
-                    state["handed"] = k + 1
-                    cond.notify_all()
-                if isinstance(result, BaseException):
-                    raise result
-                yield result
-        finally:
-            with cond:
-                state["stop"] = True
-                cond.notify_all()
-            for w in workers:
-                w.join()
+        return in_lanes(batches, lambda b: self._with_features(self._load_batch(sources, b)), plan.lanes,
+                        start_lane, name="extract-lane")
 
     def _pooled_batches(self, sources, batches: list[list[int]], plan: ExtractionPlan) -> Iterator[PixelBatch]:
         """``plan.decode_workers`` threads decode ahead (``features.reader``) while this thread runs the model."""

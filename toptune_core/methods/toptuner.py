@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
-from toptune_core.errors import DatasetError, ImageError, ToptuneError
+from toptune_core.errors import DatasetError, ToptuneError
 from toptune_core.evaluation import full_proba
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
 from toptune_core.methods.classifiers import CLASSIFIERS, fit_classifier, make_classifier
@@ -66,6 +66,8 @@ class TopTuner(PhotoEstimator):
         self.check_params()
         self.cache = self.cache or FeatureCache()
         fs = get_features(dataset, self._extractor(), self.cache, progress=progress, should_cancel=should_cancel)
+        # which engine extracted these features (when they were extracted), for the run record
+        self.extraction_engine_ = {k: fs.entry.meta.get(k) for k in ("engine", "engine_note") if k in fs.entry.meta}
         index = {rel: i for i, rel in enumerate(fs.entry.relpaths)}
         errors = [(index.get(rel, -1), reason) for rel, reason in fs.entry.errors]
         return PhotoTable(fs.entry.ok, errors, fs.entry.features, fs.seconds, fs.entry.extract_seconds, fs.cache_hit)
@@ -73,15 +75,7 @@ class TopTuner(PhotoEstimator):
     def _features(self, photos: Photos, progress=None, should_cancel=None) -> np.ndarray:
         if photos.features is not None:
             return photos.features
-        extractor = self._extractor()
-        if len(photos) == 1:  # one photo (the Classify page): no threads, no batches
-            import torch
-
-            return extractor.features_of(torch.stack([extractor.preprocess(photos.paths[0])]))
-        result = extractor.transform(photos.paths, progress=progress, should_cancel=should_cancel)
-        if not result.ok.all():
-            raise ImageError(result.errors[0][1])
-        return result.features
+        return self._extractor().features_of_photos(photos.paths, progress=progress, should_cancel=should_cancel)
 
     def fit(self, photos: Photos, y, classes: Sequence[str], *, progress: Optional[ProgressCallback] = None,
             should_cancel: Optional[CancelCheck] = None, on_epoch=None) -> "TopTuner":
@@ -106,11 +100,16 @@ class TopTuner(PhotoEstimator):
         return self._features(photos, progress, should_cancel)
 
     def save(self, folder: Path) -> list[str]:
+        """``model.joblib`` (scikit-learn), and the same classifier as ONNX (``portable.top``) for prediction
+        and export without scikit-learn."""
         import joblib
+
+        from toptune_core.portable.top import write_portable_files
 
         joblib.dump({"kind": "toptune", "classifier": self.classifier_, "classes": self.classes_,
                      "backbone": self.backbone, "data_config": self.data_config_}, Path(folder) / MODEL_FILE)
-        return [MODEL_FILE]
+        return [MODEL_FILE] + write_portable_files(folder, self.classifier_, self.classes_, self.backbone,
+                                                   self.data_config_, self.classifier)
 
     @classmethod
     def from_run(cls, store, run, *, extractor=None, **_) -> "TopTuner":
@@ -125,7 +124,7 @@ class TopTuner(PhotoEstimator):
         return tuner
 
     def timings(self) -> dict:
-        return {"fit_seconds": self.fit_seconds_}
+        return {"fit_seconds": self.fit_seconds_, **getattr(self, "extraction_engine_", {})}
 
     def record(self) -> dict:
         return {"classifier_settings": CLASSIFIERS[self.classifier].settings,

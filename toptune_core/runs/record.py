@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import pandas as pd
 
 from toptune_core.errors import ToptuneError
+
+if TYPE_CHECKING:  # pandas loads only where predictions are read or written (a prediction needs none)
+    import pandas as pd
 
 STATUSES = ("running", "completed", "cancelled", "failed", "interrupted")
 
@@ -48,9 +50,11 @@ class RunRecord:
         acc = f" · acc {self.accuracy:.3f}" if self.accuracy is not None else ""
         return f"{self.id} · {how} · {self.backbone}{acc}"
 
-    def predictions(self) -> pd.DataFrame:
+    def predictions(self) -> "pd.DataFrame":
         """Per-image held-out predictions (path, true, predicted, confidence, correct, p_<class>...)."""
         path = self.dir / "predictions.csv"
         if not path.exists():
             raise ToptuneError(f"Run {self.id} has no saved predictions (status: {self.status}).")
+        import pandas as pd
+
         return pd.read_csv(path)

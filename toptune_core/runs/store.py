@@ -29,14 +29,16 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-import pandas as pd
 
 from toptune_core.errors import RunNotFound, ToptuneError
 from toptune_core.config import Settings
 from toptune_core.runs.record import STATUSES, RunRecord
 from toptune_core.system import pid_alive, process_start_token
+
+if TYPE_CHECKING:  # pandas loads only where predictions are read or written (a prediction needs none)
+    import pandas as pd
 
 
 _SCHEMA = """
@@ -211,11 +213,11 @@ class RunStore:
             args.append(json.dumps(value) if key in _JSON_FIELDS else value)
         self._write(f"UPDATE runs SET {', '.join(cols)} WHERE id = ?", (*args, run_id))
 
-    def save_predictions(self, run_id: str, predictions: pd.DataFrame) -> None:
+    def save_predictions(self, run_id: str, predictions: "pd.DataFrame") -> None:
         self._save_file(run_id, "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
 
     def complete(self, run_id: str, *, metrics: dict, timings: dict, split: dict,
-                 predictions: Optional[pd.DataFrame] = None, curve: Optional[list] = None) -> RunRecord:
+                 predictions: Optional["pd.DataFrame"] = None, curve: Optional[list] = None) -> RunRecord:
         """Store the results and mark the run ``completed`` (the files first, then one transaction)."""
         if predictions is not None:
             self.save_predictions(run_id, predictions)

@@ -17,7 +17,7 @@ import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.data.split import load_data, stratified_split
-from toptune_core.methods.base import Photos
+from toptune_core.methods.photos import Photos
 from toptune_core.progress import CancelCheck, ProgressCallback
 from toptune_core.trust.familiarity import STRICTNESS, FamiliarityCheck
 

@@ -1,0 +1,35 @@
+"""Command-line command ``export``: one zip with everything needed to classify photos elsewhere.
+
+``python -m toptune_core export --run RUN_ID OUT.zip`` writes the run's model
+as ONNX (backbone graph and top classifier, or the fine-tuned network), its
+class names, preprocessing settings and familiarity data, a README and a
+``predict.py`` that needs only ``onnxruntime``, ``numpy`` and ``pillow``
+(``toptune_core.portable.export``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from toptune_core.cli.common import add_command, run_store
+from toptune_core.config import Settings
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.portable.export import export_run
+
+    path = export_run(args.run, args.out, store=run_store(settings), settings=settings)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): unzip it and run `python predict.py PHOTO...` "
+          "(needs onnxruntime, numpy and pillow)")
+    return 0
+
+
+#: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
+COMMANDS = ("export",)
+
+
+def add_parsers(sub) -> None:
+    p = add_command(sub, "export", cmd_export, "write a run's model as one zip that classifies photos with "
+                                               "onnxruntime, numpy and pillow only")
+    p.add_argument("--run", required=True, help="run id (see: python -m toptune_core runs)")
+    p.add_argument("out", help="the zip file to write, e.g. model.zip")

@@ -1,0 +1,252 @@
+"""The exported backbone graph: the frozen backbone as one ONNX file that ONNX Runtime or OpenVINO runs.
+
+One graph per feature-cache identity (backbone, weights, preprocessing, timm
+version) and ``GRAPH_FORMAT``, kept under ``$TOPTUNE_HOME/graphs/`` beside the
+feature cache. The graph takes what the pixel pipeline produces, (N, H, W, 3)
+uint8 pixels, and does timm's normalisation ((x / 255 - mean) / std) and the
+channels transpose itself, so a caller needs only NumPy and Pillow; it returns
+(N, dim) float32 pooled features.
+
+Built once (``prepare_graph``): exported from the PyTorch model
+(``torch.onnx.export``) to a temporary file, checked against PyTorch's features
+on fixed check images with the engine that will run it (largest difference at
+most ``TOLERANCE``), and only then renamed into place beside a record
+(``<name>.json``: its SHA-256 and each engine's check). A later process reads
+the record and the file's checksum and needs no torch at all. A graph file
+that has no record for the engine, or no longer matches its record, is checked
+again; one that fails is removed and reported as a ``GraphError`` (one line),
+and the extractor falls back to PyTorch (the next extraction exports afresh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from toptune_core.config import Settings
+from toptune_core.errors import ToptuneError
+from toptune_core.features.engines import LABELS, open_graph_engine
+
+if TYPE_CHECKING:
+    import torch
+
+GRAPH_FORMAT = 1  # uint8 NHWC pixels in, normalisation inside, pooled features out
+TOLERANCE = 1e-4
+INPUT, OUTPUT = "pixels", "features"
+OPSET = 17
+
+
+class GraphError(ToptuneError):
+    """The backbone could not be exported, or its graph does not compute PyTorch's features."""
+
+
+@dataclass(frozen=True)
+class BackboneGraph:
+    path: Path
+    record: dict
+
+    @property
+    def sha256(self) -> str:
+        return self.record["sha256"]
+
+    def max_difference(self, engine: str) -> float:
+        return float(self.record["checks"][engine])
+
+
+def graph_path(identity: dict, settings: Settings) -> Path:
+    key = hashlib.sha256(json.dumps({**identity, "graph_format": GRAPH_FORMAT}, sort_keys=True).encode()).hexdigest()
+    return settings.graphs_dir / f"{identity['backbone']}-{key[:20]}.onnx"
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_graph(identity: dict, settings: Settings, engine: str) -> BackboneGraph | None:
+    """The graph for ``identity`` when it is on disk, matches its record and passed the check with ``engine``.
+    Reads files only (no torch)."""
+    path = graph_path(identity, settings)
+    try:
+        record = json.loads(_record_path(path).read_text())
+        if engine in record.get("checks", {}) and path.is_file() and file_sha256(path) == record.get("sha256"):
+            return BackboneGraph(path, record)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def prepare_graph(identity: dict, settings: Settings, engine: str, model: Callable[[], "torch.nn.Module"],
+                  data_config: dict) -> BackboneGraph:
+    """The checked graph for ``identity`` and ``engine``: found on disk, or checked, or exported and checked.
+
+    ``model()`` gives the PyTorch model (CPU, eval), called only when a check or
+    an export is needed. Raises ``GraphError`` (one line) when the export fails
+    or the graph's features differ from PyTorch's by more than ``TOLERANCE``.
+    """
+    found = find_graph(identity, settings, engine)
+    if found is not None:
+        return found
+    path = graph_path(identity, settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GraphError(f"cannot write the graph folder '{path.parent}' ({e.strerror or e})") from None
+    with _lock(path):
+        found = find_graph(identity, settings, engine)  # another process may have built it meanwhile
+        if found is not None:
+            return found
+        record = _read_record(path)
+        if path.is_file():  # on disk but not checked with this engine, or changed since: check it
+            sha = file_sha256(path)
+            checks = record.get("checks", {}) if record.get("sha256") == sha else {}
+            diff = _checked(path, engine, model(), data_config, remove_on_failure=True)
+        else:
+            tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                export_graph(model(), data_config, tmp)
+                diff = _checked(tmp, engine, model(), data_config, remove_on_failure=True)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            sha, checks = file_sha256(path), {}
+        record = {**identity, "graph_format": GRAPH_FORMAT, "sha256": sha, "checks": {**checks, engine: diff},
+                  "tolerance": TOLERANCE}
+        _write_record(path, record)
+        return BackboneGraph(path, record)
+
+
+def _checked(path: Path, engine: str, model, data_config: dict, remove_on_failure: bool) -> float:
+    try:
+        diff = check_graph(path, engine, model, data_config)
+    except GraphError:
+        if remove_on_failure:
+            path.unlink(missing_ok=True)
+            _record_path(path).unlink(missing_ok=True)
+        raise
+    return diff
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(_record_path(path).read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(path: Path, record: dict) -> None:
+    target = _record_path(path)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GraphError(f"cannot write the graph record '{target}' ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """One process at a time builds or checks a given graph (others wait, then find it built)."""
+    with open(path.with_name(f".{path.stem}.lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def export_graph(model: "torch.nn.Module", data_config: dict, path: Path) -> None:
+    """Export ``model`` (pooled features) behind timm's normalisation: uint8 NHWC pixels in, features out."""
+    import torch
+
+    size = int(data_config["input_size"][-1])
+    wrapped = pixels_model(model, data_config["mean"], data_config["std"])
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "n"}, OUTPUT: {0: "n"}}, opset_version=OPSET, dynamo=False)
+    except Exception as e:  # any exporter failure means "no graph": the caller falls back to PyTorch
+        raise GraphError(f"the backbone could not be exported to ONNX ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})") from None
+
+
+def pixels_model(model: "torch.nn.Module", mean, std) -> "torch.nn.Module":
+    """``model`` behind ``PixelPipeline.to_tensor``'s arithmetic: uint8 (N, H, W, 3) in, the model's output out.
+    (The class is made here, so that importing this module does not import torch.)"""
+    import torch
+
+    class PixelsToFeatures(torch.nn.Module):
+
+        def __init__(self, model, mean, std):
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+        def forward(self, pixels):
+            x = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+            return self.model((x - self.mean) / self.std)
+
+    return PixelsToFeatures(model, mean, std).eval()
+
+
+def check_pixels(size: int) -> np.ndarray:
+    """(4, size, size, 3) uint8 check images: seeded noise, colour gradients, blocks, and a dark smooth one."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    ramp = np.stack([xx * 255 // (size - 1), yy * 255 // (size - 1), (xx + yy) * 255 // (2 * size - 2)], -1)
+    blocks = np.stack([((xx // 16 + yy // 16) % 2) * 180 + 40, (yy // 32 % 3) * 90 + 20, xx // 4 % 256], -1)
+    dark = np.clip(40 + 30 * np.sin(xx / 9.0)[..., None] + 20 * np.cos(yy / 13.0)[..., None] * [1, 0.5, 0.2], 0, 255)
+    return np.stack([noise, ramp, blocks, dark]).astype(np.uint8)
+
+
+def torch_features(model, data_config: dict, pixels: np.ndarray) -> np.ndarray:
+    """The reference: PyTorch's features of ``pixels`` (a CPU model, fp32, ``PixelPipeline.to_tensor``)."""
+    import torch
+
+    from toptune_core.backbones.pixels import PixelPipeline
+
+    with torch.inference_mode():
+        return model(PixelPipeline(data_config).to_tensor(pixels, torch.device("cpu"))).float().numpy()
+
+
+def check_graph(path: Path, engine: str, model, data_config: dict) -> float:
+    """Largest absolute difference between ``engine`` on the graph and PyTorch, on the check images in a batch
+    of 4 and alone; ``GraphError`` when it exceeds ``TOLERANCE`` or the graph cannot be run."""
+    pixels = check_pixels(int(data_config["input_size"][-1]))
+    reference = torch_features(model, data_config, pixels)
+    try:
+        runner = open_graph_engine(engine, path)
+        got = [runner.run(pixels), runner.run(pixels[:1])]
+    except Exception as e:  # a damaged or foreign file: the engine refuses it
+        raise GraphError(f"{LABELS[engine]} cannot run the exported graph ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})") from None
+    if got[0].shape != reference.shape or got[1].shape != reference[:1].shape:
+        raise GraphError(f"the exported graph gives features of shape {got[0].shape}, PyTorch {reference.shape}")
+    diff = float(max(np.abs(got[0] - reference).max(), np.abs(got[1] - reference[:1]).max()))
+    if not diff <= TOLERANCE:
+        raise GraphError(f"{LABELS[engine]}'s features on the exported graph differ from PyTorch's by {diff:.2g} "
+                         f"(limit {TOLERANCE:g})")
+    return diff
