@@ -63,7 +63,7 @@ class RayPlan:
 
     def describe(self) -> str:
         per = f"{self.actor_gpus:g} GPU + {self.actor_cpus:g} CPU" if self.actor_gpus else \
-            f"{self.actor_cpus:g} CPU, {self.threads} torch thread(s)"
+            f"{self.actor_cpus:g} CPU, {self.threads} thread(s)"
         return (f"Ray cluster of {self.cpus:g} CPU(s), {self.gpus:g} GPU(s): {self.actors} model actor(s) of {per}; "
                 f"decoding tasks of {self.decode_cpus:g} CPU; batches of {self.batch_size}")
 
