@@ -107,9 +107,8 @@ class FeatureExtractor:
     present, else CPU); channels-last memory layout (PyTorch); ``draft``, JPEG
     draft-mode decoding of photos at least twice the size the model needs;
     ``engine``, the inference engine's name (``features.engines``; None:
-    ``settings.engine``, by default "auto"); and ``data_config``, timm's
-    resolved preprocessing when the caller already has it (a cluster worker
-    gets the driver's), else resolved here. Nothing is loaded until it is
+    ``settings.engine``, by default "auto"); and ``data_config``, timm's data
+    config when the caller has it (a Ray worker gets the driver's). Nothing is loaded until it is
     needed, so a cache hit loads no engine (nor imports torch), and a loaded
     ONNX Runtime engine never imports torch.
 
@@ -127,8 +126,7 @@ class FeatureExtractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: Optional[int] = None,
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
                  draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None,
-                 engine: Optional[str] = None, settings: Optional[Settings] = None,
-                 data_config: Optional[dict] = None):
+                 engine: Optional[str] = None, settings: Optional[Settings] = None, data_config: Optional[dict] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
