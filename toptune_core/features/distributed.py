@@ -314,22 +314,15 @@ class _Stream:
         self._queue: "queue.Queue" = queue.Queue(maxsize=4)
         self._stop = threading.Event()
         self._slot = slot
-        self._dataset = dataset
         self._thread = threading.Thread(target=self._run, args=(dataset,), name="ray-extract", daemon=True)
         self._thread.start()
 
     def _run(self, dataset) -> None:
         try:
-            iterator = dataset.iter_batches(batch_size=None, batch_format="numpy")
-            try:
-                for batch in iterator:
-                    if self._stop.is_set():
-                        break
-                    self._put(batch)
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                if self._stop.is_set():
+                    break  # leaving the loop closes Ray Data's iterator, which shuts its executor down
+                self._put(batch)
             self._put(self._END)
         except BaseException as e:
             self._put(e)
