@@ -166,6 +166,18 @@ def extractor_for(backbone: str):
     return _extractor(backbone, settings())
 
 
+@st.cache_resource(show_spinner=False)
+def _ray_extractor(backbone: str, address: str, _settings: Settings):
+    from toptune_core.features.distributed import RayFeatureExtractor
+
+    return RayFeatureExtractor(backbone, address=address, settings=_settings)
+
+
+def ray_extractor_for(backbone: str):
+    """A feature extractor that extracts on the configured Ray cluster (``TOPTUNE_RAY_ADDRESS``)."""
+    return _ray_extractor(backbone, settings().ray_address, settings())
+
+
 @st.cache_resource(show_spinner=False, max_entries=6)
 def _predictor(home_dir: str, run_id: str):
     from toptune_core.predict import Predictor

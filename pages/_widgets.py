@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import completed_runs, current_dataset, scan_dataset, split_kind, split_settings
+from pages._state import (completed_runs, current_dataset, extractor_for, ray_extractor_for, scan_dataset, settings,
+                          split_kind, split_settings)
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import ImageError, ToptuneError
 from toptune_core.jobs.view import JobView
@@ -74,6 +75,29 @@ def need_runs(hint: str) -> list[RunRecord]:
         st.info(hint)
         link("toptune", "Go to Top-tune →")
     return runs
+
+
+# --- where features are extracted ----------------------------------------------------------------------
+
+EXTRACT_ON = {"local": "This machine", "ray": "Ray cluster"}
+
+
+def choose_extractor(backbone: str):
+    """The extractor of ``backbone``: this machine's, or, when a Ray cluster is configured
+    (``TOPTUNE_RAY_ADDRESS``) and chosen, one that extracts on the cluster."""
+    address = settings().ray_address
+    if address:
+        st.radio("Feature extraction", list(EXTRACT_ON), format_func=EXTRACT_ON.get, horizontal=True,
+                 key="tt_where", help=f"The Ray cluster at {address} reads the photos by their path here, "
+                 "so they must be on storage its workers share; the features land in this machine's cache.")
+    return chosen_extractor_for(backbone)
+
+
+def chosen_extractor_for(backbone: str):
+    """The extractor of ``backbone`` where ``choose_extractor``'s choice says (no widget: e.g. for a sweep)."""
+    if settings().ray_address and st.session_state.get("tt_where") == "ray":
+        return ray_extractor_for(backbone)
+    return extractor_for(backbone)
 
 
 # --- numbers in plain words --------------------------------------------------------------------------

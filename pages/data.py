@@ -7,20 +7,18 @@ from pathlib import Path
 import streamlit as st
 
 from pages._charts import class_counts_chart
+from pages._eden import choose_eden
 from pages._router import PAGES, through_router
 from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
-                          scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
-                          workspace)
+                          scan_dataset, set_split, set_split_kind, split_kind, split_settings, start_job, workspace)
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
 from toptune_core.data.dataset import load_dataset
 from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
-from toptune_core.features.cache import get_features
-from toptune_core.data.eden import EDEN_BASE_URL, EDEN_CATALOGUE, download_eden_datasets, eden_label
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
+from toptune_core.features.cache import get_features
 from toptune_core.jobs.view import JobView
 from toptune_core.leakage import data_leakage
-from toptune_core.progress import Progress
 from toptune_core.reports import describe_sizes, image_sizes
 from toptune_core.workspace import Workspace, demo_choice
 
@@ -43,27 +41,6 @@ def dataset_job_finished(view: JobView) -> None:
         st.success(f"Ready: {view.result['label']}.")
 
 
-def download_eden(names: list[str], cache_dir: Path, base_url: str, ws: Workspace):
-    """The job target of an Eden download (everything it needs is passed in: workers never touch the session)."""
-    def target(progress, should_cancel):
-        def on_bytes(done: int, total, rate: float) -> None:
-            mb = 2 ** 20
-            eta = (total - done) / rate if total and rate else None
-            progress(Progress("download", done / mb, total / mb if total else None, "MB", rate / mb if rate else None,
-                              eta, 0.0, f"{len(names)} dataset(s)"))
-
-        root = download_eden_datasets(names, cache_dir=cache_dir, progress=on_bytes, should_cancel=should_cancel,
-                                      base_url=base_url)
-        ds = load_dataset(root)
-        crops = ", ".join(ds.classes)
-        choice = {"kind": "eden", "path": str(root), "label": f"Eden Library: {crops} ({len(ds)} photos)",
-                  "eden": sorted(names)}
-        ws.update(dataset=choice)
-        return choice
-
-    return target
-
-
 def unzip_upload(zip_path: Path, name: str, ws: Workspace):
     def target(progress, should_cancel):
         root = extract_uploaded_zip(zip_path, progress=progress, should_cancel=should_cancel)
@@ -84,20 +61,7 @@ def choose_source() -> None:
             choose_dataset(demo_choice())
             st.rerun()
     elif source == "Eden Library":
-        st.write("Eden Library datasets are photos of one crop or weed each; several chosen together become "
-                 "one problem with one class per plant. They are downloaded once and kept.")
-        labels = {d.name: f"{d.crop} · {d.condition} (about {d.approx_mb:,} MB)" for d in EDEN_CATALOGUE}
-        names = st.multiselect("Eden datasets", list(labels), format_func=labels.get, key="eden_names")
-        classes = {eden_label(n) for n in names}
-        if names and len(classes) < 2:
-            st.info("Choose at least two datasets of different plants: each plant is one class.")
-        busy = job_is_running("download")
-        if st.button("Download and use", type="primary", disabled=len(classes) < 2 or busy):
-            target = download_eden(names, home(), settings().eden_url or EDEN_BASE_URL, workspace())
-            start_job("download", "Downloading from the Eden Library", target, {"names": names})
-        job = job_for("download")
-        if job is not None:
-            follow_job(job, dataset_job_finished)
+        choose_eden(dataset_job_finished)
     elif source == "Folder on this computer":
         path = st.text_input("Folder path", placeholder="/home/me/photos/beans", key="folder_path")
         st.caption("The folder holds one sub-folder of photos per class, named after the class "

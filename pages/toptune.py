@@ -7,8 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import extractor_for, feature_cache, job_for, remember, split_kind, start_job, store
-from pages._widgets import draw_failure, follow_job, friendly_errors, need_dataset, percent, seconds
+from pages._state import feature_cache, job_for, remember, split_kind, start_job, store
+from pages._widgets import (choose_extractor, chosen_extractor_for, draw_failure, follow_job, friendly_errors,
+                            need_dataset, percent, seconds)
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
 from toptune_core.data.duplicates import describe_leakage
 from toptune_core.experiment import run_toptuning
@@ -109,7 +110,7 @@ def page() -> None:
                           format_func=lambda k: CLASSIFIERS[k].label, horizontal=True, key="tt_classifier")
     st.caption(f"Settings: {CLASSIFIERS[classifier].settings}.")
 
-    extractor = extractor_for(backbone)
+    extractor = choose_extractor(backbone)
     cache = feature_cache()
     cached = cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir()
     if cached:
@@ -172,7 +173,7 @@ def sweep_section(data: str, seed: int, test_size: float) -> None:
     busy = job is not None and job.view().active
     if st.button("Sweep", icon=":material/grid_view:", disabled=busy or not backbones or not classifiers):
         run_store, cache, how = store(), feature_cache(), split_kind()
-        extractors = {b: extractor_for(b) for b in backbones}  # resolved here: the job never touches the session
+        extractors = {b: chosen_extractor_for(b) for b in backbones}  # here: the job never touches the session
 
         def target(progress, should_cancel):
             result = run_sweep(data, backbones=backbones, classifiers=classifiers, seed=seed, test_size=test_size,

@@ -624,6 +624,50 @@ def test_classify_page_offers_the_model_as_one_zip(demo_run):
     assert len(buttons) == 1 and buttons[0].proto.deferred_file_id
 
 
+# --- the Eden catalogue on the Data page; the Ray engine on the Top-tune page -------------------------
+
+def test_eden_catalogue_search_preset_and_typed_names(fresh_home):
+    from toptune_core.data.eden_catalogue import EDEN_CATALOGUE, EDEN_PRESETS
+
+    at = goto(new_app(), "data")
+    at.radio(key="data_source").set_value("Eden Library").run()
+    no_problems(at)
+    table = at.dataframe[0].value
+    assert len(table) == len(EDEN_CATALOGUE) >= 26 and {"crop", "condition", "class"} <= set(table.columns)
+    at.text_input(key="eden_search").input("weed").run()
+    weeds = at.dataframe[0].value
+    assert 0 < len(weeds) < len(EDEN_CATALOGUE) and set(weeds["condition"]) == {"Weed"}
+    assert any("match 'weed'" in c for c in captions(at))
+
+    preset = EDEN_PRESETS["top-tuning"]
+    button(at, f"{preset.title} (4 datasets)").click().run()
+    no_problems(at)
+    chosen = at.multiselect(key="eden_names")
+    assert chosen.value == list(preset.names), "the preset selects its four datasets, whatever the search shows"
+    assert sorted(chosen.format_func(n).split(" → ")[1] for n in chosen.value) == [
+        "class 'Cucumber'", "class 'Processing_tomato'", "class 'Tomato'", "class 'Watermelon'"]
+    assert not button(at, "Download and use").disabled
+
+    typed = "Kale-Brassica_oleracea-Healthy-PRX-RGB-NA-20210607"  # not in the catalogue: typed by hand
+    chosen.set_value(list(preset.names) + [typed]).run()
+    no_problems(at)
+    assert at.multiselect(key="eden_names").value[-1] == typed
+    assert "5 class(es): Cucumber, Kale, Processing_tomato, Tomato, Watermelon." in " ".join(captions(at))
+
+
+def test_toptune_page_offers_the_ray_engine_only_when_a_cluster_is_configured(fresh_home, beans16, monkeypatch):
+    at = use_folder(new_app(), beans16)
+    goto(at, "toptune")
+    no_problems(at)
+    assert not [r for r in at.radio if r.key == "tt_where"]
+    monkeypatch.setenv("TOPTUNE_RAY_ADDRESS", "ray://head.example:10001")
+    at = goto(use_folder(new_app(), beans16), "toptune")
+    no_problems(at)
+    where = at.radio(key="tt_where")
+    assert where.value == "local" and where.options == ["This machine", "Ray cluster"]
+    assert "ray://head.example:10001" in where.help
+
+
 # --- kernel, automatic choice, sweep, near-duplicates ----------------------------------------------------
 
 def test_sweep_and_automatic_choice_from_the_top_tune_page(fresh_home, beans30):

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
-import zipfile
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
-from toptune_core.data.eden import (EDEN_CATALOGUE, DownloadError, download_eden_dataset, download_eden_datasets,
-                               eden_label, eden_url)
+from tests.eden_server import EdenServer, serve, url_path, zip_bytes
+from toptune_core.data.eden import (EDEN_CATALOGUE, CombinedProgress, DownloadError, download_eden_dataset,
+                                    download_eden_datasets, eden_label, eden_url)
+from toptune_core.data.eden_catalogue import EDEN_PRESETS, LAYOUTS, describe_name, find, search
 from toptune_core.errors import Cancelled
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,14 +29,6 @@ def photos(cls: str, n: int = 4) -> list[bytes]:
     return [p.read_bytes() for p in found]
 
 
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:  # camera JPEGs: Eden zips are barely compressed
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 OLD_FILES = {f"DSC_{1000 + i}.JPG": b for i, b in enumerate(photos("bean_rust"))}
 OLD_FILES["metadata.txt"] = b"species: Solanum nigrum\ncamera: Nikon D3400\n"
 NEW_FILES = {f"images/IMG_{i:04d}.jpg": b for i, b in enumerate(photos("healthy"))}
@@ -47,86 +37,67 @@ OLD_ZIP = zip_bytes({f"{OLD}/{k}": v for k, v in OLD_FILES.items()} | {f"__MACOS
 NEW_ZIP = zip_bytes(NEW_FILES)
 
 
-@dataclass
-class Server:
-    """What the handler serves (URL path -> bytes) and what it saw."""
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    requests: list[tuple[str, Optional[str]]] = field(default_factory=list)  # (path, Range header)
-    cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before dropping the connection
-    base_url: str = ""
+Server = EdenServer
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            rng = self.headers.get("Range")
-            state.requests.append((self.path, rng))
-            data = state.files.get(self.path)
-            if data is None:
-                self.send_error(404, "Not Found")
-                return
-            start = 0
-            if rng and rng.startswith("bytes=") and rng.endswith("-"):
-                start = int(rng[6:-1])
-                if start >= len(data):
-                    self.send_error(416, "Range Not Satisfiable")
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Type", "application/zip")
-            self.send_header("Content-Length", str(len(data) - start))
-            self.send_header("Accept-Ranges", "bytes")
-            self.end_headers()
-            cut = state.cut_after.get(self.path)
-            body = data[start:] if cut is None else data[start:cut]
-            self.wfile.write(body)
-            if cut is not None:
-                self.wfile.flush()
-                self.close_connection = True
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/datasets/"
-    state.files[url_path(OLD)] = OLD_ZIP
-    state.files[url_path(NEW)] = NEW_ZIP
-    try:
+def server() -> Iterator[EdenServer]:
+    with serve() as state:
+        state.serve_zip(OLD, OLD_ZIP)
+        state.serve_zip(NEW, NEW_ZIP)
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def url_path(name: str) -> str:
-    return "/datasets/" + eden_url(name, "http://x/").split("/", 3)[3]
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_catalogue_label_and_url() -> None:
+def test_catalogue_lists_every_dataset_of_edens_notebooks_with_its_class() -> None:
     names = [d.name for d in EDEN_CATALOGUE]
-    assert len(names) >= 3 and len(names) == len(set(names))
+    assert len(names) >= 26 and len(names) == len(set(names))
     assert OLD in names and NEW in names
+    assert {d.layout for d in EDEN_CATALOGUE} == set(LAYOUTS) == {"old", "new", "2023"}
     for d in EDEN_CATALOGUE:
-        assert d.label == eden_label(d.name) == d.name.split("-")[0] and 100 <= d.approx_mb <= 1500
+        assert d.label == eden_label(d.name) == d.name.split("-")[0].strip() and d.crop and d.condition
+        assert d.notebook.endswith(".ipynb")
     assert eden_label(OLD) == "Black nightsade" and eden_label(NEW) == "Cucumber"
     assert eden_label(" Velvet leaf -220519-Weed") == "Velvet leaf"
     assert eden_url(OLD) == ("https://api.edenlibrary.ai/datasets/"
                              "Black%20nightsade-220519-Weed-zz-V1-20210225102034.zip")
+    # the shipped copy is the project's catalogue (CI has shared/ beside the repository)
+    shared = REPO.parent / "shared" / "datasets" / "eden_catalogue.csv"
+    if shared.is_file():
+        from toptune_core.data.eden_catalogue import CATALOGUE_FILE
+        assert CATALOGUE_FILE.read_text() == shared.read_text()
+
+
+def test_catalogue_search_and_the_top_tuning_preset() -> None:
+    crops = {d.crop for d in search("weed")}
+    assert crops == {"Black nightshade", "Velvet leaf"}
+    assert [d.condition for d in search("tomato potassium")] == ["Potassium deficiency"]
+    assert {d.crop for d in search("DEFICIENCY")} == {"Tomato", "Orange tree"}
+    assert len(search("")) == len(EDEN_CATALOGUE) and search("no such crop") == []
+    preset = EDEN_PRESETS["top-tuning"]
+    assert preset.title == "Eden's top-tuning notebook"
+    assert sorted(find(n).crop for n in preset.names) == ["Cucumber", "Processing tomato", "Tomato", "Watermelon"]
+    assert {find(n).layout for n in preset.names} == {"new"}
+    assert len({eden_label(n) for n in preset.names}) == 4, "four datasets, four classes"
+    assert describe_name(NEW) == "Cucumber · Healthy → class 'Cucumber'"
+    assert describe_name("Kale-010101-Healthy-zz") == "Kale-010101-Healthy-zz", "a typed name reads as typed"
+
+
+def test_combined_progress_adds_datasets_up() -> None:
+    events: list[tuple[int, Optional[int], float]] = []
+    combined = CombinedProgress(["a", "b", "c"], lambda d, t, r: events.append((d, t, r)))
+    a, b = combined.for_dataset("a"), combined.for_dataset("b")
+    a(100, 1000, 0.0)  # resumed: 100 bytes were there before
+    b(0, 500, 0.0)
+    assert events[-1][:2] == (100, None), "the total is unknown until every dataset has reported"
+    combined.finished("c")  # c was in the cache
+    a(600, 1000, 0.0)
+    b(500, 500, 0.0)
+    assert events[-1][:2] == (1100, 1500) and events[-1][2] > 0
+    assert [d for d, _, _ in events] == sorted(d for d, _, _ in events)
 
 
 def test_download_old_style_with_progress(server: Server, tmp_path: Path) -> None:
@@ -271,3 +242,29 @@ def test_combined_folder_loads_as_eden_dataset(server: Server, tmp_path: Path) -
     ds = data.load_dataset(combined)
     assert sorted(ds.classes) == ["Black nightsade", "Cucumber"]
     assert sorted(ds.class_counts().values()) == [4, 4]
+
+
+def test_one_failed_download_stops_the_others_which_resume_later(server: Server, tmp_path: Path) -> None:
+    missing = "Kale-010101-Healthy-zz-V1-20210101000000"
+    server.rate = 100_000  # the two real zips take seconds; the 404 comes at once
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
+        download_eden_datasets([OLD, NEW, missing], tmp_path, base_url=server.base_url)
+    assert f"'{missing}'" in _one_line(info.value), "the cause is reported, not the downloads it stopped"
+    assert server.max_active >= 2
+    parts = {p.name: p.stat().st_size for p in (tmp_path / "downloads").glob("*.part")}
+    assert not (tmp_path / "eden" / OLD).exists() and not (tmp_path / "eden" / NEW).exists()
+    server.rate = None
+    combined = download_eden_datasets([OLD, NEW], tmp_path, base_url=server.base_url)
+    assert files_under(combined / OLD) == OLD_FILES and files_under(combined / NEW) == NEW_FILES
+    resumed = [r for _, r in server.requests if r]
+    assert len(resumed) == len([s for s in parts.values() if s]), "every partial download resumed"
+
+
+def test_cancel_stops_every_concurrent_download(server: Server, tmp_path: Path) -> None:
+    server.rate = 50_000
+    started = threading.Event()
+    with pytest.raises(Cancelled):
+        download_eden_datasets([OLD, NEW], tmp_path, base_url=server.base_url,
+                               progress=lambda d, t, r: started.set(),
+                               should_cancel=lambda: started.is_set() and server.max_active >= 2)
+    assert sorted((tmp_path / "eden").iterdir()) == []

@@ -26,13 +26,15 @@ class Settings:
     home: Path
     eden_url: Optional[str] = None  # a mirror of Eden's download address (TOPTUNE_EDEN_URL)
     engine: str = "auto"  # the frozen backbone's inference engine (TOPTUNE_ENGINE; see features.engines)
+    ray_address: Optional[str] = None  # a Ray cluster for feature extraction (TOPTUNE_RAY_ADDRESS, else RAY_ADDRESS)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
         env = os.environ if environ is None else environ
         home = Path(env.get("TOPTUNE_HOME") or Path.home() / ".toptune").expanduser()
         return cls(home=home, eden_url=env.get("TOPTUNE_EDEN_URL") or None,
-                   engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower())
+                   engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower(),
+                   ray_address=env.get("TOPTUNE_RAY_ADDRESS") or env.get("RAY_ADDRESS") or None)
 
     def ensure_home(self) -> Path:
         """``home``, created on first use; a one-line error if it cannot be."""

@@ -72,6 +72,20 @@ class ProgressMeter:
         self.callback(Progress(self.stage, done, self.total, self.unit, rate, eta, elapsed, message))
 
 
+def bytes_progress(callback: ProgressCallback, stage: str = "download", message: str = ""
+                   ) -> Callable[[int, Optional[int], float], None]:
+    """A ``progress(done_bytes, total_bytes_or_None, bytes_per_second)`` callback (downloads) that reports
+    ``Progress`` events in MB, with the rate and the time left."""
+    mb = 2 ** 20
+
+    def on_bytes(done: int, total: Optional[int], rate: float) -> None:
+        eta = (total - done) / rate if total and rate else None
+        callback(Progress(stage, done / mb, total / mb if total else None, "MB", rate / mb if rate else None, eta,
+                          0.0, message))
+
+    return on_bytes
+
+
 def check_cancel(should_cancel: Optional[CancelCheck], what: str = "The job") -> None:
     if should_cancel is not None and should_cancel():
         raise Cancelled(f"{what} was cancelled.")

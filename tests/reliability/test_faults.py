@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -208,50 +207,6 @@ def test_kill_during_fine_tune_then_rerun(home_with_earlier_run, tmp_path: Path)
     before.assert_intact()
 
 
-class _SlowZipServer:
-    """A local HTTP server that serves one zip slowly (16 kB every 10 ms) and honours Range requests."""
-
-    def __init__(self, path: str, data: bytes):
-        self.path, self.data, self.requests = path, data, []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                rng = self.headers.get("Range")
-                server.requests.append(rng)
-                if self.path != server.path:
-                    self.send_error(404)
-                    return
-                start = int(rng[6:-1]) if rng and rng.startswith("bytes=") and rng.endswith("-") else 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(server.data) - 1}/{len(server.data)}")
-                self.send_header("Content-Length", str(len(server.data) - start))
-                self.end_headers()
-                try:
-                    for at in range(start, len(server.data), 16384):
-                        self.wfile.write(server.data[at:at + 16384])
-                        self.wfile.flush()
-                        time.sleep(0.01)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets/"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 _DOWNLOAD = r"""
 import sys
 from toptune_core.data.eden import download_eden_dataset
@@ -262,21 +217,16 @@ print("done", flush=True)
 
 
 def test_kill_during_download_then_resume(tmp_path: Path) -> None:
-    import io
-    import zipfile
-
-    from toptune_core.data.eden import download_eden_dataset, eden_url
+    from tests.eden_server import EdenServer, serve, url_path, zip_bytes
+    from toptune_core.data.eden import download_eden_dataset
 
     name = "Black nightsade-220519-Weed-zz-V1-20210225102034"
     photos = {f"{name}/DSC_{i:04d}.JPG": p.read_bytes() for i, p in enumerate(sorted(DEMO_DATASET.rglob("*.jpg"))[:60])}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for member, data in photos.items():
-            zf.writestr(member, data)
-    server = _SlowZipServer("/datasets/" + eden_url(name, "http://x/").split("/", 3)[3], buf.getvalue())
-    total = len(buf.getvalue())
+    data = zip_bytes(photos)
+    total = len(data)
     cache = tmp_path / "eden_cache"
-    try:
+    with serve(EdenServer(rate=1.6e6)) as server:  # slowly: 1.6 MB/s
+        server.serve_zip(name, data)
         child = Child([sys.executable, "-c", _DOWNLOAD, name, str(cache), server.base_url],
                       {**os.environ, "PYTHONPATH": str(REPO)})
         m = child.wait_for(r"got (\d{6,}) of", stream="out")  # at least 100 kB in
@@ -290,12 +240,10 @@ def test_kill_during_download_then_resume(tmp_path: Path) -> None:
         kept = part.stat().st_size
 
         folder = download_eden_dataset(name, cache, base_url=server.base_url)
-        assert server.requests[-1] == f"bytes={kept}-"  # resumed where the killed process stopped writing
-        got = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-        assert got == {k.split("/", 1)[1]: v for k, v in photos.items()}
-        assert not part.exists()
-    finally:
-        server.close()
+        assert server.requests[-1] == (url_path(name), f"bytes={kept}-")  # resumed where the killed process stopped
+    got = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert got == {k.split("/", 1)[1]: v for k, v in photos.items()}
+    assert not part.exists()
 
 
 # --- two sessions, one cache entry ----------------------------------------------------------------------

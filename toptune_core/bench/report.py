@@ -21,6 +21,14 @@ TARGET_PEAK_RSS_MB = 2048
 ENGINE_LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO fp32"}
 
 
+def markdown_table(cells: list[tuple[str, ...]]) -> str:
+    """Rows of cells (the first row the heading) as an aligned Markdown table."""
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = ["| " + " | ".join(c[i].ljust(widths[i]) for i in range(len(c))) + " |" for c in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
 @dataclass
 class Row:
     measure: str
@@ -44,10 +52,7 @@ class BenchReport:
         cells = [("measure", "value", "ratio", "target", "met")]
         for r in self.rows:
             cells.append((r.measure, r.value, r.ratio, r.target, "" if r.met is None else ("yes" if r.met else "NO")))
-        widths = [max(len(c[i]) for c in cells) for i in range(5)]
-        lines = ["| " + " | ".join(c[i].ljust(widths[i]) for i in range(5)) + " |" for c in cells]
-        lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        return "\n".join(lines)
+        return markdown_table(cells)
 
     def text(self) -> str:
         return "\n".join(self.header + ["", self.table(), ""] + [f"- {n}" for n in self.notes])

@@ -1,4 +1,5 @@
-"""Command-line command ``bench``: its flags, and printing the benchmark's table (``toptune_core.bench.run``)."""
+"""Command-line commands ``bench`` (its flags, and printing the benchmark's table, ``toptune_core.bench.run``) and
+``bench-ray`` (extraction here and on Ray side by side, ``toptune_core.bench.ray_vs_local``)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,21 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_ray(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.ray_vs_local import compare_where, where_table
+
+    start = time.perf_counter()
+    header, runs = compare_where(args.data, args.backbone, args.where.split(","), repeats=max(1, args.repeats),
+                                 address=args.address or settings.ray_address, settings=settings,
+                                 log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}",
+                                                        file=sys.stderr, flush=True))
+    print("\n".join(header + ["", where_table(runs)]))
+    write_json(args.json, {"header": header, "runs": [vars(r) for r in runs]})
+    return 0
+
+
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
-COMMANDS = ("bench",)
+COMMANDS = ("bench", "bench-ray")
 
 
 def add_parsers(sub) -> None:
@@ -46,3 +60,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-sizes", help="batch sizes for the model-only ceiling, comma-separated "
                    f"(default {','.join(map(str, CPU_BATCH_SIZES))} on a CPU, "
                    f"{','.join(map(str, CUDA_BATCH_SIZES))} on CUDA)")
+
+    e = add_command(sub, "bench-ray", cmd_bench_ray,
+                    "time feature extraction on this machine and on Ray, into fresh caches; prints a table")
+    e.add_argument("--data", required=True, help="dataset folder")
+    e.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
+    e.add_argument("--where", default="local,ray", help="comma-separated: local, ray (default both)")
+    e.add_argument("--address", help="Ray cluster (default $TOPTUNE_RAY_ADDRESS; else a local Ray runtime)")
+    e.add_argument("--repeats", type=int, default=1, help="runs of each engine, alternating (default 1)")
+    e.add_argument("--json", help="write the figures as JSON to this file")

@@ -1,4 +1,4 @@
-"""Eden Library agricultural datasets: catalogue, download, cache and combination.
+"""Eden Library agricultural datasets: download, cache and combination (the catalogue: ``data.eden_catalogue``).
 
 Each Eden dataset is one species and condition, i.e. one class, labelled by the
 folder-name prefix before the first ``-`` (as in Eden's notebooks). A download
@@ -6,7 +6,8 @@ is streamed to ``<cache>/downloads/<name>.zip.part`` (resumed with an HTTP
 Range request when possible), checked, renamed to ``.zip`` and extracted safely
 into ``<cache>/eden/<name>/``; that folder only ever appears complete, and its
 presence is the cache hit. Several datasets side by side form one multi-class
-problem: ``download_eden_datasets`` returns a folder of symlinks to them.
+problem: ``download_eden_datasets`` downloads them concurrently, reports one
+combined progress (bytes, rate) and returns a folder of symlinks to them.
 """
 
 from __future__ import annotations
@@ -17,24 +18,28 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from toptune_core.data.archive import ArchiveError, safe_extract_zip
 from toptune_core.data.dataset import eden_label  # noqa: F401  (re-exported: the label rule lives with the dataset scanner)
+from toptune_core.data.eden_catalogue import EDEN_CATALOGUE, EdenDataset  # noqa: F401  (re-exported)
 from toptune_core.errors import Cancelled, ToptuneError
 
 EDEN_BASE_URL = "https://api.edenlibrary.ai/datasets/"
 USER_AGENT = "toptune (Eden Library dataset download)"
 _CHUNK = 256 * 1024
 _PROGRESS_EVERY_S = 0.1
+#: Datasets downloaded at the same time (Eden's top-tuning notebook uses four).
+DOWNLOAD_WORKERS = 4
 
 #: ``progress(done_bytes, total_bytes_or_None, bytes_per_second)``
 DownloadProgress = Callable[[int, Optional[int], float], None]
@@ -42,33 +47,6 @@ DownloadProgress = Callable[[int, Optional[int], float], None]
 
 class DownloadError(ToptuneError):
     """An Eden dataset could not be downloaded or unpacked."""
-
-
-@dataclass(frozen=True)
-class EdenDataset:
-    """One downloadable Eden dataset: its folder ``name``, ``crop``, ``condition`` and zip size in MB."""
-
-    name: str
-    crop: str
-    condition: str
-    approx_mb: int
-
-    @property
-    def label(self) -> str:
-        return eden_label(self.name)
-
-
-#: Eden datasets offered in the dashboard: only folder names seen in Eden's own notebooks
-#: or the dataset notes (shared/datasets/README.md), since a wrong name is a failed download.
-#: Older names are ``<Common name>-<DDMMYY>-<condition>-zz-V1-<export timestamp>`` (images
-#: directly in the folder), newer ones ``<Common>-<Genus_species>-<condition>-PRX-RGB-NA-<YYYYMMDD>``
-#: (images in ``images/``). Zip sizes are rough (Eden's zips are 0.2 to 1.2 GB); other Eden
-#: names can be typed in the dashboard.
-EDEN_CATALOGUE: tuple[EdenDataset, ...] = (
-    EdenDataset("Black nightsade-220519-Weed-zz-V1-20210225102034", "Black nightshade", "Weed", 500),
-    EdenDataset("Tomato-240519-Healthy-zz-V1-20210225103740", "Tomato", "Healthy", 600),
-    EdenDataset("Cucumber-Cucumis_sativus-Healthy-PRX-RGB-NA-20210607", "Cucumber", "Healthy", 300),
-)
 
 
 def eden_url(name: str, base_url: str = EDEN_BASE_URL) -> str:
@@ -288,18 +266,95 @@ def _combined_ok(folder: Path, targets: dict[str, Path]) -> bool:
         p.is_symlink() and p.resolve() == targets[n].resolve() for n, p in entries.items())
 
 
-def download_eden_datasets(names: Sequence[str], cache_dir: str | Path, **kw) -> Path:
-    """Download several Eden datasets; return a folder holding one symlink per dataset.
+class CombinedProgress:
+    """Byte counts of several concurrent downloads -> one ``progress(done, total, rate)`` over all of them.
+
+    ``total`` is known once every dataset has reported its size (a dataset already
+    in the cache counts as 0 bytes); ``rate`` counts the bytes fetched in this call
+    (not those resumed from an earlier one) over the time since it started.
+    """
+
+    def __init__(self, names: Sequence[str], progress: Optional[DownloadProgress]):
+        self._progress = progress
+        self._done: dict[str, int] = {}
+        self._first: dict[str, int] = {}
+        self._total: dict[str, Optional[int]] = {n: None for n in names}
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+
+    def for_dataset(self, name: str) -> DownloadProgress:
+        def report(done: int, total: Optional[int], rate: float) -> None:
+            with self._lock:
+                self._first.setdefault(name, done)
+                self._done[name], self._total[name] = done, total
+                if total is not None:
+                    self._known.add(name)
+                self._emit()
+        return report
+
+    def finished(self, name: str) -> None:
+        """``name`` needs no more bytes (downloaded, from the cache, or failed)."""
+        with self._lock:
+            if name not in self._known:
+                self._known.add(name)
+                self._total[name] = self._done.get(name, 0)
+            self._emit()
+
+    def _emit(self) -> None:
+        if self._progress is None:
+            return
+        done = sum(self._done.values())
+        total = sum(t or 0 for t in self._total.values()) if len(self._known) == len(self._total) else None
+        fetched = done - sum(self._first.values())
+        self._progress(done, total, fetched / max(time.monotonic() - self._t0, 1e-6))
+
+
+def _download_all(names: Sequence[str], cache_dir: str | Path, workers: int,
+                  progress: Optional[DownloadProgress], should_cancel: Optional[Callable[[], bool]],
+                  **kw) -> dict[str, Path]:
+    """Download ``names`` in up to ``workers`` threads; the first failure stops the others (their partial
+    files stay, to resume) and is raised."""
+    failed = threading.Event()
+    combined = CombinedProgress(names, progress)
+
+    def stop() -> bool:
+        return failed.is_set() or (should_cancel is not None and bool(should_cancel()))
+
+    def one(name: str) -> Path:
+        try:
+            return download_eden_dataset(name, cache_dir, progress=combined.for_dataset(name), should_cancel=stop,
+                                         **kw)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            combined.finished(name)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names))), thread_name_prefix="eden-download") as pool:
+        futures = {n: pool.submit(one, n) for n in names}
+    problems = [f.exception() for f in futures.values() if f.exception() is not None]
+    if problems:  # the cause, not the other downloads it cancelled
+        raise next((e for e in problems if not isinstance(e, Cancelled)), problems[0])
+    return {n: f.result() for n, f in futures.items()}
+
+
+def download_eden_datasets(names: Sequence[str], cache_dir: str | Path, *, workers: int = DOWNLOAD_WORKERS,
+                           progress: Optional[DownloadProgress] = None,
+                           should_cancel: Optional[Callable[[], bool]] = None, **kw) -> Path:
+    """Download several Eden datasets at once; return a folder holding one symlink per dataset.
 
     The folder is ``<cache_dir>/eden_combined/<hash of the sorted names>/``; read it as
-    one multi-class dataset whose classes are ``eden_label`` of each entry. ``kw`` goes
-    to ``download_eden_dataset`` (progress restarts from zero for each dataset). The
-    folder is built beside its final place and moved in, so it is never half-built.
+    one multi-class dataset whose classes are ``eden_label`` of each entry. Up to
+    ``workers`` datasets download at the same time; ``progress(done, total, rate)``
+    covers all of them together (``CombinedProgress``). ``kw`` goes to
+    ``download_eden_dataset``. The folder is built beside its final place and moved
+    in, so it is never half-built.
     """
     unique = sorted(set(names))
     if not unique:
         raise DownloadError("No Eden dataset was chosen. Pick at least one dataset from the list.")
-    targets = {n: download_eden_dataset(n, cache_dir, **kw) for n in unique}
+    targets = _download_all(unique, cache_dir, workers, progress, should_cancel, **kw)
     cache = Path(cache_dir).expanduser().absolute()
     key = hashlib.sha256("\n".join(unique).encode()).hexdigest()[:12]
     combined = cache / "eden_combined" / key

@@ -106,8 +106,9 @@ class FeatureExtractor:
     chosen for this machine, see ``plan``); the device (default: CUDA when
     present, else CPU); channels-last memory layout (PyTorch); ``draft``, JPEG
     draft-mode decoding of photos at least twice the size the model needs;
-    and ``engine``, the inference engine's name (``features.engines``; None:
-    ``settings.engine``, by default "auto"). Nothing is loaded until it is
+    ``engine``, the inference engine's name (``features.engines``; None:
+    ``settings.engine``, by default "auto"); and ``data_config``, timm's data
+    config when the caller has it (a Ray worker gets the driver's). Nothing is loaded until it is
     needed, so a cache hit loads no engine (nor imports torch), and a loaded
     ONNX Runtime engine never imports torch.
 
@@ -125,7 +126,7 @@ class FeatureExtractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: Optional[int] = None,
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
                  draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None,
-                 engine: Optional[str] = None, settings: Optional[Settings] = None):
+                 engine: Optional[str] = None, settings: Optional[Settings] = None, data_config: Optional[dict] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
@@ -137,7 +138,7 @@ class FeatureExtractor:
         self.settings = settings or Settings.from_env()
         self.engine = engines.check_name(engine or self.settings.engine)
         self.spec = get_backbone(backbone)
-        self.data_config = eval_data_config(backbone, self.settings)
+        self.data_config = data_config or eval_data_config(backbone, self.settings)
         self.pixels = PixelPipeline(self.data_config, draft=draft)
         self._model: Optional["torch.nn.Module"] = None
         self._engine: Optional[engines.Engine] = None

@@ -1,0 +1,151 @@
+"""What a Ray extraction runs, and how big: the plan for a cluster, the decoding task and the model actor.
+
+``plan_for`` sizes the pipeline for a cluster's CPUs and GPUs (``RayPlan``).
+``decode_batch`` is the Ray task that turns photo paths into 8-bit pixels with
+the one pixel pipeline (``PixelPipeline``); ``BackboneActor`` is the Ray actor
+that holds one loaded backbone and turns pixels into features with the local
+extractor's own code. Nothing here imports ``ray``: the driver
+(``features.distributed``) hands these to Ray Data, which runs them on the
+workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from toptune_core.backbones.pixels import PixelPipeline, timm_version
+from toptune_core.errors import ToptuneError
+from toptune_core.features.extractor import FeatureExtractor
+
+#: Photos per Ray batch (one decoding task, one actor call) on CPUs and on GPUs.
+CPU_RAY_BATCH, GPU_RAY_BATCH = 16, 64
+#: Photos per forward pass inside a CPU actor (small batches ran fastest on a CPU, see ``FeatureExtractor.plan``).
+CPU_MODEL_BATCH = 4
+#: At most this many CPU actors (one single-threaded model each) unless asked for more.
+MAX_CPU_ACTORS = 32
+#: Logical CPUs one decoding task asks for.
+DECODE_CPUS = 0.5
+
+
+def _floor3(x: float) -> float:
+    """``x`` rounded down to thousandths: resource requests that never add up to more than the cluster has."""
+    return math.floor(x * 1000) / 1000
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """How a Ray extraction uses the cluster.
+
+    ``actors`` models, each asking Ray for ``actor_cpus`` CPUs and ``actor_gpus``
+    GPUs; decoding tasks ask for ``decode_cpus`` each. The actors never take
+    every CPU: an actor pool that took both CPUs of a 2-CPU machine starved the
+    decoding tasks and the pipeline hung, so ``actors * actor_cpus +
+    decode_cpus <= cpus`` always holds.
+    """
+
+    cpus: float
+    gpus: float
+    actors: int
+    actor_cpus: float
+    actor_gpus: float
+    decode_cpus: float
+    batch_size: int  # photos per Ray batch
+    model_batch: int  # photos per forward pass in an actor
+    threads: int  # torch threads per actor (0: torch's own choice, on a GPU)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.actor_gpus else "cpu"
+
+    def describe(self) -> str:
+        per = f"{self.actor_gpus:g} GPU + {self.actor_cpus:g} CPU" if self.actor_gpus else \
+            f"{self.actor_cpus:g} CPU, {self.threads} thread(s)"
+        return (f"Ray cluster of {self.cpus:g} CPU(s), {self.gpus:g} GPU(s): {self.actors} model actor(s) of {per}; "
+                f"decoding tasks of {self.decode_cpus:g} CPU; batches of {self.batch_size}")
+
+
+def plan_for(cpus: float, gpus: float, *, actors: Optional[int] = None, batch_size: Optional[int] = None) -> RayPlan:
+    """The plan for a cluster with ``cpus`` CPUs and ``gpus`` GPUs (explicit ``actors``/``batch_size`` win).
+
+    With GPUs: one actor per GPU with one CPU to feed it, the other CPUs decode.
+    CPUs only: one single-threaded model per CPU (as the local lanes), at most
+    ``MAX_CPU_ACTORS``, with a quarter of the CPUs (at least half a CPU) left
+    to the decoding tasks.
+    """
+    if cpus < 2 * DECODE_CPUS:
+        raise ToptuneError(f"The Ray cluster has {cpus:g} CPU(s); a Ray extraction needs at least 1 (one for "
+                           "decoding photos, one for the model).")
+    if gpus >= 1:
+        n = actors or int(gpus)
+        per_cpu = _floor3(min(1.0, (cpus - DECODE_CPUS) / n))
+        decode = _floor3(min(1.0, cpus - n * per_cpu))
+        return RayPlan(cpus, gpus, n, per_cpu, _floor3(min(1.0, gpus / n)), decode,
+                       batch_size or GPU_RAY_BATCH, batch_size or GPU_RAY_BATCH, 0)
+    n = actors or max(1, min(int(cpus), MAX_CPU_ACTORS))
+    reserve = max(DECODE_CPUS, cpus / 4)
+    per_cpu = _floor3((cpus - reserve) / n)
+    if per_cpu <= 0:
+        raise ToptuneError(f"{n} model actors do not fit on a Ray cluster of {cpus:g} CPU(s) with room left to "
+                           "decode photos; ask for fewer actors.")
+    return RayPlan(cpus, gpus, n, per_cpu, 0.0, DECODE_CPUS, batch_size or CPU_RAY_BATCH, CPU_MODEL_BATCH,
+                   max(1, int(per_cpu)))
+
+
+# --- what runs on the workers ------------------------------------------------------------------------
+
+_PIPELINES: dict[str, PixelPipeline] = {}  # per worker process: one pixel pipeline per data config
+
+
+def decode_batch(batch: dict, data_config: dict, draft: bool) -> dict:
+    """Ray task: a batch of photo paths -> 8-bit pixels at the model's input size (``PixelPipeline``).
+
+    Unreadable photos keep their row (``ok`` False, zero pixels, the one-line reason in ``error``).
+    """
+    key = repr((sorted(data_config.items()), draft))
+    pipeline = _PIPELINES.get(key) or _PIPELINES.setdefault(key, PixelPipeline(data_config, draft=draft))
+    paths = [str(p) for p in batch["path"]]
+    loaded = pipeline.load_batch(paths, range(len(paths)))
+    ok = np.asarray(loaded.ok, dtype=bool)
+    pixels = np.zeros((len(paths), pipeline.size, pipeline.size, 3), dtype=np.uint8)
+    pixels[ok] = loaded.pixels
+    errors = np.array([""] * len(paths), dtype=object)
+    for i, reason in loaded.errors:
+        errors[i] = reason
+    return {"index": batch["index"], "pixels": pixels, "ok": ok, "error": errors}
+
+
+class BackboneActor:
+    """Ray actor: one loaded backbone; a batch of pixels -> its features (zero rows for unreadable photos).
+
+    The backbone runs on the inference engine the driver asked for (``features.engines``; "auto": ONNX
+    Runtime on a CPU, PyTorch on a GPU), as a single lane: a graph engine's checked graph is found in the
+    worker's own ``TOPTUNE_HOME``, or exported and checked there once; each batch says which engine ran.
+    """
+
+    def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
+                 channels_last: bool, engine: str):
+        if timm_version() != timm:
+            raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
+                               "would differ. Install the same requirements.txt on every node.")
+        self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None, lanes=1,
+                                          device=device, channels_last=channels_last, engine=engine)
+        self.model_batch = model_batch
+        self.extractor.load_engine()
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.asarray(batch["ok"], dtype=bool)
+        pixels = batch["pixels"][ok]
+        chunks = [self.extractor.features_of_pixels(pixels[i:i + self.model_batch])
+                  for i in range(0, len(pixels), self.model_batch)]
+        dim = chunks[0].shape[1] if chunks else self.extractor.spec.feature_dim
+        features = np.zeros((len(ok), dim), dtype=np.float32)
+        if chunks:
+            features[ok] = np.concatenate(chunks)
+        engine = self.extractor.engine_record
+        return {"index": batch["index"], "ok": ok, "error": batch["error"], "features": features,
+                "engine": np.array([engine["engine"]] * len(ok), dtype=object),
+                "engine_note": np.array([engine["engine_note"]] * len(ok), dtype=object)}
