@@ -16,9 +16,9 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import completed_runs, current_dataset, scan_dataset, split_settings
+from pages._state import completed_runs, current_dataset, find_run, is_showcase, scan_dataset, split_settings
 from toptune_core.data.dataset import Dataset
-from toptune_core.errors import ImageError, ToptuneError
+from toptune_core.errors import ImageError, RunNotFound, ToptuneError
 from toptune_core.jobs.view import JobView
 from toptune_core.progress import Progress
 from toptune_core.runs.store import RunRecord
@@ -179,7 +179,20 @@ def run_label(run: RunRecord) -> str:
         how = f"top-tuned {run.backbone} + {spec.label if spec else run.classifier}"
     else:
         how = f"fine-tuned {run.backbone}"
-    return f"{run.id} · {how} · accuracy {percent(run.accuracy)}"
+    return f"{run.id} · {how} · accuracy {percent(run.accuracy)}" + (" · showcase" if is_showcase(run) else "")
+
+
+def run_in_url() -> Optional[str]:
+    """The run named in the page's URL (``?run=ID``) if this visitor may see it; else says "not found" (once) and
+    gives None."""
+    run_id = st.query_params.get("run")
+    if not run_id:
+        return None
+    try:
+        return find_run(run_id).id
+    except RunNotFound as e:
+        st.error(str(e))
+        return None
 
 
 def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: str) -> Optional[RunRecord]:

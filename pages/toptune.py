@@ -6,12 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import extractor_for, feature_cache, job_for, remember, start_job, store
+from pages._state import extractor_for, feature_cache, find_run, job_for, remember, start_job, store, visitor
 from pages._widgets import draw_failure, follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
 from toptune_core.methods.classifiers import CLASSIFIERS
 from toptune_core.jobs.view import JobView
-from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.runs.store import RunRecord
 from toptune_core.experiment import run_toptuning
 
 through_router()
@@ -61,9 +61,23 @@ def toptune_finished(view: JobView) -> None:
         job = job_for("toptune")
         if job is not None and job.claim("remembered"):
             remember("last_run", view.result)
-        show_run(RunStore(view.params["home"]).get(view.result))
+        show_run(find_run(view.result))
     else:
         draw_failure(view)
+
+
+def start_toptune(data: str, backbone: str, classifier: str, seed: int, test_size: float, extractor, cache):
+    """The top-tuning job (everything it needs is passed in: workers never touch the session)."""
+    run_store = store()
+
+    def target(progress, should_cancel):
+        run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
+                            store=run_store, cache=cache, extractor=extractor, progress=progress,
+                            should_cancel=should_cancel)
+        return run.id
+
+    return start_job("toptune", f"Top-tuning {backbone} + {CLASSIFIERS[classifier].label}", target,
+                     {"home": str(run_store.root), "backbone": backbone, "classifier": classifier})
 
 
 def page() -> None:
@@ -96,17 +110,9 @@ def page() -> None:
     job = job_for("toptune")
     busy = job is not None and job.view().active
     if st.button("Top-tune", type="primary", icon=":material/bolt:", disabled=busy):
-        run_store = store()
-        data = choice["path"]
-
-        def target(progress, should_cancel):
-            run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
-                                store=run_store, cache=cache, extractor=extractor, progress=progress,
-                                should_cancel=should_cancel)
-            return run.id
-
-        job = start_job("toptune", f"Top-tuning {backbone} + {CLASSIFIERS[classifier].label}", target,
-                        {"home": str(run_store.root), "backbone": backbone, "classifier": classifier})
+        with friendly_errors():  # a limit reached: one line, and the page goes on
+            visitor().check_new_run()
+            job = start_toptune(choice["path"], backbone, classifier, seed, test_size, extractor, cache)
     if job is not None:
         follow_job(job, toptune_finished)
 

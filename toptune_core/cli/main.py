@@ -1,7 +1,8 @@
 """The command line: ``python -m toptune_core <command> ...``; builds the parser and dispatches.
 
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
-``cli.finetune`` (finetune, compare) and ``cli.bench`` (bench). The
+``cli.finetune`` (finetune, compare), ``cli.bench`` (bench) and ``cli.showcase`` (showcase,
+visitors: a shared server's operator). The
 environment is read here, once (``Settings.from_env()``), and passed to the
 command. Errors a user can act on print one line (``error: ...``) and exit
 with status 2; there is no traceback.
@@ -13,7 +14,7 @@ import argparse
 import sys
 from typing import Optional
 
-from toptune_core.cli import bench, finetune, predict, toptune
+from toptune_core.cli import bench, finetune, predict, showcase, toptune
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m toptune_core",
                                      description="Top-tuning of pretrained backbones on plant photos.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (toptune, predict, finetune, bench):
+    for module in (toptune, predict, finetune, bench, showcase):
         module.add_parsers(sub)
     return parser
 
