@@ -32,6 +32,11 @@ MAX_PHOTO_MB = 50
 MAX_ZIP_MB = 2000
 
 
+def _size_mb(n_bytes: int) -> str:
+    mb = n_bytes / _MB
+    return f"{mb:,.0f}" if mb >= 10 else f"{mb:.1f}" if mb >= 1 else f"{mb:.2f}"
+
+
 def uploads_dir() -> Path:
     path = toptune_home() / "uploads"
     path.mkdir(parents=True, exist_ok=True)
@@ -52,7 +57,7 @@ def save_uploaded_zip(name: str, data: bytes, folder: Optional[Path] = None, max
     if not data:
         raise ArchiveError(f"'{name}' is empty (0 bytes).", "Choose the dataset zip again.")
     if len(data) > max_mb * _MB:
-        raise ArchiveError(f"'{name}' is {len(data) / _MB:,.1f} MB; the limit is {max_mb:,g} MB; nothing was saved.",
+        raise ArchiveError(f"'{name}' is {_size_mb(len(data))} MB; the limit is {max_mb:,g} MB; nothing was saved.",
                            "Split the dataset into smaller zips.")
     if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise ArchiveError(f"'{name}' is not a zip file; nothing was unpacked.",
@@ -102,7 +107,7 @@ def photo_source(data: bytes, name: str = "the uploaded photo", max_mb: float = 
     if not data:
         raise ImageError(f"'{name}' is empty (0 bytes); choose another photo.")
     if len(data) > max_mb * _MB:
-        raise ImageError(f"'{name}' is {len(data) / _MB:,.1f} MB; the limit is {max_mb:,g} MB for one photo. "
+        raise ImageError(f"'{name}' is {_size_mb(len(data))} MB; the limit is {max_mb:,g} MB for one photo. "
                          "Send a smaller photo (phone photos are usually 2-15 MB).")
     buf = io.BytesIO(data)
     buf.name = name

@@ -126,7 +126,7 @@ class Visitor:
         used = self.disk_mb()
         if used + extra_bytes / _MB > limit:
             more = f" and this needs {extra_bytes / _MB:,.0f} MB more" if extra_bytes else ""
-            raise LimitReached(f"Your workspace uses {used:,.0f} MB of the {limit:,.0f} MB this server allows one "
+            raise LimitReached(f"Your workspace uses {used:,.1f} MB of the {limit:,g} MB this server allows one "
                                f"visitor{more}. Delete runs you no longer need on the Compare page, then try again.")
 
     def check_new_run(self) -> None:
@@ -135,7 +135,7 @@ class Visitor:
         if limit is not None:
             n = len(self.store().list())
             if n >= limit:
-                raise LimitReached(f"Your workspace holds {n} runs, the most this server keeps for one visitor "
+                raise LimitReached(f"Your workspace holds {n} run(s), the most this server keeps for one visitor "
                                    f"({limit}). Delete runs you no longer need on the Compare page, then try again.")
         self.check_room()
 
