@@ -88,9 +88,9 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
         estimator.check_params()
         dataset, test_dataset = load_data(data, test_data)
         run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size)
-    except BaseException as e:
+    except BaseException as e:  # a cancel or stop (SIGTERM in a process job) can arrive this early too
         if run_id is not None:
-            store.finish(run_id, "failed", str(e) or type(e).__name__)
+            store.finish(run_id, ending(e), str(e) or type(e).__name__)
         raise
     curve: list[dict] = []
     try:
@@ -108,6 +108,13 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
     except BaseException as e:
         store.finish(run.id, "failed", str(e) or type(e).__name__, curve=curve)
         raise
+
+
+def ending(e: BaseException) -> str:
+    """The status of a run that ``e`` stopped."""
+    if isinstance(e, (Cancelled, KeyboardInterrupt)):
+        return "cancelled"
+    return "interrupted" if isinstance(e, JobInterrupted) else "failed"
 
 
 def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, seed, test_size,
