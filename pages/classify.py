@@ -70,7 +70,10 @@ def gather_photos() -> list[tuple[str, bytes]]:
 def show_nearest(prediction) -> None:
     if prediction.familiarity is None or not prediction.familiarity.nearest:
         return
-    st.markdown("**Most similar training photos** (the evidence behind the answer)")
+    if prediction.recognised:
+        st.markdown("**Most similar training photos** (the evidence behind the answer)")
+    else:
+        st.markdown("**Closest training photos**, still far from this photo: the model knows only photos like these")
     cols = st.columns(len(prediction.familiarity.nearest))
     for col, (path, cls, dist) in zip(cols, prediction.familiarity.nearest):
         thumb = thumbnail(path)

@@ -33,12 +33,13 @@ def server(toptune_home):
         yield url
 
 
-def training_photos(home: Path, cls: str, n: int) -> list[str]:
-    """``n`` photos of ``cls`` that the newest run trained on (so it knows them), from the run store."""
+def known_photos(home: Path, cls: str, n: int) -> list[str]:
+    """``n`` held-out photos of ``cls`` that the first run recognised and got right (from its recorded predictions)."""
     from toptune_core.runs.store import RunStore
 
-    held_out = set(RunStore(home).list()[-1].split["test_files"])
-    return [str(p) for p in sorted((DEMO_DATASET / cls).glob("*.jpg")) if str(p) not in held_out][:n]
+    held_out = RunStore(home).list()[-1].predictions()
+    chosen = held_out[(held_out["true"] == cls) & held_out["recognised"] & held_out["correct"]]
+    return [str(p) for p in chosen["path"][:n]]
 
 
 def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path):
@@ -117,7 +118,7 @@ def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path)
 
             open_page("Classify a photo")
             expect(page.get_by_role("heading", name="6 · Classify a photo")).to_be_visible()
-            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(training_photos(toptune_home, "healthy", 1)[0])
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(known_photos(toptune_home, "healthy", 1)[0])
             expect(page.get_by_test_id("stMetric").filter(has_text="Confidence")).to_be_visible()
             answer = page.locator("h3").filter(has_text=re.compile("|".join(CLASSES)))
             expect(answer).to_have_count(1)
@@ -137,7 +138,7 @@ def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path)
             # Three photos of one plant: one combined answer and three per-photo verdicts.
             page.reload()
             expect(page.get_by_role("heading", name="6 · Classify a photo")).to_be_visible()
-            three = training_photos(toptune_home, "bean_rust", 3)
+            three = known_photos(toptune_home, "bean_rust", 3)
             page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(three)
             expect(page.locator("h3").filter(has_text="Combined diagnosis: bean_rust")).to_have_count(1)
             expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="bean_rust · ")).to_have_count(3)

@@ -84,37 +84,30 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
     """
     start = time.perf_counter()
     store = store or RunStore()
+    curve: list[dict] = []
     try:
         estimator.check_params()
         dataset, test_dataset = load_data(data, test_data)
         run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size)
-    except BaseException as e:  # a cancel or stop (SIGTERM in a process job) can arrive this early too
-        if run_id is not None:
-            store.finish(run_id, ending(e), str(e) or type(e).__name__)
-        raise
-    curve: list[dict] = []
-    try:
+        run_id = run.id
         return _train_and_test(estimator, store, run, dataset, test_dataset, seed, test_size, curve, start,
                                progress, should_cancel)
-    except Cancelled as e:
-        store.finish(run.id, "cancelled", str(e), curve=curve)
-        raise
-    except KeyboardInterrupt:
-        store.finish(run.id, "cancelled", "Interrupted from the keyboard.", curve=curve)
-        raise
-    except JobInterrupted as e:
-        store.finish(run.id, "interrupted", str(e), curve=curve)
-        raise
     except BaseException as e:
-        store.finish(run.id, "failed", str(e) or type(e).__name__, curve=curve)
+        if run_id is not None:
+            record_end(store, run_id, e, curve)
         raise
 
 
-def ending(e: BaseException) -> str:
-    """The status of a run that ``e`` stopped."""
-    if isinstance(e, (Cancelled, KeyboardInterrupt)):
-        return "cancelled"
-    return "interrupted" if isinstance(e, JobInterrupted) else "failed"
+def record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> None:
+    """Record how a run ended early: cancelled (by the user), interrupted (stopped from outside) or failed."""
+    if isinstance(e, Cancelled):
+        store.finish(run_id, "cancelled", str(e), curve=curve)
+    elif isinstance(e, KeyboardInterrupt):
+        store.finish(run_id, "cancelled", "Interrupted from the keyboard.", curve=curve)
+    elif isinstance(e, JobInterrupted):
+        store.finish(run_id, "interrupted", str(e), curve=curve)
+    else:
+        store.finish(run_id, "failed", str(e) or type(e).__name__, curve=curve)
 
 
 def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, seed, test_size,
@@ -190,4 +183,7 @@ def summary(run: RunRecord) -> dict:
         "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
         "extract_seconds": t.get("extract_seconds"), "fit_seconds": t.get("fit_seconds"),
         "cache_hit": t.get("cache_hit"), "split": s.get("method"), "unreadable_images": len(s.get("unreadable", []))}
+    familiarity = m.get("familiarity") or {}
+    out["coverage"] = familiarity.get("coverage")  # held-out photos the unknown-photo check recognises
+    out["accuracy_recognised"] = familiarity.get("accuracy_recognised")
     return out

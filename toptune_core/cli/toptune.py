@@ -20,6 +20,10 @@ def print_report(run) -> None:
     print(f"  split: {s.get('method')}; {s.get('n_train')} training photos, {s.get('n_test')} held-out photos")
     print(f"  held-out accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
           f"macro F1 {m['macro_f1']:.3f}")
+    fam = m.get("familiarity")
+    if fam:
+        print(f"  unknown-photo check (normal): {fam['coverage']:.1%} of held-out photos recognised, accuracy on "
+              f"those {fam['accuracy_recognised']:.3f} (without the check {fam['accuracy_all']:.3f})")
     if run.method == "toptune":
         source = "from cache" if t.get("cache_hit") else "extracted"
         print(f"  features {source} in {t['extract_seconds']:.2f} s (extraction cost {t['feature_extraction_seconds']:.1f} s); "

@@ -41,14 +41,14 @@ def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, 
     curve so far. ``run_id``: continue a run already recorded (``FinetuneJob``
     records it before starting the training process). ``hyper``: any ``FINETUNE_DEFAULTS`` setting.
     """
-    from toptune_core.experiment import ending, run_experiment
+    from toptune_core.experiment import record_end, run_experiment
 
     store = store or RunStore()
     try:
         tuner = make_finetuner(backbone, seed, **hyper)
     except BaseException as e:  # a cancel or stop (SIGTERM) can arrive this early too
         if run_id is not None:
-            store.finish(run_id, ending(e), str(e) or type(e).__name__)
+            record_end(store, run_id, e, [])
         raise
     return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, store=store,
                           progress=progress, should_cancel=should_cancel, run_id=run_id)
