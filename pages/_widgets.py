@@ -201,8 +201,9 @@ def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: 
         return None
     ids = [r.id for r in runs]
     by_id = {r.id: r for r in runs}
+    labels = {r.id: run_label(r) for r in runs}  # made now: the labels need this session's visitor
     index = ids.index(default_id) if default_id in ids else 0
-    chosen = st.selectbox(label, ids, index=index, format_func=lambda i: run_label(by_id[i]), key=key)
+    chosen = st.selectbox(label, ids, index=index, format_func=labels.__getitem__, key=key)
     return by_id.get(chosen)
 
 

@@ -51,8 +51,8 @@ def delete_runs() -> None:
     if not own:
         return
     with st.expander(f"Delete runs ({len(own)} in your workspace)"):
-        chosen = st.multiselect("Runs to delete", list(own), format_func=lambda i: f"{run_label(own[i])} · "
-                                f"{own[i].status}", key="cmp_delete")
+        labels = {i: f"{run_label(r)} · {r.status}" for i, r in own.items()}
+        chosen = st.multiselect("Runs to delete", list(own), format_func=labels.__getitem__, key="cmp_delete")
         if st.button("Delete these runs", disabled=not chosen, icon=":material/delete:"):
             for run_id in chosen:
                 runs.delete(run_id)

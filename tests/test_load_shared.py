@@ -96,7 +96,11 @@ def _start_extraction(folder: Path) -> AppTest:
 
 def _classify(at: AppTest, photo: Path) -> dict:
     t0 = time.perf_counter()
-    at.file_uploader(key="cls_upload").set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    try:
+        at.file_uploader(key="cls_upload").set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    except Exception as e:  # the session could not be driven: a failure, counted like the others
+        return {"photo": photo, "seconds": time.perf_counter() - t0, "answer": None,
+                "errors": [f"{type(e).__name__}: {e}"]}
     seconds = time.perf_counter() - t0
     answers = [m.value[4:] for m in at.markdown if m.value.startswith("### ") and m.value[4:] in ANSWERS]
     return {"photo": photo, "seconds": seconds, "answer": answers[0] if len(answers) == 1 else None,
@@ -129,7 +133,10 @@ def test_twenty_visitors_classify_while_two_extractions_run(shared_server):
 
     def visitor(i: int) -> None:
         for r in range(ROUNDS):
-            barrier.wait()
+            try:
+                barrier.wait(timeout=300)
+            except threading.BrokenBarrierError:
+                pass  # a round took too long: go on, and let the figures show it
             outcome = _classify(visitors[i], photos[r * VISITORS + i])
             with lock:
                 results.append(outcome)

@@ -347,3 +347,45 @@ def test_logged_in_visitors_keep_their_workspace_across_sessions(shared):
     button(first, "Try the demo dataset").click().run()
     assert "Dataset: Demo" in " ".join(texts(session("alice").caption))
     assert "Dataset: none chosen yet" in texts(session("bob").caption)
+
+
+def test_a_workspace_removed_while_its_tab_is_open_starts_again_empty(shared, monkeypatch):
+    at = new_app().run()
+    button(at, "Try the demo dataset").click().run()
+    old_token, old_home = at.query_params["v"], at.session_state["_visitor"].home
+    os.utime(old_home / SEEN_FILE, (0, 0))
+    assert Visitors(shared).sweep() == [old_home.name] and not old_home.exists()
+    at.run()
+    no_problems(at)
+    assert at.query_params["v"] != old_token and any("expired" in w for w in texts(at.warning))
+    assert "Dataset: none chosen yet" in texts(at.caption) and not old_home.exists()
+
+
+def test_the_fine_tune_page_shows_the_place_in_the_server_queue(shared):
+    from toptune_core.jobs.process import FinetuneJob
+
+    tabs = [new_app().run(), new_app().run()]
+    for at in tabs:
+        button(at, "Try the demo dataset").click().run()
+        at.switch_page("pages/finetune.py").run()
+        button(at, "Start fine-tuning").click().run()
+        no_problems(at)
+    first, second = tabs
+    (running,) = first.session_state["_visitor"].store().list(status="running")
+    try:
+        assert texts(first.subheader)[:1] == ["Running"]
+        assert texts(second.subheader)[:1] == ["Waiting"], "one fine-tune at a time on the server"
+        assert any("number 1 in the queue" in i for i in texts(second.info))
+        assert second.session_state["_visitor"].store().list() == [], "nothing of the second visitor runs yet"
+        button(second, "Leave the queue").click().run()
+        no_problems(second)
+        assert button(second, "Start fine-tuning") and not second.session_state["_visitor"].store().list()
+    finally:
+        FinetuneJob.attach(running.id, first.session_state["_visitor"].home).cancel()
+
+
+def test_shared_mode_modules_do_not_import_streamlit():
+    code = ("import sys, toptune_core.shared.visitors, toptune_core.shared.paths, toptune_core.jobs.queue, "
+            "toptune_core.cli.showcase; print(sorted(m for m in sys.modules if m.split('.')[0] == 'streamlit'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
