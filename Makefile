@@ -1,12 +1,19 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run   - create .venv, install, start the dashboard (demo dataset shipped in demo_data/)
+#   make run   - create .venv, install, start the dashboard (demo dataset shipped in demo_data/) on this computer
+#                only (127.0.0.1); `make run HOST=0.0.0.0` opens it to the network on purpose
 #   make test  - create .venv if needed, install, run the whole test suite
+# And for a demo or field server that several people reach:
+#   make serve - the dashboard in shared mode (TOPTUNE_SHARED=1) on every interface: private workspaces, no server
+#                paths, limits (see README, "Shared mode")
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+HOST ?= 127.0.0.1
+# Streamlit's own cap on one upload (MB), matched to shared mode's zip limit.
+MAX_UPLOAD_MB ?= $(or $(TOPTUNE_MAX_ZIP_MB),200)
 
-.PHONY: run test install browser clean-venv
+.PHONY: run serve test install browser clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +24,11 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+
+serve: install
+	TOPTUNE_SHARED=1 $(PY) -m streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) \
+		--server.headless true --server.maxUploadSize $(MAX_UPLOAD_MB) --browser.gatherUsageStats false
 
 # The browser test drives Debian's chromium; install it where it is missing and apt-get can.
 browser:

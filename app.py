@@ -13,19 +13,21 @@ the guard at the bottom.
 def main() -> None:
     import streamlit as st
 
+    from pages import _visitor
     from pages._router import navigation
-    from pages._state import current_dataset
+    from pages._state import active_jobs, current_dataset, visitor
     from pages._widgets import friendly_errors
-    from toptune_core.jobs.thread import registry
 
     st.set_page_config(page_title="Toptune · leaf photo diagnosis", page_icon="🌱", layout="wide")
     page = st.navigation(navigation())
+    me = visitor()  # who is visiting (on a shared server: may stop here at a password or a login)
 
     with st.sidebar, friendly_errors():
         choice = current_dataset()
         st.caption("Dataset: " + (choice["label"] if choice else "none chosen yet"))
-        for job in registry().list(active=True):
+        for job in active_jobs():
             st.caption(f":material/hourglass_top: {job.title} (running)")
+        _visitor.describe(me)
 
     page.run()
 

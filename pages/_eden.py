@@ -15,7 +15,7 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
-from pages._state import home, job_for, job_is_running, settings, start_job, workspace
+from pages._state import job_for, job_is_running, server_home, settings, start_job, workspace
 from pages._widgets import follow_job
 from toptune_core.data.dataset import eden_label, load_dataset
 from toptune_core.data.eden import EDEN_BASE_URL, download_eden_datasets
@@ -80,7 +80,7 @@ def choose_eden(on_finished: Callable[[JobView], None]) -> None:
         st.info("Choose at least two datasets of different plants: each plant is one class.")
     busy = job_is_running("download")
     if st.button("Download and use", type="primary", disabled=len(classes) < 2 or busy):
-        target = download_eden(names, home(), settings().eden_url or EDEN_BASE_URL, workspace())
+        target = download_eden(names, server_home(), settings().eden_url or EDEN_BASE_URL, workspace())
         start_job("download", "Downloading from the Eden Library", target, {"names": names})
     job = job_for("download")
     if job is not None:

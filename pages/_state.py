@@ -1,9 +1,14 @@
-"""Per-visitor choices and shared resources, backed by the workspace.
+"""Per-visitor choices and shared resources, backed by the visitor's workspace.
 
-Each tab keeps its choices (dataset, split, remembered runs, job ids) in
-``st.session_state``, restored from the on-disk ``Workspace`` after a browser
-reload. The environment is read here, once per visitor (``settings()``), and
-the folders it names are passed to ``toptune_core`` explicitly.
+Every page reads runs, jobs and datasets only through here, and so only
+through the session's visitor (``pages._visitor``): in shared mode their own
+private folder, plus the showcase runs read-only; a run id or job id of
+another visitor is "not found". Each tab keeps its choices (dataset, split,
+remembered runs, job ids) in ``st.session_state``, restored from the
+visitor's on-disk ``Workspace`` after a browser reload. The environment is read
+here, once per visitor (``settings()``), and the folders it names are passed to
+``toptune_core`` explicitly. Shared by everyone: the feature cache, the
+backbones, the downloads (``server_home()``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from typing import Optional
 
 import streamlit as st
 
+from pages import _visitor
 from toptune_core.config import Settings
 from toptune_core.data.dataset import Dataset, load_dataset
 from toptune_core.features.cache import FeatureCache
 from toptune_core.jobs.process import FinetuneJob
 from toptune_core.jobs.thread import Job, JobTarget, registry
 from toptune_core.runs.store import RunRecord, RunStore
+from toptune_core.shared.paths import check_photos_inside, resolve_inside
+from toptune_core.shared.visitors import Visitor
 from toptune_core.workspace import Workspace
 
 
@@ -29,16 +37,28 @@ def settings() -> Settings:
     return st.session_state["_settings"]
 
 
+def visitor() -> Visitor:
+    """This session's visitor (local mode: the one local user)."""
+    return _visitor.current(settings())
+
+
 def home() -> Path:
+    """This visitor's private folder (local mode: the data folder)."""
+    return visitor().home
+
+
+def server_home() -> Path:
+    """The server's data folder: what every visitor shares (downloads, the feature cache)."""
     return settings().ensure_home()
 
 
 def workspace() -> Workspace:
-    return Workspace(home())
+    return visitor().workspace()
 
 
 def store() -> RunStore:
-    return RunStore(home())
+    """This visitor's own runs."""
+    return visitor().store()
 
 
 def feature_cache() -> FeatureCache:
@@ -102,7 +122,17 @@ def remembered_run(key: str) -> Optional[str]:
 
 
 def completed_runs() -> list[RunRecord]:
-    return [r for r in store().list(status="completed") if r.accuracy is not None]
+    """The completed runs this visitor may use: their own, then the showcase runs."""
+    return visitor().completed_runs()
+
+
+def find_run(run_id: str) -> RunRecord:
+    """A run this visitor may see, by id; ``RunNotFound`` ("not found in your workspace") otherwise."""
+    return visitor().find_run(run_id)[1]
+
+
+def is_showcase(run: RunRecord) -> bool:
+    return visitor().is_showcase(run)
 
 
 # --- background jobs ---------------------------------------------------------------------------------
@@ -112,11 +142,19 @@ def job_for(kind: str) -> Optional[Job]:
     key = f"job:{kind}"
     if key not in st.session_state:
         st.session_state[key] = workspace().load()["jobs"].get(kind)
-    return registry().get(st.session_state[key])
+    return registry().get(st.session_state[key], owner=visitor().key)
+
+
+def active_jobs() -> list[Job]:
+    """This visitor's running background jobs."""
+    return registry().list(active=True, owner=visitor().key)
 
 
 def start_job(kind: str, title: str, target: JobTarget, params: Optional[dict] = None) -> Job:
-    job = registry().submit(kind, title, target, params=params)
+    """Start a background job for this visitor (``LimitReached`` when they already run as many as allowed)."""
+    me = visitor()
+    me.check_job_slot(j.title for j in active_jobs())
+    job = registry().submit(kind, title, target, params=params, owner=me.key)
     st.session_state[f"job:{kind}"] = job.id
     workspace().update(jobs={kind: job.id})
     return job
@@ -150,8 +188,21 @@ def _scan(path: str, signature: tuple) -> Dataset:
 
 
 def scan_dataset(path: str) -> Dataset:
-    """The dataset in ``path``, scanned once until its folders change. Do not modify the result."""
-    return _scan(path, _folder_signature(path))
+    """The dataset in ``path``, scanned once until its folders change. Do not modify the result.
+
+    Shared mode: only a folder (and photos) inside what this visitor may use (``PathNotAllowed`` otherwise)."""
+    if not visitor().shared:
+        return _scan(path, _folder_signature(path))
+    roots = visitor().dataset_roots(settings())
+    real = str(resolve_inside(path, roots))
+    return _scan_inside(real, _folder_signature(real), tuple(str(r) for r in roots))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
+def _scan_inside(path: str, signature: tuple, roots: tuple[str, ...]) -> Dataset:
+    ds = load_dataset(path)
+    check_photos_inside(ds, [Path(r) for r in roots])
+    return ds
 
 
 @st.cache_resource(show_spinner="Preparing the backbone…")
@@ -179,15 +230,16 @@ def ray_extractor_for(backbone: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _predictor(home_dir: str, run_id: str):
+def _predictor(store_root: str, run_id: str):
     from toptune_core.predict import Predictor
 
-    runs = RunStore(home_dir)
+    runs = RunStore(store_root)
     run = runs.get(run_id)
     extractor = extractor_for(run.backbone) if run.method == "toptune" else None
     return Predictor.from_run(run_id, store=runs, extractor=extractor)
 
 
 def predictor_for(run_id: str):
-    """The loaded model of a completed run (kept in memory for the next photo)."""
-    return _predictor(str(home()), run_id)
+    """The loaded model of a completed run this visitor may use (kept in memory for the next photo)."""
+    runs, _ = visitor().find_run(run_id)
+    return _predictor(str(runs.root), run_id)

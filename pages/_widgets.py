@@ -16,10 +16,10 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import (completed_runs, current_dataset, extractor_for, ray_extractor_for, scan_dataset, settings,
-                          split_kind, split_settings)
+from pages._state import (completed_runs, current_dataset, extractor_for, find_run, is_showcase, ray_extractor_for,
+                          scan_dataset, settings, split_kind, split_settings)
 from toptune_core.data.dataset import Dataset
-from toptune_core.errors import ImageError, ToptuneError
+from toptune_core.errors import ImageError, RunNotFound, ToptuneError
 from toptune_core.jobs.view import JobView
 from toptune_core.progress import Progress
 from toptune_core.runs.store import RunRecord
@@ -206,7 +206,20 @@ def run_label(run: RunRecord) -> str:
         how = f"top-tuned {run.backbone} + {spec.label if spec else run.classifier}"
     else:
         how = f"fine-tuned {run.backbone}"
-    return f"{run.id} · {how} · accuracy {percent(run.accuracy)}"
+    return f"{run.id} · {how} · accuracy {percent(run.accuracy)}" + (" · showcase" if is_showcase(run) else "")
+
+
+def run_in_url() -> Optional[str]:
+    """The run named in the page's URL (``?run=ID``) if this visitor may see it; else says "not found" (once) and
+    gives None."""
+    run_id = st.query_params.get("run")
+    if not run_id:
+        return None
+    try:
+        return find_run(run_id).id
+    except RunNotFound as e:
+        st.error(str(e))
+        return None
 
 
 def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: str) -> Optional[RunRecord]:
@@ -215,8 +228,9 @@ def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: 
         return None
     ids = [r.id for r in runs]
     by_id = {r.id: r for r in runs}
+    labels = {r.id: run_label(r) for r in runs}  # made now: the labels need this session's visitor
     index = ids.index(default_id) if default_id in ids else 0
-    chosen = st.selectbox(label, ids, index=index, format_func=lambda i: run_label(by_id[i]), key=key)
+    chosen = st.selectbox(label, ids, index=index, format_func=labels.__getitem__, key=key)
     return by_id.get(chosen)
 
 

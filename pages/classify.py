@@ -13,8 +13,8 @@ import streamlit as st
 from pages._charts import probabilities_chart
 from pages._download import model_download_button
 from pages._router import through_router
-from pages._state import predictor_for, store
-from pages._widgets import friendly_errors, need_runs, percent, pick_run, seconds, thumbnail
+from pages._state import predictor_for, settings
+from pages._widgets import friendly_errors, need_runs, percent, pick_run, run_in_url, seconds, thumbnail
 from toptune_core.data.uploads import photo_source, read_uploaded_photo
 from toptune_core.errors import ImageError
 from toptune_core.predict import MAX_PHOTOS_PER_PLANT
@@ -86,8 +86,9 @@ def show_nearest(prediction) -> None:
 
 
 def show_single(name: str, data: bytes, predictor, strictness: str, run) -> None:
-    image = read_uploaded_photo(data, name)
-    prediction = predictor.predict(photo_source(data, name), strictness=strictness)
+    max_mb = settings().limits.photo_mb
+    image = read_uploaded_photo(data, name, max_mb)
+    prediction = predictor.predict(photo_source(data, name, max_mb), strictness=strictness)
     left, right = st.columns([2, 3])
     left.image(image, caption=name, width="stretch")
     with right:
@@ -116,7 +117,7 @@ def diagnose(photos: list[tuple[str, bytes]], predictor, strictness: str):
     sources = []
     for i, (name, data) in enumerate(photos):
         try:
-            sources.append(photo_source(data, name))
+            sources.append(photo_source(data, name, settings().limits.photo_mb))
             readable.append(i)
         except ImageError as e:
             outcome[i] = str(e)
@@ -154,11 +155,12 @@ def show_combined(photos: list[tuple[str, bytes]], predictor, strictness: str) -
 
 
 def page() -> None:
+    asked = run_in_url()
     runs = need_runs("No trained model yet. Top-tune one first (the demo dataset takes about a minute).")
     if not runs:
         return
-    best = store().best()
-    run = pick_run("Model (the best one is chosen first)", runs, best.id if best else None, key="cls_run")
+    best = max(runs, key=lambda r: (r.accuracy, r.created))
+    run = pick_run("Model (the best one is chosen first)", runs, asked or best.id, key="cls_run")
     classes = run.metrics.get("classes") or run.params.get("classes") or []
     st.caption(f"It tells apart: {', '.join(classes)}. Held-out accuracy {percent(run.accuracy)}. Photos of other "
                "crops, other problems or no leaf at all should get \"not recognised\"; an unseen disease of the "

@@ -1,4 +1,5 @@
-"""Compare: held-out accuracy against training time for every recorded run, top-tuned and fine-tuned."""
+"""Compare: held-out accuracy against training time for every recorded run, top-tuned and fine-tuned; deleting
+one's own runs (on a shared server, to make room under the workspace's limits)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import streamlit as st
 
 from pages._charts import compare_scatter
 from pages._router import through_router
-from pages._widgets import friendly_errors, need_runs
+from pages._state import store
+from pages._widgets import friendly_errors, need_runs, run_label
 from toptune_core.reports import runs_frame
 
 through_router()
@@ -46,5 +48,22 @@ def page() -> None:
                        mime="text/csv", icon=":material/download:")
 
 
+def delete_runs() -> None:
+    """Delete some of this visitor's own finished runs (showcase runs are not theirs to delete)."""
+    runs = store()
+    own = {r.id: r for r in runs.list() if r.status != "running"}
+    if not own:
+        return
+    with st.expander(f"Delete runs ({len(own)} in your workspace)"):
+        labels = {i: f"{run_label(r)} · {r.status}" for i, r in own.items()}
+        chosen = st.multiselect("Runs to delete", list(own), format_func=labels.__getitem__, key="cmp_delete")
+        if st.button("Delete these runs", disabled=not chosen, icon=":material/delete:"):
+            for run_id in chosen:
+                runs.delete(run_id)
+            st.rerun()
+
+
 with friendly_errors():
     page()
+with friendly_errors():
+    delete_runs()

@@ -1,4 +1,8 @@
-"""Data: choose the photos (demo, Eden Library, a local folder or an uploaded zip) and look at them."""
+"""Data: choose the photos (demo, Eden Library, a local folder or an uploaded zip) and look at them.
+
+On a shared server no path can be typed: the folder source becomes a list of
+the folders the operator allows, and uploads go to the visitor's own folder.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,30 @@ from pathlib import Path
 import streamlit as st
 
 from pages._charts import class_counts_chart
-from pages._eden import choose_eden
 from pages._router import PAGES, through_router
+from pages._eden import choose_eden
 from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
-                          scan_dataset, set_split, set_split_kind, split_kind, split_settings, start_job, workspace)
+                          scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
+                          visitor, workspace)
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
 from toptune_core.data.dataset import load_dataset
 from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
-from toptune_core.features.cache import get_features
 from toptune_core.jobs.view import JobView
+from toptune_core.features.cache import get_features
 from toptune_core.leakage import data_leakage
 from toptune_core.reports import describe_sizes, image_sizes
+from toptune_core.shared.paths import offered_folders, resolve_inside
 from toptune_core.workspace import Workspace, demo_choice
 
 THUMBS_PER_CLASS = 4
 MAX_CLASSES_SHOWN = 12
-
-through_router()
-st.title("1 · Data")
-
-SOURCES = ["Demo dataset", "Eden Library", "Folder on this computer", "Upload a zip"]
 SPLIT_LABELS = {"random": "Random (stratified by class)", "grouped": "Grouped: near-duplicates kept on one side"}
 PAIRS_SHOWN = 4
 
+through_router()
+st.title("1 · Data")
 
 def dataset_job_finished(view: JobView) -> None:
     """A finished download or unzip: select the dataset it produced (once), or say what went wrong."""
@@ -52,38 +55,79 @@ def unzip_upload(zip_path: Path, name: str, ws: Workspace):
     return target
 
 
-def choose_source() -> None:
-    source = st.radio("Where are your photos?", SOURCES, horizontal=True, key="data_source")
-    if source == "Demo dataset":
-        st.write("300 photos of bean leaves from fields in Uganda (iBean, MIT licence), 100 per class: "
-                 "angular leaf spot, bean rust and healthy. It ships with this tool and works offline.")
-        if st.button("Use the demo dataset", type="primary"):
-            choose_dataset(demo_choice())
+def demo_source() -> None:
+    st.write("300 photos of bean leaves from fields in Uganda (iBean, MIT licence), 100 per class: "
+             "angular leaf spot, bean rust and healthy. It ships with this tool and works offline.")
+    if st.button("Use the demo dataset", type="primary"):
+        choose_dataset(demo_choice())
+        st.rerun()
+
+
+def eden_source() -> None:
+    choose_eden(dataset_job_finished)
+
+
+def local_folder_source() -> None:
+    """Local mode only: any folder of this computer, by its path."""
+    path = st.text_input("Folder path", placeholder="/home/me/photos/beans", key="folder_path")
+    st.caption("The folder holds one sub-folder of photos per class, named after the class "
+               "(or Eden Library dataset folders side by side).")
+    if st.button("Use this folder", type="primary", disabled=not path.strip()):
+        with friendly_errors():
+            ds = load_dataset(path.strip())
+            choose_dataset({"kind": "folder", "path": str(ds.root), "label": f"Folder {ds.root.name} "
+                            f"({len(ds)} photos)"})
             st.rerun()
-    elif source == "Eden Library":
-        choose_eden(dataset_job_finished)
-    elif source == "Folder on this computer":
-        path = st.text_input("Folder path", placeholder="/home/me/photos/beans", key="folder_path")
-        st.caption("The folder holds one sub-folder of photos per class, named after the class "
-                   "(or Eden Library dataset folders side by side).")
-        if st.button("Use this folder", type="primary", disabled=not path.strip()):
-            with friendly_errors():
-                ds = load_dataset(path.strip())
-                choose_dataset({"kind": "folder", "path": str(ds.root), "label": f"Folder {ds.root.name} "
-                                f"({len(ds)} photos)"})
-                st.rerun()
-    else:
-        st.write("A zip of the dataset folder: one sub-folder of photos per class, named after the class.")
-        upload = st.file_uploader("Dataset zip", type=["zip"], key="zip_upload")
-        busy = job_is_running("unzip")
-        if st.button("Unpack and use", type="primary", disabled=upload is None or busy):
-            with friendly_errors():
-                zip_path = save_uploaded_zip(upload.name, upload.getvalue())
-                start_job("unzip", f"Unpacking {upload.name}", unzip_upload(zip_path, upload.name, workspace()),
-                          {"zip": upload.name})
-        job = job_for("unzip")
-        if job is not None:
-            follow_job(job, dataset_job_finished)
+
+
+def server_folder_source() -> None:
+    """Shared mode: one of the folders the operator allows (``TOPTUNE_DATA_ROOTS``), from a list; no path typed."""
+    roots = settings().data_roots
+    offered = {str(path): label for label, path in offered_folders(roots)}
+    chosen = st.selectbox("Folder on this server", list(offered), format_func=offered.get, key="server_folder")
+    st.caption("The folders this server offers. A dataset folder holds one sub-folder of photos per class.")
+    if st.button("Use this folder", type="primary", disabled=chosen is None):
+        with friendly_errors():
+            ds = scan_dataset(str(resolve_inside(chosen, roots)))  # refused outside the allowed folders
+            choose_dataset({"kind": "server", "path": str(ds.root), "label": f"Server folder {offered[chosen]} "
+                            f"({len(ds)} photos)"})
+            st.rerun()
+
+
+def zip_source() -> None:
+    st.write("A zip of the dataset folder: one sub-folder of photos per class, named after the class.")
+    limit = settings().limits.zip_mb
+    upload = st.file_uploader(f"Dataset zip (up to {limit:,g} MB)", type=["zip"], key="zip_upload")
+    busy = job_is_running("unzip")
+    if st.button("Unpack and use", type="primary", disabled=upload is None or busy):
+        with friendly_errors():
+            data = upload.getvalue()
+            me = visitor()
+            if len(data) <= limit * 2 ** 20:
+                me.check_room(2 * len(data))  # the zip and what it unpacks to
+            zip_path = save_uploaded_zip(upload.name, data, folder=me.uploads_dir, max_mb=limit)
+            start_job("unzip", f"Unpacking {upload.name}", unzip_upload(zip_path, upload.name, workspace()),
+                      {"zip": upload.name})
+    job = job_for("unzip")
+    if job is not None:
+        follow_job(job, dataset_job_finished)
+
+
+def sources() -> dict:
+    """The data sources of this mode: in shared mode no path can be typed, only allowed folders chosen."""
+    found = {"Demo dataset": demo_source, "Eden Library": eden_source}
+    if not settings().shared:
+        found["Folder on this computer"] = local_folder_source
+    elif settings().data_roots:
+        found["Folder on this server"] = server_folder_source
+    found["Upload a zip"] = zip_source
+    return found
+
+
+def choose_source() -> None:
+    options = sources()
+    source = st.radio("Where are your photos?", list(options), horizontal=True, key="data_source")
+    options[source]()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -99,7 +143,7 @@ def show_dataset() -> None:
     ds = scan_dataset(choice["path"])
     counts = ds.class_counts()
     st.subheader(choice["label"])
-    st.caption(f"Folder: {ds.root}")
+    st.caption(f"Folder: {ds.root.name if visitor().shared else ds.root}")
     c1, c2, c3 = st.columns(3)
     c1.metric("Photos", f"{len(ds):,}")
     c2.metric("Classes", len(ds.classes))

@@ -3,7 +3,9 @@
 The training runs in its own process (``toptune_core.jobs.process.FinetuneJob``),
 which records its progress and curve in the run store, so leaving the page,
 reloading the browser or opening another tab finds it again by its run id.
-The page follows it with the same ``follow_job`` as every other job.
+The page follows it with the same ``follow_job`` as every other job. The
+server trains one fine-tune at a time (``toptune_core.jobs.queue``): a visitor
+whose fine-tune waits sees its place in the queue.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import streamlit as st
 
 from pages._charts import finetune_curve
 from pages._router import link, through_router
-from pages._state import finetune_job, home, remember, remembered_run, split_kind, store
+from pages._state import finetune_job, home, remember, remembered_run, split_kind, store, visitor, workspace
 from pages._widgets import follow_job, friendly_errors, need_dataset, percent, seconds
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE
 from toptune_core.data.duplicates import describe_leakage
 from toptune_core.errors import RunNotFound
 from toptune_core.finetune import FINETUNE_DEFAULTS, FINETUNE_RECIPE
-from toptune_core.jobs.process import FinetuneJob
+from toptune_core.jobs.queue import Ticket, finetune_queue
 from toptune_core.jobs.view import JobView
 from toptune_core.reports import training_seconds
 
@@ -106,21 +108,73 @@ def start_form() -> None:
         return
     choice, _, seed, test_size = needed
     chosen = settings_form(dict(FINETUNE_DEFAULTS))
+    queue = finetune_queue()
+    if queue.running_count():
+        st.caption("Another visitor's fine-tune is training now; yours will wait for it (one at a time on this "
+                   "server).")
     if st.button("Start fine-tuning", type="primary", icon=":material/model_training:"):
-        job = FinetuneJob.start(choice["path"], store_root=home(), seed=seed, test_size=test_size, split=split_kind(),
-                                **chosen)
-        remember("finetune_run", job.run_id)
-        st.rerun()
+        with friendly_errors():  # a limit reached: one line, and the page goes on
+            submit(queue, choice["path"], seed, test_size, chosen)
+
+
+def submit(queue, data: str, seed: int, test_size: float, chosen: dict) -> None:
+    """Queue this visitor's fine-tune (it starts now if the slot is free)."""
+    me = visitor()
+    me.check_new_run()
+    ws = workspace()
+    ticket = queue.submit(me.key, data, store_root=home(), seed=seed, test_size=test_size, split=split_kind(),
+                          on_start=lambda run_id: ws.update(finetune_run=run_id), **chosen)
+    if ticket.error:
+        st.error(ticket.error)
+        return
+    st.session_state["ft_ticket"] = ticket.id
+    if ticket.run_id:
+        remember("finetune_run", ticket.run_id)
+    st.rerun()
+
+
+def show_waiting(ticket: Ticket) -> None:
+    """A fine-tune waiting for the server's fine-tune slot: its place in the queue, refreshed every 2 s."""
+    st.subheader("Waiting")
+    queue = finetune_queue()
+
+    @st.fragment(run_every=2)
+    def body() -> None:
+        position = queue.position(ticket)
+        if not ticket.waiting:
+            st.rerun()  # it started (or could not): redraw the whole page
+        st.info(f"Your fine-tune is number {position} in the queue. The server trains one fine-tune at a time; it "
+                "starts by itself when the ones before it end. You can leave this page.",
+                icon=":material/hourglass_top:")
+        if st.button("Leave the queue", key="ft_leave"):
+            queue.cancel(ticket.id, visitor().key)
+            st.rerun()
+
+    body()
+
+
+def started_ticket() -> None:
+    """Remember the run of this tab's fine-tune that left the queue while the tab looked elsewhere."""
+    ticket = finetune_queue().ticket(st.session_state.get("ft_ticket"), visitor().key)
+    if ticket is not None and ticket.run_id and remembered_run("finetune_run") != ticket.run_id:
+        remember("finetune_run", ticket.run_id)
+    elif ticket is not None and ticket.error and not ticket.waiting:
+        st.error(ticket.error)
+        del st.session_state["ft_ticket"]
 
 
 def page() -> None:
+    started_ticket()
     running = store().list(status="running", method="finetune")
+    waiting = finetune_queue().waiting_ticket(visitor().key)
     if running:
         st.subheader("Running")
         st.caption("One fine-tune runs at a time (it uses the whole computer); start another when this one ends. "
                    "You can leave this page or reload it: the training goes on.")
         for run in running:
             follow(run.id)
+    elif waiting is not None:
+        show_waiting(waiting)
     else:
         start_form()
     mine = remembered_run("finetune_run")

@@ -11,7 +11,7 @@ import streamlit as st
 from pages._charts import confusion_figure
 from pages._router import through_router
 from pages._state import remembered_run
-from pages._widgets import friendly_errors, need_runs, percent, pick_run, thumbnail
+from pages._widgets import friendly_errors, need_runs, percent, pick_run, run_in_url, thumbnail
 
 through_router()
 st.title("5 · Predictions")
@@ -29,10 +29,11 @@ def on_cell_selected() -> None:
 
 
 def page() -> None:
+    asked = run_in_url()
     runs = need_runs("No finished runs yet. Top-tune a model first.")
     if not runs:
         return
-    run = pick_run("Run", runs, remembered_run("last_run"), key="pred_run")
+    run = pick_run("Run", runs, asked or remembered_run("last_run"), key="pred_run")
     m = run.metrics
     classes = list(m.get("classes") or run.params.get("classes") or [])
     st.caption(f"Tested on {m.get('n_test')} held-out photos never used for training · accuracy "

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import feature_cache, job_for, remember, split_kind, start_job, store
+from pages._state import feature_cache, find_run, job_for, remember, split_kind, start_job, store, visitor
 from pages._widgets import (choose_extractor, chosen_extractor_for, draw_failure, follow_job, friendly_errors,
                             need_dataset, percent, seconds)
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
@@ -88,9 +88,24 @@ def toptune_finished(view: JobView) -> None:
         job = job_for("toptune")
         if job is not None and job.claim("remembered"):
             remember("last_run", view.result)
-        show_run(RunStore(view.params["home"]).get(view.result))
+        show_run(find_run(view.result))
     else:
         draw_failure(view)
+
+
+def start_toptune(data: str, backbone: str, classifier: str, seed: int, test_size: float, extractor, cache):
+    """The top-tuning job (everything it needs is passed in: workers never touch the session)."""
+    run_store = store()
+    how = split_kind()
+
+    def target(progress, should_cancel):
+        run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
+                            split=how, store=run_store, cache=cache, extractor=extractor, progress=progress,
+                            should_cancel=should_cancel)
+        return run.id
+
+    return start_job("toptune", f"Top-tuning {backbone} + {CLASSIFIERS[classifier].label}", target,
+                     {"home": str(run_store.root), "backbone": backbone, "classifier": classifier})
 
 
 def page() -> None:
@@ -123,19 +138,9 @@ def page() -> None:
     job = job_for("toptune")
     busy = job is not None and job.view().active
     if st.button("Top-tune", type="primary", icon=":material/bolt:", disabled=busy):
-        run_store = store()
-        data = choice["path"]
-
-        how = split_kind()
-
-        def target(progress, should_cancel):
-            run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
-                                split=how, store=run_store, cache=cache, extractor=extractor, progress=progress,
-                                should_cancel=should_cancel)
-            return run.id
-
-        job = start_job("toptune", f"Top-tuning {backbone} + {CLASSIFIERS[classifier].label}", target,
-                        {"home": str(run_store.root), "backbone": backbone, "classifier": classifier})
+        with friendly_errors():  # a limit reached: one line, and the page goes on
+            visitor().check_new_run()
+            job = start_toptune(choice["path"], backbone, classifier, seed, test_size, extractor, cache)
     if job is not None:
         follow_job(job, toptune_finished)
     st.divider()

@@ -8,37 +8,21 @@ Screenshots of each step go to test-artifacts/browser/ (git-ignored).
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from pages._charts import FRONT_NAME
 
 import pytest
 
+from tests.streamlit_server import CHROMIUM, CHROMIUM_ARGS, REPO, streamlit_server
 from toptune_core.config import DEMO_DATASET
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CLASSES = ("angular_leaf_spot", "bean_rust", "healthy")
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is missing (install Debian's chromium: `make browser`)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -47,36 +31,8 @@ def server(toptune_home):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
-    port = free_port()
-    env = {**os.environ, "TOPTUNE_HOME": str(toptune_home), "PYTHONPATH": str(REPO)}
-    log = open(ARTIFACTS / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"streamlit exited; see {ARTIFACTS / 'streamlit.log'}"
-            assert time.monotonic() < deadline, "streamlit did not start within 90 s"
-            time.sleep(0.5)
+    with streamlit_server(toptune_home, ARTIFACTS / "streamlit.log") as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own process group: streamlit and nothing else
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 def known_photos(home: Path, cls: str, n: int) -> list[str]:

@@ -32,3 +32,11 @@ class Cancelled(ToptuneError):
 
 class JobInterrupted(ToptuneError):
     """A job's process was stopped from outside (not by the user's cancel)."""
+
+
+class LimitReached(ToptuneError):
+    """A visitor reached one of the server's limits (runs, disk, jobs, upload size); nothing was changed."""
+
+
+class PathNotAllowed(ToptuneError):
+    """A folder outside the ones this server allows (shared mode)."""

@@ -99,11 +99,11 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
                                start, progress, should_cancel)
     except BaseException as e:
         if run_id is not None:
-            _record_end(store, run_id, e, curve)
+            record_end(store, run_id, e, curve)
         raise
 
 
-def _record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> None:
+def record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> None:
     """Record how a run ended early: cancelled (by the user), interrupted (stopped from outside) or failed."""
     if isinstance(e, Cancelled):
         store.finish(run_id, "cancelled", str(e), curve=curve)

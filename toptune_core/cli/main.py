@@ -2,7 +2,8 @@
 
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
 ``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep), ``cli.bench`` (bench,
-bench-ray), ``cli.extract`` (extract, here or on Ray) and ``cli.eden`` (eden list, eden download). The
+bench-ray), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
+``cli.showcase`` (showcase, visitors: a shared server's operator). The
 environment is read here, once (``Settings.from_env()``), and passed to the
 command. Errors a user can act on print one line (``error: ...``) and exit
 with status 2; there is no traceback.
@@ -14,12 +15,12 @@ import argparse
 import sys
 from typing import Optional
 
-from toptune_core.cli import bench, eden, export, extract, finetune, predict, sweep, toptune
+from toptune_core.cli import bench, eden, export, extract, finetune, predict, showcase, sweep, toptune
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
 
-MODULES = (toptune, predict, export, finetune, sweep, bench, extract, eden)
+MODULES = (toptune, predict, export, finetune, sweep, bench, extract, eden, showcase)
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """Files a user uploads in the dashboard: a zip of class folders, or one leaf photo.
 
-An uploaded zip is saved under ``toptune_home()/uploads/`` by its content hash
+An uploaded zip is saved under ``toptune_home()/uploads/`` (or the folder given:
+a visitor's own on a shared server) by its content hash
 (uploading the same zip again reuses the first extraction) and unpacked with
 ``archive.safe_extract_zip``, which refuses unsafe or damaged zips and never
 leaves a half-extracted folder. A single photo is only ever read in memory.
@@ -31,6 +32,11 @@ MAX_PHOTO_MB = 50
 MAX_ZIP_MB = 2000
 
 
+def _size_mb(n_bytes: int) -> str:
+    mb = n_bytes / _MB
+    return f"{mb:,.0f}" if mb >= 10 else f"{mb:.1f}" if mb >= 1 else f"{mb:.2f}"
+
+
 def uploads_dir() -> Path:
     path = toptune_home() / "uploads"
     path.mkdir(parents=True, exist_ok=True)
@@ -42,21 +48,24 @@ def _safe_stem(name: str) -> str:
     return stem[:60] or "dataset"
 
 
-def save_uploaded_zip(name: str, data: bytes) -> Path:
-    """Save the bytes of an uploaded zip as ``uploads/<stem>-<hash>.zip``; returns the path.
+def save_uploaded_zip(name: str, data: bytes, folder: Optional[Path] = None, max_mb: float = MAX_ZIP_MB) -> Path:
+    """Save the bytes of an uploaded zip as ``<folder>/<stem>-<hash>.zip`` (default ``uploads_dir()``); returns
+    the path.
 
-    Raises ``ArchiveError`` for something that is not a zip, before anything is written.
+    Raises ``ArchiveError`` for something that is not a zip or is over ``max_mb``, before anything is written.
     """
     if not data:
         raise ArchiveError(f"'{name}' is empty (0 bytes).", "Choose the dataset zip again.")
-    if len(data) > MAX_ZIP_MB * _MB:
-        raise ArchiveError(f"'{name}' is {len(data) / _MB:,.0f} MB; the limit is {MAX_ZIP_MB} MB; nothing was saved.",
-                           "Split the dataset into smaller zips or open it as a local folder.")
+    if len(data) > max_mb * _MB:
+        raise ArchiveError(f"'{name}' is {_size_mb(len(data))} MB; the limit is {max_mb:,g} MB; nothing was saved.",
+                           "Split the dataset into smaller zips.")
     if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise ArchiveError(f"'{name}' is not a zip file; nothing was unpacked.",
                            "Zip the dataset folder (one sub-folder per class) and upload that.")
     digest = hashlib.sha256(data).hexdigest()[:16]
-    path = uploads_dir() / f"{_safe_stem(name)}-{digest}.zip"
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    path = (folder or uploads_dir()) / f"{_safe_stem(name)}-{digest}.zip"
     if not path.exists():
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.part")
         try:
@@ -89,7 +98,7 @@ def extract_uploaded_zip(zip_path: str | Path, *, progress: Optional[ProgressCal
     return find_dataset_root(dest)
 
 
-def photo_source(data: bytes, name: str = "the uploaded photo") -> io.BytesIO:
+def photo_source(data: bytes, name: str = "the uploaded photo", max_mb: float = MAX_PHOTO_MB) -> io.BytesIO:
     """The uploaded bytes as a named file object, so that error messages name the file."""
     suffix = Path(name).suffix.lower()
     if suffix in UNSUPPORTED_EXTENSIONS:
@@ -97,14 +106,14 @@ def photo_source(data: bytes, name: str = "the uploaded photo") -> io.BytesIO:
                          "export it as JPEG or PNG (or take a screenshot) and try again.")
     if not data:
         raise ImageError(f"'{name}' is empty (0 bytes); choose another photo.")
-    if len(data) > MAX_PHOTO_MB * _MB:
-        raise ImageError(f"'{name}' is {len(data) / _MB:,.0f} MB; the limit is {MAX_PHOTO_MB} MB for one photo. "
+    if len(data) > max_mb * _MB:
+        raise ImageError(f"'{name}' is {_size_mb(len(data))} MB; the limit is {max_mb:,g} MB for one photo. "
                          "Send a smaller photo (phone photos are usually 2-15 MB).")
     buf = io.BytesIO(data)
     buf.name = name
     return buf
 
 
-def read_uploaded_photo(data: bytes, name: str = "the uploaded photo") -> Image.Image:
+def read_uploaded_photo(data: bytes, name: str = "the uploaded photo", max_mb: float = MAX_PHOTO_MB) -> Image.Image:
     """An uploaded photo as an upright RGB image, or ``ImageError`` with a plain message."""
-    return load_rgb(photo_source(data, name))
+    return load_rgb(photo_source(data, name, max_mb))

@@ -42,14 +42,14 @@ def run_finetuning(data: str | Path, *, test_data: Optional[str | Path] = None, 
     records it before starting the training process). ``split``: "random" or "grouped", as for top-tuning
     (``data.split``). ``hyper``: any ``FINETUNE_DEFAULTS`` setting.
     """
-    from toptune_core.experiment import run_experiment
+    from toptune_core.experiment import record_end, run_experiment
 
     store = store or RunStore()
     try:
         tuner = make_finetuner(backbone, seed, **hyper)
-    except BaseException as e:
+    except BaseException as e:  # a cancel or stop (SIGTERM) can arrive this early too
         if run_id is not None:
-            store.finish(run_id, "failed", str(e) or type(e).__name__)
+            record_end(store, run_id, e, [])
         raise
     return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, split=split, store=store,
                           progress=progress, should_cancel=should_cancel, run_id=run_id)

@@ -4,17 +4,31 @@ The fine-tune runs here: the whole network trains for minutes, so it gets its
 own process (multiprocessing "spawn"), which records its progress in the run
 folder (``progress.json``) and its curve in the run store. ``view()`` gives
 the same ``JobView`` as a thread job, so the pages follow both the same way.
+
+The training process never outlives the program that started it: on Linux it
+asks the kernel for SIGTERM when its parent goes (``prctl(PR_SET_PDEATHSIG)``),
+and everywhere a watcher thread checks ``os.getppid()`` every second. SIGTERM
+ends the run as ``interrupted`` with its curve so far (or, failing that within
+a few seconds, the process exits and the run store marks the run interrupted
+the next time it is opened, knowing the process is gone). The kernel signal is
+tied to the *thread* that started the process, so every training process is
+started from one long-lived launcher thread, never from a short-lived one such
+as a Streamlit script run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,9 +81,32 @@ def _on_sigterm(signum, frame) -> None:
 
 
 _CANCEL_PATH: Optional[Path] = None
+_PR_SET_PDEATHSIG = 1
+#: Seconds the training process has, once its parent is gone, to record its end before it exits anyway.
+ORPHAN_GRACE_S = 10.0
 
 
-def _job_main(run_id: str, store_root: str, data: str, kwargs: dict) -> None:
+def _watch_parent(parent_pid: int, every: float = 1.0) -> None:
+    """In the training process: when the parent is gone (we were re-parented), SIGTERM ourselves; exit at the latest
+    ``ORPHAN_GRACE_S`` seconds later."""
+    while os.getppid() == parent_pid:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the training process (after the SIGTERM handler is set): end when ``parent_pid`` ends."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watcher thread below still covers it
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="toptune-parent-watch", daemon=True).start()
+
+
+def _job_main(run_id: str, store_root: str, data: str, kwargs: dict, parent_pid: Optional[int] = None) -> None:
     """The training process: runs ``run_finetuning`` for an already recorded run."""
     global _CANCEL_PATH
     store = RunStore(store_root)
@@ -77,6 +114,8 @@ def _job_main(run_id: str, store_root: str, data: str, kwargs: dict) -> None:
     _CANCEL_PATH = folder / CANCEL_FILE
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the dashboard's terminal stops the dashboard, not this
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     cancel_path = _CANCEL_PATH
     from toptune_core.finetune import run_finetuning
 
@@ -95,6 +134,13 @@ def _job_main(run_id: str, store_root: str, data: str, kwargs: dict) -> None:
 
 
 _JOBS: dict[str, "FinetuneJob"] = {}
+#: The one long-lived thread that starts training processes (see the module docstring).
+_LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toptune-launcher")
+
+
+def _launch(process) -> None:
+    """``process.start()`` on the launcher thread; its exception, if any, is raised here."""
+    _LAUNCHER.submit(process.start).result()
 
 
 class FinetuneJob:
@@ -119,11 +165,12 @@ class FinetuneJob:
     def store(self) -> RunStore:
         return RunStore(self.store_root)
 
-    @classmethod
-    def start(cls, data: str | Path, *, store_root: Optional[str | Path] = None, **kwargs: Any) -> "FinetuneJob":
-        """Check the settings and the data folder, record the run, start the training process; returns at once."""
+    @staticmethod
+    def check(data: str | Path, **kwargs: Any) -> tuple:
+        """Check the settings and the data folder before anything is recorded (a one-line ToptuneError);
+        returns ``(backbone, hyper, dataset, test_dataset)``."""
         from toptune_core.data.split import load_data
-        from toptune_core.finetune import FINETUNE_DEFAULTS, FineTuner, _jsonable
+        from toptune_core.finetune import FINETUNE_DEFAULTS, FineTuner
         from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
         allowed = {"test_data", "backbone", "seed", "test_size", "split"} | set(FINETUNE_DEFAULTS)
@@ -134,6 +181,14 @@ class FinetuneJob:
         backbone = kwargs.get("backbone", DEFAULT_BACKBONE)
         FineTuner(backbone=backbone, seed=kwargs.get("seed", 0), **hyper).check_params()
         dataset, test_dataset = load_data(data, kwargs.get("test_data"))
+        return backbone, hyper, dataset, test_dataset
+
+    @classmethod
+    def start(cls, data: str | Path, *, store_root: Optional[str | Path] = None, **kwargs: Any) -> "FinetuneJob":
+        """Check the settings and the data folder, record the run, start the training process; returns at once."""
+        from toptune_core.finetune import _jsonable
+
+        backbone, hyper, dataset, test_dataset = cls.check(data, **kwargs)
         store = RunStore(store_root)
         params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
                   "seed": kwargs.get("seed", 0), "test_size": kwargs.get("test_size", 0.25),
@@ -141,10 +196,10 @@ class FinetuneJob:
         run = store.start(method="finetune", backbone=backbone, dataset=str(dataset.root), params=params)
         ctx = multiprocessing.get_context("spawn")
         child_kwargs = {k: (str(v) if k == "test_data" and v is not None else v) for k, v in kwargs.items()}
-        process = ctx.Process(target=_job_main, args=(run.id, str(store.root), str(dataset.root), child_kwargs),
-                              name=f"finetune-{run.id}", daemon=True)
+        process = ctx.Process(target=_job_main, args=(run.id, str(store.root), str(dataset.root), child_kwargs,
+                                                      os.getpid()), name=f"finetune-{run.id}", daemon=True)
         try:
-            process.start()
+            _launch(process)
         except BaseException as e:
             store.finish(run.id, "failed", f"Could not start the training process ({e}).")
             raise ToptuneError(f"Could not start the training process ({e}).") from None
@@ -167,6 +222,10 @@ class FinetuneJob:
         if run.method != "finetune":
             raise ToptuneError(f"Run {run_id} is a {run.method} run, not a fine-tune.")
         return cls(run_id, store_root)
+
+    def is_alive(self) -> bool:
+        """Whether the training process still runs."""
+        return self._alive()
 
     def _alive(self, run: Optional[RunRecord] = None) -> bool:
         if self._process is not None:

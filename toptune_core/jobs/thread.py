@@ -11,7 +11,9 @@ Jobs live in a process-wide ``JobRegistry`` keyed by job id, so a browser
 reload (a new streamlit session in the same server process) finds its running
 job again by id. Two browser tabs get two jobs with two ids; they share nothing
 but the run store and the feature cache, which are safe for concurrent use
-(SQLite transactions, a lock per cache entry).
+(SQLite transactions, a lock per cache entry). Each job has an ``owner`` (the
+visitor who started it, on a shared server): looking a job up or listing jobs
+with an owner only ever finds that owner's jobs.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class Job:
     unexpected exception, whose traceback goes to ``details``).
     """
 
-    def __init__(self, kind: str, title: str, target: JobTarget, *, params: Optional[dict] = None):
+    def __init__(self, kind: str, title: str, target: JobTarget, *, params: Optional[dict] = None,
+                 owner: Optional[str] = None):
         self.id = f"{kind}-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        self.kind, self.title = kind, title
+        self.kind, self.title, self.owner = kind, title, owner
         self.params = dict(params or {})
         self._target = target
         self._lock = threading.Lock()
@@ -141,9 +144,10 @@ class JobRegistry:
         self._jobs: "OrderedDict[str, Job]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, title: str, target: JobTarget, *, params: Optional[dict] = None) -> Job:
-        """Create a job, register it and start its worker thread."""
-        job = Job(kind, title, target, params=params)
+    def submit(self, kind: str, title: str, target: JobTarget, *, params: Optional[dict] = None,
+               owner: Optional[str] = None) -> Job:
+        """Create a job (of ``owner``), register it and start its worker thread."""
+        job = Job(kind, title, target, params=params, owner=owner)
         with self._lock:
             self._jobs[job.id] = job
             self._prune()
@@ -154,17 +158,20 @@ class JobRegistry:
         for job in finished[:max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
 
-    def get(self, job_id: Optional[str]) -> Optional[Job]:
+    def get(self, job_id: Optional[str], owner: Optional[str] = None) -> Optional[Job]:
+        """The job ``job_id``; with ``owner``, only if that owner started it (else None, as for an unknown id)."""
         if not job_id:
             return None
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        return job if job is not None and (owner is None or job.owner == owner) else None
 
-    def list(self, kind: Optional[str] = None, *, active: Optional[bool] = None) -> list[Job]:
-        """Jobs, newest first; ``kind`` and ``active`` filter them."""
+    def list(self, kind: Optional[str] = None, *, active: Optional[bool] = None,
+             owner: Optional[str] = None) -> list[Job]:
+        """Jobs, newest first; ``kind``, ``active`` and ``owner`` filter them."""
         with self._lock:
             jobs = list(self._jobs.values())
-        jobs = [j for j in reversed(jobs) if kind is None or j.kind == kind]
+        jobs = [j for j in reversed(jobs) if (kind is None or j.kind == kind) and (owner is None or j.owner == owner)]
         if active is not None:
             jobs = [j for j in jobs if (j.state not in FINISHED) == active]
         return jobs

@@ -9,7 +9,6 @@ ones, or extracted on the spot for new photos).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 

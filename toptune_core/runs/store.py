@@ -308,6 +308,29 @@ class RunStore:
             marked += 1
         return marked
 
+    def import_run(self, source: "RunStore", run_id: str) -> RunRecord:
+        """Copy a completed run of another store (its record and its files, checksums and all) into this one."""
+        run = source.get(run_id)
+        if run.status != "completed":
+            raise ToptuneError(f"Run {run_id} is {run.status}; only a completed run can be copied.")
+        if self._read("SELECT id FROM runs WHERE id = ?", (run_id,)):
+            raise ToptuneError(f"Run {run_id} is already there.")
+        row = dict(source._read("SELECT * FROM runs WHERE id = ?", (run_id,))[0])
+        tmp = self.runs_dir / f".import-{run_id}-{uuid.uuid4().hex[:6]}"
+        try:
+            shutil.copytree(source.run_dir(run_id), tmp, symlinks=True)  # a link stays a link: model_file refuses it
+            os.replace(tmp, self.run_dir(run_id))
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._unwritable(e) from None
+        try:
+            self._write(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+        except BaseException:
+            shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+            raise
+        return self.get(run_id)
+
     def delete(self, run_id: str) -> None:
         self.get(run_id)
         self._write("DELETE FROM runs WHERE id = ?", (run_id,))

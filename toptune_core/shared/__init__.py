@@ -1,0 +1,1 @@
+"""Shared mode (a demo or field server): visitors (private workspaces, limits, expiry) and paths (the allow-list)."""
