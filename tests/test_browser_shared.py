@@ -175,7 +175,8 @@ def test_stopping_the_dashboard_stops_its_fine_tune(toptune_home, artifacts):
                     time.sleep(0.2)
                 stopped_after = 20 - (deadline - time.monotonic())
             print(f"training process gone {stopped_after:.1f} s after the dashboard was killed")
-            assert RunStore(toptune_home).get(run.id).status == "interrupted"
+            stopped = RunStore(toptune_home).get(run.id)
+            assert stopped.status == "interrupted", (stopped.status, stopped.error)
 
             # A restarted dashboard shows the run as stopped.
             with streamlit_server(toptune_home, artifacts / "streamlit-restart.log") as url:

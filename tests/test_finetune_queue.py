@@ -44,3 +44,33 @@ def test_fine_tunes_wait_their_turn_one_at_a_time(small_dataset, tmp_path):
     FinetuneJob.attach(b.run_id, stores["b"]).cancel()
     assert RunStore(stores["b"]).get(b.run_id).status == "cancelled" and queue.busy_owners() == set()
     assert not (stores["c"] / "runs.sqlite").exists(), "a fine-tune taken out of the queue never ran"
+
+
+def test_a_stop_signal_is_not_swallowed_by_a_photo_decoder(small_dataset, monkeypatch):
+    """SIGTERM in a training process raises wherever the process is; in the middle of decoding a batch of photos
+    (whose ``except Exception`` turns any error into "unreadable photo") it must still stop the run."""
+    import os
+    import signal
+
+    from toptune_core.backbones.pixels import PixelPipeline, eval_data_config
+    from toptune_core.errors import ProcessStopped
+    from toptune_core.jobs import process
+
+    photos = sorted(small_dataset.rglob("*.jpg"))[:4]
+    pipeline = PixelPipeline(eval_data_config("tf_efficientnet_lite0"))
+
+    def load(i: int):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the dashboard stopped while this photo was being decoded
+            time.sleep(1)
+        return pipeline.eval_pixels(photos[i])
+
+    monkeypatch.setattr(process, "_TERMINATED", False)
+    monkeypatch.setattr(process, "_CANCEL_PATH", None)
+    previous = signal.signal(signal.SIGTERM, process._on_sigterm)
+    try:
+        with pytest.raises(ProcessStopped, match="was stopped") as stopped:
+            pipeline.load_batch(photos, range(4), load=load)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.status == "interrupted"

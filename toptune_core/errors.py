@@ -40,3 +40,16 @@ class LimitReached(ToptuneError):
 
 class PathNotAllowed(ToptuneError):
     """A folder outside the ones this server allows (shared mode)."""
+
+
+class ProcessStopped(BaseException):
+    """A job's process was told to stop (SIGTERM): raised by its signal handler wherever the process is.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on the way (a photo
+    decoder's, which turns any error into "unreadable photo") can swallow it. ``status``: how the run ends,
+    ``cancelled`` (the user asked) or ``interrupted`` (the dashboard or the machine stopped).
+    """
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status

@@ -19,7 +19,7 @@ import numpy as np
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.data.duplicates import duplicate_groups, leakage_report
 from toptune_core.data.split import load_data, split_for
-from toptune_core.errors import Cancelled, JobInterrupted
+from toptune_core.errors import Cancelled, JobInterrupted, ProcessStopped
 from toptune_core.evaluation import evaluate
 from toptune_core.leakage import run_reference
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
@@ -111,6 +111,8 @@ def record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> N
         store.finish(run_id, "cancelled", "Interrupted from the keyboard.", curve=curve)
     elif isinstance(e, JobInterrupted):
         store.finish(run_id, "interrupted", str(e), curve=curve)
+    elif isinstance(e, ProcessStopped):
+        store.finish(run_id, e.status, str(e), curve=curve)
     else:
         store.finish(run_id, "failed", str(e) or type(e).__name__, curve=curve)
 

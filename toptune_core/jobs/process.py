@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from toptune_core.errors import Cancelled, JobInterrupted, ToptuneError
+from toptune_core.errors import Cancelled, JobInterrupted, ProcessStopped, ToptuneError
 from toptune_core.jobs.view import JobView
 from toptune_core.progress import Progress, progress_as_dict, progress_from_dict
 from toptune_core.runs.store import RunRecord, RunStore
@@ -76,8 +76,8 @@ def _on_sigterm(signum, frame) -> None:
         return
     _TERMINATED = True
     if _CANCEL_PATH is not None and _CANCEL_PATH.exists():
-        raise Cancelled("Fine-tuning was cancelled.")
-    raise JobInterrupted("The fine-tuning process was stopped (the dashboard or the machine shut down).")
+        raise ProcessStopped("cancelled", "Fine-tuning was cancelled.")
+    raise ProcessStopped("interrupted", "The fine-tuning process was stopped (the dashboard or the machine shut down).")
 
 
 _CANCEL_PATH: Optional[Path] = None
@@ -122,7 +122,7 @@ def _job_main(run_id: str, store_root: str, data: str, kwargs: dict, parent_pid:
     try:
         run_finetuning(data, store=store, run_id=run_id, progress=_ProgressFile(folder / PROGRESS_FILE),
                        should_cancel=cancel_path.exists, **kwargs)
-    except (Cancelled, JobInterrupted):
+    except (Cancelled, JobInterrupted, ProcessStopped):
         pass
     except ToptuneError:
         pass  # recorded as failed with its one-line message
