@@ -74,6 +74,18 @@ def shared_server(toptune_home, subprocess_env, lite0_extractor, tmp_path, monke
     # AppTest switches this option on and off around each run; held on, concurrent sessions do not undo it
     # for each other.
     st_config.set_option("global.appTest", True)
+    # Every AppTest session compiles its page scripts itself (a Streamlit server compiles each once, in its one
+    # script cache), and CPython 3.11's ast.parse is not safe in concurrent threads ("SystemError: AST
+    # constructor recursion depth mismatch", seen here): one compile at a time, as on a server.
+    from streamlit.runtime.scriptrunner import magic
+
+    add_magic, compiling = magic.add_magic, threading.Lock()
+
+    def one_at_a_time(code, script_path):
+        with compiling:
+            return add_magic(code, script_path)
+
+    monkeypatch.setattr(magic, "add_magic", one_at_a_time)
     yield run
     st_config.set_option("global.appTest", False)
 
