@@ -113,9 +113,10 @@ class FinetuneQueue:
     # --- the dispatcher -----------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        """Forget running fine-tunes whose process has ended, and tickets finished over an hour ago."""
+        """Forget running fine-tunes that have ended (their run recorded an end, or their process is gone; a
+        process can take a moment to exit after recording its end), and tickets finished over an hour ago."""
         for tid, (_, job) in list(self._running.items()):
-            if not job.is_alive():
+            if not job.is_alive() or job.status()["state"] != "running":
                 del self._running[tid]
         old = time.time() - 3600
         for tid, t in list(self._tickets.items()):
