@@ -55,6 +55,8 @@ def test_two_visitors_are_kept_apart_on_a_shared_server(toptune_home, tmp_path, 
         expect.set_options(timeout=60_000)
         a = browser.new_context(viewport={"width": 1366, "height": 1000}).new_page()
         b = browser.new_context(viewport={"width": 1366, "height": 1000}).new_page()
+        for p in (a, b):
+            p.set_default_timeout(120_000)
         try:
             # Visitor A: a private link, then the demo dataset, top-tuned once.
             a.goto(url)
@@ -153,6 +155,7 @@ def test_stopping_the_dashboard_stops_its_fine_tune(toptune_home, artifacts):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         expect.set_options(timeout=60_000)
         page = browser.new_page(viewport={"width": 1366, "height": 1000})
+        page.set_default_timeout(120_000)  # the first visit of the Fine-tune page imports the training code
         try:
             with streamlit_server(toptune_home, artifacts / "streamlit-kill.log", procs=procs) as url:
                 page.goto(url)
@@ -184,6 +187,9 @@ def test_stopping_the_dashboard_stops_its_fine_tune(toptune_home, artifacts):
                 expect(page.get_by_text("stopped when the program running it stopped")).to_be_visible()
                 expect(page.get_by_role("button", name=re.compile("Start fine-tuning"))).to_be_visible()
                 page.screenshot(path=str(artifacts / "06-restarted-after-kill.png"), full_page=True)
+        except BaseException:
+            page.screenshot(path=str(artifacts / "failure-kill.png"), full_page=True)
+            raise
         finally:
             browser.close()
             for pid in procs[1:]:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 from streamlit import config as st_config
-from streamlit.testing.v1 import AppTest
+from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+from streamlit.testing.v1 import AppTest, app_test
 
 from tests.conftest import REPO
 from toptune_core.config import DEMO_DATASET
@@ -74,18 +75,11 @@ def shared_server(toptune_home, subprocess_env, lite0_extractor, tmp_path, monke
     # AppTest switches this option on and off around each run; held on, concurrent sessions do not undo it
     # for each other.
     st_config.set_option("global.appTest", True)
-    # Every AppTest session compiles its page scripts itself (a Streamlit server compiles each once, in its one
-    # script cache), and CPython 3.11's ast.parse is not safe in concurrent threads ("SystemError: AST
-    # constructor recursion depth mismatch", seen here): one compile at a time, as on a server.
-    from streamlit.runtime.scriptrunner import magic
-
-    add_magic, compiling = magic.add_magic, threading.Lock()
-
-    def one_at_a_time(code, script_path):
-        with compiling:
-            return add_magic(code, script_path)
-
-    monkeypatch.setattr(magic, "add_magic", one_at_a_time)
+    # One compiled copy of the page scripts for all sessions, as on a server (AppTest compiles them again for
+    # every run, and CPython 3.11's parser run in many threads at once can fail: "AST constructor recursion depth
+    # mismatch").
+    scripts = ScriptCache()
+    monkeypatch.setattr(app_test, "ScriptCache", lambda: scripts)
     yield run
     st_config.set_option("global.appTest", False)
 
@@ -116,7 +110,7 @@ def _classify(at: AppTest, photo: Path) -> dict:
     seconds = time.perf_counter() - t0
     answers = [m.value[4:] for m in at.markdown if m.value.startswith("### ") and m.value[4:] in ANSWERS]
     return {"photo": photo, "seconds": seconds, "answer": answers[0] if len(answers) == 1 else None,
-            "errors": [e.value for e in at.exception] + [e.value for e in at.error]}
+            "errors": [f"{e.value} {' '.join(e.stack_trace)}" for e in at.exception] + [e.value for e in at.error]}
 
 
 def test_twenty_visitors_classify_while_two_extractions_run(shared_server):
