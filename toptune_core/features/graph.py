@@ -36,6 +36,7 @@ import numpy as np
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 from toptune_core.features.engines import LABELS, open_graph_engine
+from toptune_core.files import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -70,14 +71,6 @@ def graph_path(identity: dict, settings: Settings) -> Path:
 
 def _record_path(path: Path) -> Path:
     return path.with_suffix(".json")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def find_graph(identity: dict, settings: Settings, engine: str) -> BackboneGraph | None:

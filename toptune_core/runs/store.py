@@ -19,7 +19,6 @@ one-line ``ToptuneError``; earlier runs are left as they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from toptune_core.errors import RunNotFound, ToptuneError
 from toptune_core.config import Settings
 from toptune_core.runs.record import STATUSES, RunRecord
 from toptune_core.system import pid_alive, process_start_token
+from toptune_core.files import file_sha256
 
 if TYPE_CHECKING:  # pandas loads only where predictions are read or written (a prediction needs none)
     import pandas as pd
@@ -71,14 +71,6 @@ _JSON_FIELDS = ("params", "split", "metrics", "timings", "curve")
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _recorded_sums(recorded: Optional[str]) -> dict[str, str]:
@@ -237,7 +229,7 @@ class RunStore:
             tmp.mkdir()
             for name in save(tmp):
                 _fsync_file(tmp / name)
-                sums[name] = _sha256(tmp / name)
+                sums[name] = file_sha256(tmp / name)
                 os.replace(tmp / name, folder / name)
         except OSError as e:
             raise ToptuneError(f"Could not save the model of run {run_id} in '{self.root}' ({_one_line(e)}); check "
@@ -272,7 +264,7 @@ class RunStore:
         if recorded is None:
             raise ToptuneError(f"Run {run.id} has a model file that this store did not record saving; refusing to "
                                "load it. Train the model again.")
-        if _sha256(path) != recorded:
+        if file_sha256(path) != recorded:
             raise ToptuneError(f"The model file of run {run.id} was changed after it was saved; refusing to load it. "
                                "Train the model again.")
         return path
