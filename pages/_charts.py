@@ -42,7 +42,8 @@ def compare_scatter(plotted: pd.DataFrame) -> go.Figure:
     fig = px.scatter(
         plotted, x="training time (s)", y="accuracy", color="method", symbol="backbone", log_x=True,
         hover_name="run",
-        hover_data={"classifier": True, "balanced accuracy": ":.3f", "macro F1": ":.3f", "training time (s)": ":.1f",
+        hover_data={"classifier": True, "views": True, "resolution (px)": True, "held-out split": True,
+                    "balanced accuracy": ":.3f", "macro F1": ":.3f", "training time (s)": ":.1f",
                     "training photos": True, "test photos": True, "dataset": True, "settings": True,
                     "started": True, "method": False, "backbone": True, "accuracy": ":.3f"},
         color_discrete_map={"top-tuned": GREEN, "fine-tuned": ORANGE},

@@ -206,15 +206,16 @@ def _scan_inside(path: str, signature: tuple, roots: tuple[str, ...]) -> Dataset
 
 
 @st.cache_resource(show_spinner="Preparing the backbone…")
-def _extractor(backbone: str, _settings: Settings):
+def _extractor(backbone: str, resolution: Optional[int], _settings: Settings):
     from toptune_core.features.extractor import FeatureExtractor
 
-    return FeatureExtractor(backbone, settings=_settings)
+    return FeatureExtractor(backbone, settings=_settings, resolution=resolution)
 
 
-def extractor_for(backbone: str):
-    """One feature extractor per backbone for the whole server; its model loads on first use."""
-    return _extractor(backbone, settings())
+def extractor_for(backbone: str, resolution: Optional[int] = None):
+    """One feature extractor per backbone and input resolution for the whole server (a view set is a light copy
+    of it: ``FeatureExtractor.reconfigured``); its model loads on first use."""
+    return _extractor(backbone, resolution, settings())
 
 
 @st.cache_resource(show_spinner=False)

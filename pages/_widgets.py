@@ -82,22 +82,22 @@ def need_runs(hint: str) -> list[RunRecord]:
 EXTRACT_ON = {"local": "This machine", "ray": "Ray cluster"}
 
 
-def choose_extractor(backbone: str):
-    """The extractor of ``backbone``: this machine's, or, when a Ray cluster is configured
-    (``TOPTUNE_RAY_ADDRESS``) and chosen, one that extracts on the cluster."""
+def choose_extractor(backbone: str, views: Optional[str] = None, resolution: Optional[int] = None):
+    """The extractor of ``backbone`` (with these views, at this input resolution): this machine's, or, when a Ray
+    cluster is configured (``TOPTUNE_RAY_ADDRESS``) and chosen, one that extracts on the cluster."""
     address = settings().ray_address
     if address:
         st.radio("Feature extraction", list(EXTRACT_ON), format_func=EXTRACT_ON.get, horizontal=True,
                  key="tt_where", help=f"The Ray cluster at {address} reads the photos by their path here, "
                  "so they must be on storage its workers share; the features land in this machine's cache.")
-    return chosen_extractor_for(backbone)
+    return chosen_extractor_for(backbone, views, resolution)
 
 
-def chosen_extractor_for(backbone: str):
+def chosen_extractor_for(backbone: str, views: Optional[str] = None, resolution: Optional[int] = None):
     """The extractor of ``backbone`` where ``choose_extractor``'s choice says (no widget: e.g. for a sweep)."""
     if settings().ray_address and st.session_state.get("tt_where") == "ray":
-        return ray_extractor_for(backbone)
-    return extractor_for(backbone)
+        return ray_extractor_for(backbone).reconfigured(views=views, resolution=resolution)
+    return extractor_for(backbone, resolution).reconfigured(views=views)
 
 
 # --- numbers in plain words --------------------------------------------------------------------------

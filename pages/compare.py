@@ -31,7 +31,11 @@ def page() -> None:
                "joined: the best trade-offs (the Pareto front), runs that no other run beats on both accuracy and "
                "training time. "
                + ("Top-tuning times include the feature extraction." if include
-                  else "Top-tuning times are the classifier training only."))
+                  else "Top-tuning times are the classifier training only.")
+               + " Each run answers a held-out photo from the views in its 'views' column (top-tuned: the average "
+                 "over its view set; fine-tuned: its test-time views, chosen on the Fine-tune page), so runs with "
+                 "other views or input resolutions are separate points. The held-out split of each run is named "
+                 "in its hover text and in the table.")
     st.dataframe(frame, hide_index=True, column_config={
         "accuracy": st.column_config.NumberColumn(format="%.3f"),
         "balanced accuracy": st.column_config.NumberColumn(format="%.3f"),

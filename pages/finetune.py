@@ -20,6 +20,8 @@ from pages._widgets import follow_job, friendly_errors, need_dataset, percent, s
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE
 from toptune_core.data.duplicates import describe_leakage
 from toptune_core.errors import RunNotFound
+from toptune_core.features.views import DEFAULT_VIEWS
+from toptune_core.features.views import LABELS as VIEW_LABELS
 from toptune_core.finetune import FINETUNE_DEFAULTS, FINETUNE_RECIPE
 from toptune_core.jobs.queue import Ticket, finetune_queue
 from toptune_core.jobs.view import JobView
@@ -94,12 +96,20 @@ def settings_form(defaults: dict) -> dict:
     budget_min = c3.number_input("Time limit (minutes, 0 = none)", min_value=0, max_value=24 * 60,
                                  value=int(round((defaults.get("budget_seconds") or 0) / 60)), step=1,
                                  key="ft_budget", help="Training stops after this time even if epochs are left.")
+    view_names = list(VIEW_LABELS)
+    top_views = st.session_state.get("tt_views", DEFAULT_VIEWS)
+    test_views = st.radio("Views of each test photo", view_names, index=view_names.index(top_views),
+                          format_func=VIEW_LABELS.get, horizontal=True, key="ft_test_views",
+                          help="Set to the views your top-tuned runs use, so both methods answer from the same "
+                               "views of each held-out photo and the comparison is fair (its training already sees "
+                               "random flips and crops).")
     with st.expander("How it is trained (other settings at their defaults)"):
         st.dataframe(pd.DataFrame({"what": list(FINETUNE_RECIPE), "how": list(FINETUNE_RECIPE.values())}),
                      hide_index=True)
         st.dataframe(pd.DataFrame({"setting": list(defaults), "default": [str(v) for v in defaults.values()]}),
                      hide_index=True)
-    return {"backbone": backbone, "epochs": int(epochs), "budget_seconds": float(budget_min * 60) or None}
+    return {"backbone": backbone, "epochs": int(epochs), "budget_seconds": float(budget_min * 60) or None,
+            "test_views": test_views}
 
 
 def start_form() -> None:

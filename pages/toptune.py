@@ -10,7 +10,10 @@ from pages._router import PAGES, through_router
 from pages._state import feature_cache, find_run, job_for, remember, split_kind, start_job, store, visitor
 from pages._widgets import (choose_extractor, chosen_extractor_for, draw_failure, follow_job, friendly_errors,
                             need_dataset, percent, seconds)
-from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, describe
+from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, DEFAULT_RESOLUTION, describe
+from toptune_core.backbones.pixels import RESOLUTIONS
+from toptune_core.features.views import DEFAULT_VIEWS, n_views
+from toptune_core.features.views import LABELS as VIEW_LABELS
 from toptune_core.data.duplicates import describe_leakage
 from toptune_core.experiment import run_toptuning
 from toptune_core.jobs.view import JobView
@@ -93,15 +96,48 @@ def toptune_finished(view: JobView) -> None:
         draw_failure(view)
 
 
+def feature_choices(backbone: str) -> tuple[str, int]:
+    """The view set and the input resolution, defaults shown (chosen by the estimate for new photos, README)."""
+    spec = CATALOGUE[backbone]
+    sides = sorted({spec.input_size, *RESOLUTIONS})
+    default_side = DEFAULT_RESOLUTION.get(backbone, spec.input_size)
+    c1, c2 = st.columns(2)
+    view_names = list(VIEW_LABELS)
+    views = c1.radio("Views of each photo", view_names, index=view_names.index(DEFAULT_VIEWS), key="tt_views",
+                     format_func=lambda v: VIEW_LABELS[v] + (" · default" if v == DEFAULT_VIEWS else ""),
+                     help="A leaf has no 'up': turned or mirrored it is the same leaf. The classifier learns from "
+                          "every view of each training photo, and a new photo's answer is the average over its "
+                          "views. More views: better on new photos, slower first extraction.")
+    resolution = c2.selectbox("Input resolution (pixels)", sides, index=sides.index(default_side),
+                              key=f"tt_resolution_{backbone}",
+                              format_func=lambda r: f"{r} px" + (" · the backbone's own" if r == spec.input_size
+                                                                 else "") + (" · default" if r == default_side
+                                                                             else ""),
+                              help="The square size each photo is resized and cropped to before the backbone. "
+                                   "Larger sees finer spots and costs more per photo.")
+    return views, resolution
+
+
+def extraction_cost(n_photos: int, backbone: str, views: str, resolution: int) -> str:
+    """The first extraction's cost in plain words: model passes and their size against the backbone's own."""
+    native = CATALOGUE[backbone].input_size
+    passes = n_photos * n_views(views)
+    relative = (resolution / native) ** 2
+    size = "" if resolution == native else f", each about {relative:.1f}× the work of one at {native} px"
+    return (f"each of the {n_photos:,} photos goes through the backbone {n_views(views)} time(s) "
+            f"({passes:,} passes{size}).")
+
+
 def start_toptune(data: str, backbone: str, classifier: str, seed: int, test_size: float, extractor, cache):
-    """The top-tuning job (everything it needs is passed in: workers never touch the session)."""
+    """The top-tuning job (everything it needs is passed in: workers never touch the session); the views and the
+    input resolution are the extractor's."""
     run_store = store()
     how = split_kind()
 
     def target(progress, should_cancel):
         run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
                             split=how, store=run_store, cache=cache, extractor=extractor, progress=progress,
-                            should_cancel=should_cancel)
+                            should_cancel=should_cancel, views=extractor.views, resolution=extractor.resolution)
         return run.id
 
     return start_job("toptune", f"Top-tuning {backbone} + {CLASSIFIERS[classifier].label}", target,
@@ -125,15 +161,16 @@ def page() -> None:
                           format_func=lambda k: CLASSIFIERS[k].label, horizontal=True, key="tt_classifier")
     st.caption(f"Settings: {CLASSIFIERS[classifier].settings}.")
 
-    extractor = choose_extractor(backbone)
+    views, resolution = feature_choices(backbone)
+    extractor = choose_extractor(backbone, views, resolution)
     cache = feature_cache()
     cached = cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir()
     if cached:
-        st.caption(":material/bolt: The features of these photos with this backbone are in the cache: training takes a second "
-                   "or two.")
+        st.caption(":material/bolt: The features of these photos with these settings are in the cache: training "
+                   "takes a second or two.")
     else:
-        st.caption(f"The {len(ds):,} photos are read once with the backbone (the slow part); after that the "
-                   "features come from the cache.")
+        st.caption(f":material/schedule: First run: {extraction_cost(len(ds), backbone, views, resolution)} "
+                   "After that the features come from the cache and every run takes a second or two.")
 
     job = job_for("toptune")
     busy = job is not None and job.view().active

@@ -49,7 +49,7 @@ def lite0_extractor():
     """One loaded tf_efficientnet_lite0 feature extractor (real offline ImageNet weights) for the session."""
     from toptune_core.features.extractor import FeatureExtractor
 
-    extractor = FeatureExtractor("tf_efficientnet_lite0")
+    extractor = FeatureExtractor("tf_efficientnet_lite0", views="1")
     _ = extractor.model
     return extractor
 

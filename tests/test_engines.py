@@ -29,7 +29,7 @@ PHOTOS = sorted(DEMO_DATASET.glob("*/*.jpg"))
 @pytest.fixture(scope="module")
 def lite0_cpu_model():
     """The PyTorch model on the CPU (graph engines run on the CPU, also on a machine with a GPU)."""
-    return FeatureExtractor("tf_efficientnet_lite0", device="cpu").model
+    return FeatureExtractor("tf_efficientnet_lite0", views="1", device="cpu").model
 
 
 def _odd_photos(tmp_path) -> list:
@@ -63,34 +63,34 @@ def test_pillow_numpy_pixels_are_bitwise_timms_eval_transform(backbone, tmp_path
 def _features(extractor: FeatureExtractor, photos) -> np.ndarray:
     result = extractor.transform(photos)
     assert result.ok.all()
-    return result.features
+    return result.features[:, 0]
 
 
 @pytest.mark.parametrize("backbone", offline_backbones())
 def test_onnxruntime_features_match_pytorch(backbone, toptune_home):
     photos = [str(p) for p in PHOTOS[::37]]  # 9 photos, all three classes; batches of 4 leave a partial one
-    torch_extractor = FeatureExtractor(backbone, engine="torch", device="cpu")
+    torch_extractor = FeatureExtractor(backbone, views="1", engine="torch", device="cpu")
     expected = _features(torch_extractor, photos)
-    fast = FeatureExtractor(backbone, engine="onnxruntime", device="cpu")
+    fast = FeatureExtractor(backbone, views="1", engine="onnxruntime", device="cpu")
     fast._model = torch_extractor.model  # the same loaded weights for the export and the check
     got = _features(fast, photos)
     assert fast.engine_name == "onnxruntime" and "fell back" not in fast.engine_note
     assert np.abs(got - expected).max() <= TOLERANCE
     assert np.abs(expected[0] - expected[1]).max() > 0.1  # different photos differ far beyond the tolerance
-    graph = find_graph(fast.cache_identity, Settings.from_env(), "onnxruntime")
+    graph = find_graph(fast.model_identity, Settings.from_env(), "onnxruntime")
     assert graph is not None and graph.max_difference("onnxruntime") <= TOLERANCE
     # A fresh extractor finds the checked graph and runs it without loading the PyTorch model.
-    again = FeatureExtractor(backbone, device="cpu")
-    np.testing.assert_array_equal(again.features_of_photos([photos[0]]), got[:1])
+    again = FeatureExtractor(backbone, views="1", device="cpu")
+    np.testing.assert_array_equal(again.features_of_photos([photos[0]])[:, 0], got[:1])
     assert again._model is None and again.engine_name == "onnxruntime"
 
 
 @pytest.mark.skipif(not engines.installed("openvino"), reason="OpenVINO is not installed")
 def test_openvino_features_match_pytorch(lite0_cpu_model, toptune_home):
     photos = [str(p) for p in PHOTOS[5::60]]
-    reference = FeatureExtractor("tf_efficientnet_lite0", engine="torch", device="cpu")
+    reference = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="torch", device="cpu")
     reference._model = lite0_cpu_model
-    ov = FeatureExtractor("tf_efficientnet_lite0", engine="openvino", device="cpu")
+    ov = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="openvino", device="cpu")
     ov._model = lite0_cpu_model
     got = _features(ov, photos)
     assert ov.engine_name == "openvino"
@@ -112,17 +112,17 @@ def _damage_weights(path) -> None:
 def test_a_broken_graph_falls_back_to_pytorch_with_one_clear_line(damage, lite0_cpu_model, small_dataset,
                                                                   toptune_home):
     settings = Settings.from_env()
-    first = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime", device="cpu")
+    first = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="onnxruntime", device="cpu")
     first._model = lite0_cpu_model
     first.load_engine()
-    path = graph_path(first.cache_identity, settings)
+    path = graph_path(first.model_identity, settings)
     assert path.is_file() and first.engine_name == "onnxruntime"
     if damage == "wrong weights":
         _damage_weights(path)
     else:
         path.write_bytes(b"\x08\x01this is not an ONNX graph" * 100)
 
-    broken = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime", device="cpu")
+    broken = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="onnxruntime", device="cpu")
     broken._model = lite0_cpu_model
     lines = []
     fs = get_features(load_dataset(small_dataset), broken, FeatureCache(),
@@ -134,13 +134,13 @@ def test_a_broken_graph_falls_back_to_pytorch_with_one_clear_line(damage, lite0_
     assert broken.engine_name == "torch"
     # Recorded with the features, and the features are PyTorch's own.
     assert fs.entry.meta["engine"] == "torch" and "fell back to PyTorch" in fs.entry.meta["engine_note"]
-    reference = FeatureExtractor("tf_efficientnet_lite0", engine="torch", device="cpu")
+    reference = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="torch", device="cpu")
     reference._model = lite0_cpu_model
-    np.testing.assert_allclose(fs.entry.features[:5], _features(reference, load_dataset(small_dataset).paths[:5]),
+    np.testing.assert_allclose(fs.entry.features[:5, 0], _features(reference, load_dataset(small_dataset).paths[:5]),
                                rtol=0, atol=TOLERANCE)
     # The bad graph was removed: the next extraction exports a good one again.
     assert not path.exists()
-    healed = FeatureExtractor("tf_efficientnet_lite0", engine="onnxruntime", device="cpu")
+    healed = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="onnxruntime", device="cpu")
     healed._model = lite0_cpu_model
     healed.load_engine()
     assert healed.engine_name == "onnxruntime" and json.loads(path.with_suffix(".json").read_text())["checks"]
@@ -150,7 +150,7 @@ def test_unknown_engine_is_one_clear_line():
     from toptune_core.errors import ToptuneError
 
     with pytest.raises(ToptuneError, match="Unknown inference engine 'tensorrt'"):
-        FeatureExtractor("tf_efficientnet_lite0", engine="tensorrt")
+        FeatureExtractor("tf_efficientnet_lite0", views="1", engine="tensorrt")
 
 
 def test_engine_defaults():

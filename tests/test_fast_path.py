@@ -62,7 +62,7 @@ def camera_jpeg(photo: Path, size=(2048, 1536), exif_orientation=None) -> bytes:
 
 @pytest.fixture(scope="module")
 def lite0_model():
-    return FeatureExtractor("tf_efficientnet_lite0").model
+    return FeatureExtractor("tf_efficientnet_lite0", views="1").model
 
 
 @pytest.fixture(scope="module", params=["lanes", "decode-threads"])
@@ -70,7 +70,7 @@ def small_batch_extractor(request, lite0_model):
     """Batches of 5, so batch boundaries, ordering and a partial last batch are exercised, in both CPU modes:
     two lanes (each decodes and runs the model), and two decoding threads feeding one model."""
     settings = {"lanes": dict(lanes=2, threads=1), "decode-threads": dict(lanes=1, decode_workers=2)}[request.param]
-    extractor = FeatureExtractor("tf_efficientnet_lite0", batch_size=5, **settings)
+    extractor = FeatureExtractor("tf_efficientnet_lite0", views="1", batch_size=5, **settings)
     extractor._model = lite0_model  # the same loaded weights for both
     return extractor
 
@@ -96,15 +96,15 @@ def test_extracted_features_equal_the_plain_path(small_batch_extractor, tmp_path
     assert result.ok.tolist() == [True] * 7 + [False] + [True] * 5
     assert [i for i, _ in result.errors] == [7]
     expected = plain_features(small_batch_extractor, photos)
-    assert result.features.shape == expected.shape == (12, 1280)
-    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-4)
+    assert result.features[:, 0].shape == expected.shape == (12, 1280)
+    np.testing.assert_allclose(result.features[:, 0], expected, rtol=1e-4, atol=1e-4)
     # Not a vacuous comparison: the features of different photos differ far beyond the tolerance.
     assert np.abs(expected[0] - expected[1]).max() > 0.1
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_torch_thread_setting_is_restored(small_batch_extractor, engine):
-    extractor = FeatureExtractor("tf_efficientnet_lite0", batch_size=5, lanes=small_batch_extractor.lanes,
+    extractor = FeatureExtractor("tf_efficientnet_lite0", views="1", batch_size=5, lanes=small_batch_extractor.lanes,
                                  threads=small_batch_extractor.threads,
                                  decode_workers=small_batch_extractor.decode_workers, engine=engine)
     extractor._model = small_batch_extractor.model
@@ -141,8 +141,8 @@ def test_decoding_streams_a_bounded_number_of_batches_ahead(small_batch_extracto
             done[0] = int(p.done)
 
     result = small_batch_extractor.transform(Recording(photos), progress=progress)
-    assert result.ok.all() and result.features.shape == (40, 1280)
-    np.testing.assert_allclose(result.features[::13], plain_features(small_batch_extractor, photos[::13]),
+    assert result.ok.all() and result.features[:, 0].shape == (40, 1280)
+    np.testing.assert_allclose(result.features[:, 0][::13], plain_features(small_batch_extractor, photos[::13]),
                                rtol=1e-4, atol=1e-4)
     plan = small_batch_extractor.plan()
     # Started but not yet reported: lanes - the batches in the lanes, one finished waiting its turn and the one
@@ -202,7 +202,7 @@ def test_camera_photos_extract_like_the_plain_path(small_batch_extractor, tmp_pa
         sources.append(str(path))
     result = small_batch_extractor.transform(sources)
     expected = plain_features(small_batch_extractor, sources)
-    cos = (result.features * expected).sum(1) / np.linalg.norm(result.features, axis=1) / np.linalg.norm(expected, axis=1)
+    cos = (result.features[:, 0] * expected).sum(1) / np.linalg.norm(result.features[:, 0], axis=1) / np.linalg.norm(expected, axis=1)
     assert result.ok.all() and (cos > 0.99).all()
     # Different photos are far apart, so the check above can fail.
     assert (expected[0] @ expected[1]) / np.linalg.norm(expected[0]) / np.linalg.norm(expected[1]) < 0.95
@@ -212,7 +212,7 @@ def test_camera_photos_extract_like_the_plain_path(small_batch_extractor, tmp_pa
 def test_cpu_plan_follows_the_cpus_this_process_may_use(monkeypatch, cpus, lanes, threads):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: None)  # no container CPU quota
-    extractor = FeatureExtractor("tf_efficientnet_lite0", device="cpu")
+    extractor = FeatureExtractor("tf_efficientnet_lite0", views="1", device="cpu")
     plan = extractor.plan()
     assert (plan.device, plan.lanes, plan.threads) == ("cpu", lanes, threads)
     assert plan.lanes * plan.threads <= cpus  # never more busy threads than CPUs
@@ -228,11 +228,11 @@ def test_a_cgroup_cpu_quota_caps_the_cpus(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_features_match_the_cpu_plain_path(lite0_model):
     photos = [str(p) for p in PHOTOS[::50]]
-    gpu = FeatureExtractor("tf_efficientnet_lite0", device="cuda", batch_size=4)
+    gpu = FeatureExtractor("tf_efficientnet_lite0", views="1", device="cuda", batch_size=4)
     result = gpu.transform(photos)
     assert gpu.plan().device == "cuda" and result.ok.all()
-    cpu = FeatureExtractor("tf_efficientnet_lite0", device="cpu")
+    cpu = FeatureExtractor("tf_efficientnet_lite0", views="1", device="cpu")
     cpu._model = lite0_model
     expected = plain_features(cpu, photos)
-    cos = (result.features * expected).sum(1) / np.linalg.norm(result.features, axis=1) / np.linalg.norm(expected, axis=1)
+    cos = (result.features[:, 0] * expected).sum(1) / np.linalg.norm(result.features[:, 0], axis=1) / np.linalg.norm(expected, axis=1)
     assert (cos > 0.999).all()  # fp16 autocast: close, not equal

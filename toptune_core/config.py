@@ -11,6 +11,8 @@ never name a server path, and the ``Limits`` below apply. The variables:
 
 - ``TOPTUNE_HOME``: the data folder (default ``~/.toptune``).
 - ``TOPTUNE_SHARED``: ``1`` for shared mode.
+- ``TOPTUNE_VIEWS``: the view set of feature extraction when none is chosen (``features.views``; default
+  ``dihedral``; ``1`` extracts one view per photo, 8 times faster).
 - ``TOPTUNE_DATA_ROOTS``: in shared mode, the server folders visitors may train on (``os.pathsep``-separated).
 - ``TOPTUNE_MAX_PHOTO_MB``, ``TOPTUNE_MAX_ZIP_MB``, ``TOPTUNE_MAX_RUNS``, ``TOPTUNE_MAX_DISK_MB``,
   ``TOPTUNE_IDLE_HOURS``: the limits (defaults in ``LOCAL_LIMITS`` and ``SHARED_LIMITS``).
@@ -78,6 +80,7 @@ class Settings:
     home: Path
     eden_url: Optional[str] = None  # a mirror of Eden's download address (TOPTUNE_EDEN_URL)
     engine: str = "auto"  # the frozen backbone's inference engine (TOPTUNE_ENGINE; see features.engines)
+    views: Optional[str] = None  # the view set features are extracted with (TOPTUNE_VIEWS; None: views.DEFAULT_VIEWS)
     ray_address: Optional[str] = None  # a Ray cluster for feature extraction (TOPTUNE_RAY_ADDRESS, else RAY_ADDRESS)
     shared: bool = False  # shared mode (TOPTUNE_SHARED=1)
     data_roots: tuple[Path, ...] = ()  # the server folders visitors may use in shared mode (TOPTUNE_DATA_ROOTS)
@@ -93,6 +96,7 @@ class Settings:
         limits = (SHARED_LIMITS if shared else LOCAL_LIMITS).with_env(env)
         return cls(home=home, eden_url=env.get("TOPTUNE_EDEN_URL") or None, shared=shared, data_roots=roots,
                    limits=limits, engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower(),
+                   views=(env.get("TOPTUNE_VIEWS") or "").strip() or None,
                    ray_address=env.get("TOPTUNE_RAY_ADDRESS") or env.get("RAY_ADDRESS") or None)
 
     def ensure_home(self) -> Path:

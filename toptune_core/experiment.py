@@ -194,15 +194,17 @@ def _familiarity(estimator, train: Photos, y_train, classes, seed: int, progress
 
 def run_toptuning(data: str | Path, *, test_data: Optional[str | Path] = None, backbone: str = DEFAULT_BACKBONE,
                   classifier: Optional[str] = None, seed: int = 0, test_size: float = 0.25, split: str = "random",
+                  views: Optional[str] = None, resolution: Optional[int] = None,
                   store: Optional[RunStore] = None, cache=None, extractor=None,
                   progress: Optional[ProgressCallback] = None,
                   should_cancel: Optional[CancelCheck] = None) -> RunRecord:
-    """Top-tune ``backbone`` + ``classifier`` (default: ``DEFAULT_CLASSIFIER``) on ``data``: ``run_experiment``
-    with a ``TopTuner``."""
+    """Top-tune ``backbone`` + ``classifier`` (default: ``DEFAULT_CLASSIFIER``) on ``data`` with ``views`` of each
+    photo at ``resolution`` (None: the defaults): ``run_experiment`` with a ``TopTuner``."""
     from toptune_core.methods.classifiers import DEFAULT_CLASSIFIER
     from toptune_core.methods.toptuner import TopTuner
 
-    tuner = TopTuner(backbone, classifier or DEFAULT_CLASSIFIER, seed, extractor=extractor, cache=cache)
+    tuner = TopTuner(backbone, classifier or DEFAULT_CLASSIFIER, seed, views=views, resolution=resolution,
+                     extractor=extractor, cache=cache)
     return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, split=split, store=store,
                           progress=progress, should_cancel=should_cancel)
 

@@ -25,20 +25,25 @@ from toptune_core.progress import CancelCheck, ProgressCallback
 def reference_features(dataset, ok: np.ndarray, *, table: Optional[PhotoTable] = None, backbone: str = "",
                        cache=None, extractor=None, progress: Optional[ProgressCallback] = None,
                        should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-    """The reference backbone's features of the photos ``ok`` selects, in dataset order.
+    """The reference backbone's features of the photos ``ok`` selects, in dataset order: (n, n_views, dim), of
+    which the near-duplicate rule reads the first view (the photo as it is, in every view set).
 
-    A top-tuning ``table`` already read with the reference ``backbone`` is used as it is; otherwise the
-    features come from ``cache`` (or are extracted into it). A photo the reference could not read gets a
-    row of NaN (nobody's near-duplicate).
+    A top-tuning ``table`` already read by ``extractor`` at the reference backbone's own input size is used as
+    it is; otherwise the features come from ``cache`` (or are extracted into it). A photo the reference could
+    not read gets NaN (nobody's near-duplicate).
     """
-    if table is not None and table.features is not None and backbone == REFERENCE_BACKBONE:
+    from toptune_core.features.extractor import FeatureExtractor
+
+    reference = FeatureExtractor(REFERENCE_BACKBONE, views="1")
+    same_model = extractor is not None and extractor.model_identity == reference.model_identity
+    if table is not None and table.features is not None and backbone == REFERENCE_BACKBONE and same_model:
         return table.features
     from toptune_core.features.cache import FeatureCache, get_features
 
     if extractor is None or extractor.backbone != REFERENCE_BACKBONE:
-        from toptune_core.features.extractor import FeatureExtractor
-
-        extractor = FeatureExtractor(REFERENCE_BACKBONE)
+        extractor = reference
+    else:  # the loaded model, at the reference input size, one view
+        extractor = extractor.reconfigured(views="1", data_config=reference.data_config)
     fs = get_features(dataset, extractor, cache or FeatureCache(), progress=progress, should_cancel=should_cancel)
     return fs.entry.full_matrix()[np.asarray(ok, dtype=bool)]
 
@@ -64,7 +69,7 @@ def data_leakage(dataset, *, seed: int, test_size: float, split: str = "random",
     ok = np.ones(len(dataset), dtype=bool)
     features = reference_features(dataset, ok, cache=cache, extractor=extractor, progress=progress,
                                   should_cancel=should_cancel)
-    ok = ~np.isnan(features).any(axis=1)
+    ok = ~np.isnan(features.reshape(len(features), -1)).any(axis=1)
     features = features[ok]
     groups = duplicate_groups(features) if split == "grouped" else None
     _, paths, chosen = split_for(dataset, None, ok, None, seed=seed, test_size=test_size, split=split, groups=groups)

@@ -55,6 +55,19 @@ def run_settings(run: RunRecord) -> str:
     return ", ".join(parts)
 
 
+def run_views(run: RunRecord) -> str:
+    """The views each held-out photo was answered from: the top-tuned run's view set, the fine-tune's test-time
+    views ("1" for runs recorded before views existed)."""
+    p = run.params or {}
+    return str(p.get("views") or (p.get("hyper") or {}).get("test_views") or "1")
+
+
+def run_resolution(run: RunRecord) -> Optional[int]:
+    """The backbone's input side the run used (its recorded data config)."""
+    cfg = (run.params or {}).get("data_config") or {}
+    return int(cfg["input_size"][-1]) if cfg.get("input_size") else None
+
+
 def pareto_front(accuracy: Sequence[Optional[float]], seconds: Sequence[Optional[float]]) -> list[bool]:
     """True for the best trade-offs: runs no other run beats on both accuracy and training time.
 
@@ -81,6 +94,8 @@ def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd
             "method": METHOD_NAMES.get(r.method, r.method),
             "backbone": r.backbone,
             "classifier": r.classifier if r.method == "toptune" else "(network head)",
+            "views": run_views(r),
+            "resolution (px)": run_resolution(r),
             "status": r.status,
             "accuracy": m.get("accuracy"),
             "balanced accuracy": m.get("balanced_accuracy"),
@@ -92,13 +107,15 @@ def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd
             "features from cache": t.get("cache_hit") if r.method == "toptune" else None,
             "training photos": s.get("n_train"),
             "test photos": s.get("n_test"),
+            "held-out split": s.get("method"),
             "dataset": Path(r.dataset).name,
             "settings": run_settings(r),
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
         })
-    columns = ["run", "method", "backbone", "classifier", "status", "accuracy", "balanced accuracy", "macro F1",
-               "coverage", "accuracy on recognised", "training time (s)", "feature extraction (s)", "features from cache", "training photos",
-               "test photos", "dataset", "settings", "started"]
+    columns = ["run", "method", "backbone", "classifier", "views", "resolution (px)", "status", "accuracy",
+               "balanced accuracy", "macro F1", "coverage", "accuracy on recognised", "training time (s)",
+               "feature extraction (s)", "features from cache", "training photos", "test photos", "held-out split",
+               "dataset", "settings", "started"]
     frame = pd.DataFrame(rows, columns=columns)
     frame.insert(columns.index("training time (s)") + 1, "best trade-off",
                  pareto_front(frame["accuracy"].tolist(), frame["training time (s)"].tolist()))

@@ -62,6 +62,10 @@ CATALOGUE: dict[str, BackboneSpec] = {s.name: s for s in (
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
+#: Top-tuning's input side (pixels) for a backbone where the estimate for new photos chose one other than the
+#: backbone's own (README, "Defaults"); a fine-tune always trains at the backbone's own.
+DEFAULT_RESOLUTION: dict[str, int] = {}
+
 
 def offline_backbones() -> list[str]:
     return [name for name, spec in CATALOGUE.items() if spec.offline]

@@ -42,13 +42,43 @@ def timm_version() -> str:
     return importlib.metadata.version("timm")
 
 
-def eval_data_config(backbone: str, settings: Optional[Settings] = None) -> dict:
-    """timm's resolved evaluation preprocessing for ``backbone``, without building the model.
+#: Input sides (pixels) a backbone may be run at besides its own (``eval_data_config``'s ``resolution``).
+RESOLUTIONS = (224, 256, 288, 320)
+_RESOLUTION_RANGE = (64, 1024)
+
+
+def check_resolution(resolution: Optional[int]) -> Optional[int]:
+    """``resolution`` as an int (None stays None: the backbone's own input size), or a one-line error."""
+    if resolution is None:
+        return None
+    try:
+        value = int(resolution)
+        if value != float(resolution):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ToptuneError(f"The input resolution must be a whole number of pixels (got '{resolution}').") from None
+    low, high = _RESOLUTION_RANGE
+    if not low <= value <= high:
+        raise ToptuneError(f"The input resolution must be between {low} and {high} pixels (got {value}).")
+    return value
+
+
+def eval_data_config(backbone: str, settings: Optional[Settings] = None, resolution: Optional[int] = None) -> dict:
+    """timm's resolved evaluation preprocessing for ``backbone``, without building the model; ``resolution``
+    (pixels): run the backbone at this square input size instead of its own (the resize before the crop
+    scales with it, by the same crop_pct).
 
     Remembered on disk per timm version, so that a run whose features are cached
     need not import timm (and torch) at all.
     """
-    settings = settings or Settings.from_env()
+    resolution = check_resolution(resolution)
+    cfg = _timm_data_config(backbone, settings or Settings.from_env())
+    if resolution is not None:
+        cfg = {**cfg, "input_size": [3, resolution, resolution]}
+    return cfg
+
+
+def _timm_data_config(backbone: str, settings: Settings) -> dict:
     remembered = settings.data_configs_dir / f"{backbone}--timm-{timm_version()}.json"
     try:
         return json.loads(remembered.read_text())

@@ -166,7 +166,7 @@ def _ceilings(b: _Bench, extractors: dict, batch_sizes: Optional[tuple[int, ...]
         if name == "torch":
             out[name] = model_ceiling(extractor, sizes)
         else:
-            graph = find_graph(extractor.cache_identity, b.settings, name)
+            graph = find_graph(extractor.model_identity, b.settings, name)
             out[name] = graph_ceiling(name, graph.path, int(extractor.data_config["input_size"][-1]),
                                       extractor.plan().lanes, available_cpus(), sizes)
     return out

@@ -45,8 +45,21 @@ def cmd_bench_ray(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_views(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.views import bench_views, views_table
+
+    start = time.perf_counter()
+    figs = bench_views(args.data, args.backbone, view_sets=args.views.split(","),
+                       resolutions=[None if r == "own" else int(r) for r in args.resolutions.split(",")],
+                       repeats=args.repeats, log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}",
+                                                                    file=sys.stderr, flush=True))
+    print(views_table(figs))
+    write_json(args.json, figs)
+    return 0
+
+
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
-COMMANDS = ("bench", "bench-ray")
+COMMANDS = ("bench", "bench-ray", "bench-views")
 
 
 def add_parsers(sub) -> None:
@@ -69,3 +82,13 @@ def add_parsers(sub) -> None:
     e.add_argument("--address", help="Ray cluster (default $TOPTUNE_RAY_ADDRESS; else a local Ray runtime)")
     e.add_argument("--repeats", type=int, default=1, help="runs of each engine, alternating (default 1)")
     e.add_argument("--json", help="write the figures as JSON to this file")
+
+    v = add_command(sub, "bench-views", cmd_bench_views,
+                    "time extraction with each view set and resolution, a cached rerun and a cold predict; a table")
+    v.add_argument("--data", required=True, help="dataset folder")
+    v.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
+    v.add_argument("--views", default="1,flip,dihedral", help="view sets, comma-separated (default 1,flip,dihedral)")
+    v.add_argument("--resolutions", default="own", help="input sides, comma-separated; 'own' is the backbone's own "
+                                                        "(default own)")
+    v.add_argument("--repeats", type=int, default=3, help="timed runs of each process; the best is kept (default 3)")
+    v.add_argument("--json", help="write the figures as JSON to this file")

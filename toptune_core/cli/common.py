@@ -38,12 +38,30 @@ def data_args(p: argparse.ArgumentParser, backbone: bool = True) -> None:
     p.add_argument("--test-data", help="optional separate test folder with the same class folders")
     if backbone:
         p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
+        feature_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")
     p.add_argument("--test-size", type=float, default=0.25, help="share held out for testing (default 0.25)")
     p.add_argument("--split", default="random", choices=["random", "grouped"],
                    help="random: stratified random split; grouped: near-duplicate photos kept on one side "
                         "(default random; ignored with --test-data)")
     p.add_argument("--json", help="write the result as JSON to this file")
+
+
+def feature_args(p: argparse.ArgumentParser) -> None:
+    """The flags that decide the features besides the backbone: view set and input resolution."""
+    from toptune_core.backbones.pixels import RESOLUTIONS
+    from toptune_core.features.views import DEFAULT_VIEWS, LABELS
+
+    p.add_argument("--views", choices=list(LABELS), default=None,
+                   help="views of each photo: " + "; ".join(f"{k}: {v}" for k, v in LABELS.items())
+                        + f" (default {DEFAULT_VIEWS}, or TOPTUNE_VIEWS)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help=f"input side in pixels, e.g. {', '.join(map(str, RESOLUTIONS))} (default: the backbone's own)")
+
+
+def feature_settings(args: argparse.Namespace) -> dict:
+    """``views`` and ``resolution`` as the command line gave them (None: the defaults)."""
+    return {"views": getattr(args, "views", None), "resolution": getattr(args, "resolution", None)}
 
 
 def write_json(path: Optional[str], obj: dict, **kw) -> None:

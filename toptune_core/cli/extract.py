@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from toptune_core.cli.common import add_command, feature_cache, write_json
+from toptune_core.cli.common import add_command, feature_cache, feature_args, feature_settings, write_json
 from toptune_core.config import Settings
 
 
@@ -23,11 +23,11 @@ def make_extractor(args: argparse.Namespace, settings: Settings):
             raise ToptuneError("--address and --actors go with --engine ray.")
         from toptune_core.features.extractor import FeatureExtractor
 
-        return FeatureExtractor(args.backbone, batch_size=args.batch_size, settings=settings)
+        return FeatureExtractor(args.backbone, batch_size=args.batch_size, settings=settings, **feature_settings(args))
     from toptune_core.features.distributed import RayFeatureExtractor
 
     return RayFeatureExtractor(args.backbone, address=args.address or settings.ray_address, actors=args.actors,
-                               batch_size=args.batch_size, settings=settings)
+                               batch_size=args.batch_size, settings=settings, **feature_settings(args))
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
@@ -71,6 +71,7 @@ def add_parsers(sub) -> None:
     p = add_command(sub, "extract", cmd_extract, "extract a dataset's features into the cache (here or on Ray)")
     p.add_argument("--data", required=True, help="dataset folder: one sub-folder of photos per class")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
+    feature_args(p)
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: Ray Data tasks and an actor pool")
     p.add_argument("--address", help="Ray cluster to use: auto, host:port or ray://host:port (default "

@@ -21,7 +21,7 @@ import platform
 import time
 from typing import Optional
 
-from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
+from toptune_core.cli.common import add_command, feature_cache, feature_settings, run_store, write_json
 from toptune_core.config import Settings
 from toptune_core.data.duplicates import describe_leakage
 
@@ -63,8 +63,11 @@ def _hyper_args(p: argparse.ArgumentParser) -> None:
                        help=text.format(d=d), **kw)
 
 
-def _hyper(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in _FLAGS}
+def _hyper(args: argparse.Namespace, test_views: Optional[str] = None) -> dict:
+    """The fine-tune's settings from the flags; ``--views`` are its test-time views (``test_views`` when given:
+    the compared top-tuned runs')."""
+    return {**{name: getattr(args, name) for name in _FLAGS},
+            "test_views": test_views or getattr(args, "views", None) or "1"}
 
 
 def finetune_summary(run) -> dict:
@@ -95,9 +98,12 @@ def _print_finetune(run) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.errors import ToptuneError
     from toptune_core.finetune import run_finetuning
     from toptune_core.progress import TextProgressBar
 
+    if args.resolution is not None:
+        raise ToptuneError("--resolution is for top-tuning; a fine-tune trains at the backbone's own input size.")
     run = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
                          test_size=args.test_size, split=args.split, store=run_store(settings),
                          progress=TextProgressBar(),
@@ -136,11 +142,12 @@ def _compare_runs(args: argparse.Namespace, settings: Settings) -> list:
     store, cache = run_store(settings), feature_cache(settings)
     runs = [run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=clf,
                           seed=args.seed, test_size=args.test_size, split=args.split, store=store, cache=cache,
-                          progress=TextProgressBar())
+                          progress=TextProgressBar(), **feature_settings(args))
             for clf in _TOPTUNE_NAMES]
+    # the same test-time views as the top-tuned runs, so the comparison is fair (its training already augments)
     runs.append(run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
                                test_size=args.test_size, split=args.split, store=store, progress=TextProgressBar(),
-                               **_hyper(args)))
+                               **_hyper(args, test_views=runs[0].params.get("views"))))
     return runs
 
 

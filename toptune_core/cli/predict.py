@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
+from toptune_core.cli.common import add_command, feature_cache, feature_settings, run_store, write_json
 from toptune_core.config import Settings
 
 
@@ -77,6 +77,7 @@ def cmd_unseen(args: argparse.Namespace, settings: Settings) -> int:
 
     rows = unseen_class_report(args.data, backbone=args.backbone, classifier=args.classifier, seed=args.seed,
                                test_size=args.test_size, strictness=args.strictness, cache=feature_cache(settings),
+                               **feature_settings(args),
                                progress=TextProgressBar())
     print("| class left out | its photos | refused (not recognised) | learned classes' held-out photos "
           "accepted | accuracy on those |")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from toptune_core.cli.common import add_command, feature_cache, run_store, write_json
+from toptune_core.cli.common import add_command, feature_cache, feature_settings, run_store, write_json
 from toptune_core.config import Settings
 from toptune_core.data.duplicates import describe_leakage
 from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
@@ -63,7 +63,7 @@ def cmd_toptune(args: argparse.Namespace, settings: Settings) -> int:
 
     run = run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=args.classifier,
                         seed=args.seed, test_size=args.test_size, split=args.split, store=run_store(settings),
-                        cache=feature_cache(settings), progress=TextProgressBar())
+                        cache=feature_cache(settings), progress=TextProgressBar(), **feature_settings(args))
     print_report(run)
     write_json(args.json, summary(run))
     return 0

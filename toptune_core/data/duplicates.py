@@ -45,7 +45,11 @@ _BLOCK = 2048  # rows of the similarity matrix computed at once (memory: _BLOCK 
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
+    """Unit rows of the photos' features; of (n, n_views, dim) features the first view, the photo as it is (the
+    rule's threshold was measured on those)."""
     X = np.asarray(features, dtype=np.float32)
+    if X.ndim == 3:
+        X = X[:, 0]
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         X = X / norms

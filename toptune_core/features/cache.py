@@ -1,4 +1,4 @@
-"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm).
+"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm, views).
 
 Entries are written to a temporary folder and renamed into place, so an
 interrupted extraction never leaves an entry that reads as complete; a lock
@@ -27,15 +27,16 @@ from toptune_core.config import Settings
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import Cancelled, ToptuneError
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
+from toptune_core.features.views import as_views
 from toptune_core.progress import CancelCheck, ProgressCallback
 
 
 @dataclass
 class CachedFeatures:
-    """A cache entry: features of the readable photos of one dataset with one backbone."""
+    """A cache entry: features of the readable photos of one dataset with one backbone and view set."""
 
     key: str
-    features: np.ndarray  # (n_ok, dim)
+    features: np.ndarray  # (n_ok, n_views, dim)
     relpaths: list[str]  # all photos of the dataset, in dataset order
     ok: np.ndarray  # (n,) bool
     errors: list[tuple[str, str]]  # (relpath, reason) of unreadable photos
@@ -43,8 +44,8 @@ class CachedFeatures:
     meta: dict = field(default_factory=dict)
 
     def full_matrix(self) -> np.ndarray:
-        """(n, dim) features in dataset order, NaN rows for unreadable photos."""
-        out = np.full((len(self.relpaths), self.features.shape[1]), np.nan, dtype=np.float32)
+        """(n, n_views, dim) features in dataset order, NaN for unreadable photos."""
+        out = np.full((len(self.relpaths),) + self.features.shape[1:], np.nan, dtype=np.float32)
         out[self.ok] = self.features
         return out
 
@@ -72,7 +73,7 @@ class FeatureCache:
         entry = self.path(key)
         try:
             meta = json.loads((entry / "meta.json").read_text())
-            features = np.load(entry / "features.npy", allow_pickle=False)
+            features = as_views(np.load(entry / "features.npy", allow_pickle=False))
             ok = np.asarray(meta["ok"], dtype=bool)
             if features.shape[0] != int(ok.sum()) or len(meta["relpaths"]) != len(ok):
                 raise ValueError("inconsistent entry")

@@ -119,7 +119,8 @@ def decode_batch(batch: dict, data_config: dict, draft: bool) -> dict:
 
 
 class BackboneActor:
-    """Ray actor: one loaded backbone; a batch of pixels -> its features (zero rows for unreadable photos).
+    """Ray actor: one loaded backbone; a batch of pixels -> the features of every view of each photo,
+    (n, n_views, dim) (zeros for unreadable photos).
 
     The backbone runs on the inference engine the driver asked for (``features.engines``; "auto": ONNX
     Runtime on a CPU, PyTorch on a GPU), as a single lane: a graph engine's checked graph is found in the
@@ -127,22 +128,22 @@ class BackboneActor:
     """
 
     def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
-                 channels_last: bool, engine: str):
+                 channels_last: bool, engine: str, views: str):
         if timm_version() != timm:
             raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
                                "would differ. Install the same requirements.txt on every node.")
         self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None, lanes=1,
-                                          device=device, channels_last=channels_last, engine=engine)
+                                          device=device, channels_last=channels_last, engine=engine, views=views)
         self.model_batch = model_batch
         self.extractor.load_engine()
 
     def __call__(self, batch: dict) -> dict:
         ok = np.asarray(batch["ok"], dtype=bool)
         pixels = batch["pixels"][ok]
-        chunks = [self.extractor.features_of_pixels(pixels[i:i + self.model_batch])
-                  for i in range(0, len(pixels), self.model_batch)]
-        dim = chunks[0].shape[1] if chunks else self.extractor.spec.feature_dim
-        features = np.zeros((len(ok), dim), dtype=np.float32)
+        step = max(1, self.model_batch // self.extractor.n_views)  # photos per forward pass: all their views
+        chunks = [self.extractor.features_of_views(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+        dim = chunks[0].shape[-1] if chunks else self.extractor.spec.feature_dim
+        features = np.zeros((len(ok), self.extractor.n_views, dim), dtype=np.float32)
         if chunks:
             features[ok] = np.concatenate(chunks)
         engine = self.extractor.engine_record

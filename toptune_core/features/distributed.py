@@ -166,9 +166,10 @@ class RayFeatureExtractor(FeatureExtractor):
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, address: Optional[str] = None,
                  actors: Optional[int] = None, batch_size: Optional[int] = None, channels_last: bool = True,
-                 draft: bool = True, engine: Optional[str] = None, settings: Optional[Settings] = None):
+                 draft: bool = True, engine: Optional[str] = None, settings: Optional[Settings] = None,
+                 views: Optional[str] = None, resolution: Optional[int] = None):
         super().__init__(backbone, batch_size=batch_size, channels_last=channels_last, draft=draft,
-                         engine=engine, settings=settings)
+                         engine=engine, settings=settings, views=views, resolution=resolution)
         self.address = address
         self.actors = actors
         self.last_plan_: Optional[RayPlan] = None  # what the last transform ran
@@ -244,7 +245,7 @@ class RayFeatureExtractor(FeatureExtractor):
                             batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus)
         args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
                 "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
-                "channels_last": self.channels_last, "engine": self.engine}
+                "channels_last": self.channels_last, "engine": self.engine, "views": self.views}
         return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=max(1, len(items) // blocks),
                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
                               num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
@@ -260,7 +261,7 @@ class RayFeatureExtractor(FeatureExtractor):
             for batch in batches.batches(meter.should_cancel):
                 index = np.asarray(batch["index"], dtype=np.int64)
                 if full is None:
-                    full = np.zeros((n, batch["features"].shape[1]), dtype=np.float32)
+                    full = np.zeros((n,) + batch["features"].shape[1:], dtype=np.float32)
                     self.first_batch_seconds_ = time.perf_counter() - start
                     self.worker_engine_ = {key: str(batch[key][0]) for key in ("engine", "engine_note")}
                 full[index] = batch["features"]
@@ -270,8 +271,7 @@ class RayFeatureExtractor(FeatureExtractor):
                 meter.update(done)
         finally:
             batches.stop()
-        dim = full.shape[1] if full is not None else self.spec.feature_dim
-        features = full[ok] if full is not None else np.zeros((0, dim), dtype=np.float32)
+        features = full[ok] if full is not None else np.zeros((0, self.n_views, self.spec.feature_dim), np.float32)
         return features, ok, sorted(reasons.items())
 
 

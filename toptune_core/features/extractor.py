@@ -22,6 +22,7 @@ ahead from the one reader (``features.reader``). The cache is ``features.cache``
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -29,13 +30,13 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
-from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, create_model, get_backbone
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, DEFAULT_RESOLUTION, create_model, get_backbone
 from toptune_core.backbones.pixels import PixelBatch, PixelPipeline, eval_data_config, timm_version, \
     unreadable_reason
 from toptune_core.config import Settings
 from toptune_core.data.images import ImageSource
-from toptune_core.errors import ImageError
-from toptune_core.features import engines
+from toptune_core.errors import ImageError, ToptuneError
+from toptune_core.features import engines, views as view_sets
 from toptune_core.features.reader import chunked, in_lanes, read_ahead
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
 from toptune_core.system import cuda_present, nothing, thread_policy, torch_threads
@@ -57,17 +58,18 @@ def pick_device(device: Optional[str] = None) -> "torch.device":
 class ExtractionResult:
     """Features of the readable photos; ``ok[i]`` says whether photo i was readable."""
 
-    features: np.ndarray  # (n_ok, feature_dim) float32
+    features: np.ndarray  # (n_ok, n_views, feature_dim) float32: every view of each readable photo
     ok: np.ndarray  # (n,) bool
     errors: list[tuple[int, str]]  # (index, plain-word reason) of unreadable photos
     seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
+        """Photos per second (each photo counted once, whatever its number of views)."""
         return float(self.ok.sum()) / self.seconds if self.seconds else float("nan")
 
 
-#: Default batch sizes (see ``FeatureExtractor.plan``).
+#: Default batch sizes in model inputs (views of photos; see ``FeatureExtractor.plan``).
 CPU_BATCH_SIZE = 4
 CUDA_BATCH_SIZE = 64
 
@@ -98,6 +100,24 @@ class ExtractionPlan:
         return f"{self.device}, {engine}, batch {self.batch_size}, {threads}{self.decode_workers} decoding thread(s)"
 
 
+def extractor_for(backbone: str, data_config: Optional[dict], views: str, extractor: Optional["FeatureExtractor"] = None,
+                  settings: Optional[Settings] = None) -> "FeatureExtractor":
+    """The extractor a saved model needs: ``backbone`` at the input size of its ``data_config``, with its view set;
+    ``extractor`` (the dashboard's, for any settings of this backbone) is reused when it is for the same backbone.
+    A ``data_config`` that this installation's timm resolves differently is a one-line error (the features would
+    differ from the ones the model was trained on)."""
+    if extractor is None or extractor.backbone != backbone:
+        extractor = FeatureExtractor(backbone, settings=settings, views=views)
+    if data_config is None:  # a run from before preprocessing was recorded
+        return extractor.reconfigured(views=views)
+    resolution = int(data_config["input_size"][-1])
+    expected = eval_data_config(backbone, extractor.settings, resolution)
+    if expected != data_config:
+        raise ToptuneError(f"This model was trained with other preprocessing ({data_config}) than this installation's "
+                           f"{backbone} uses at {resolution} px; train it again.")
+    return extractor.reconfigured(views=views, data_config=data_config)
+
+
 class FeatureExtractor:
     """A frozen pretrained backbone used as a feature extractor.
 
@@ -126,7 +146,8 @@ class FeatureExtractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, batch_size: Optional[int] = None,
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
                  draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None,
-                 engine: Optional[str] = None, settings: Optional[Settings] = None, data_config: Optional[dict] = None):
+                 engine: Optional[str] = None, settings: Optional[Settings] = None, data_config: Optional[dict] = None,
+                 views: Optional[str] = None, resolution: Optional[int] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
@@ -138,7 +159,10 @@ class FeatureExtractor:
         self.settings = settings or Settings.from_env()
         self.engine = engines.check_name(engine or self.settings.engine)
         self.spec = get_backbone(backbone)
-        self.data_config = data_config or eval_data_config(backbone, self.settings)
+        self.views = view_sets.check_views(views or self.settings.views)
+        if resolution is None:
+            resolution = DEFAULT_RESOLUTION.get(backbone)
+        self.data_config = data_config or eval_data_config(backbone, self.settings, resolution)
         self.pixels = PixelPipeline(self.data_config, draft=draft)
         self._model: Optional["torch.nn.Module"] = None
         self._engine: Optional[engines.Engine] = None
@@ -159,11 +183,43 @@ class FeatureExtractor:
         return self._model
 
     @property
-    def cache_identity(self) -> dict:
-        """Everything that determines the features, for the cache key. Not the engine: every engine's
-        features agree with PyTorch's within ``graph.TOLERANCE`` (checked when its graph is built)."""
+    def resolution(self) -> int:
+        """The model's input side in pixels (``data_config``'s input size)."""
+        return int(self.data_config["input_size"][-1])
+
+    @property
+    def n_views(self) -> int:
+        return view_sets.n_views(self.views)
+
+    @property
+    def model_identity(self) -> dict:
+        """Everything that determines the network's output for a given input: the exported graph's key."""
         return {"backbone": self.spec.name, "weights": self.spec.weights_id, "data_config": self.data_config,
                 "timm": timm_version()}
+
+    @property
+    def cache_identity(self) -> dict:
+        """Everything that determines the features, for the cache key: the model and the view set. Not the
+        engine: every engine's features agree with PyTorch's within ``graph.TOLERANCE`` (checked when its graph
+        is built)."""
+        return {**self.model_identity, "views": self.views}
+
+    def reconfigured(self, *, views: Optional[str] = None, data_config: Optional[dict] = None,
+                     resolution: Optional[int] = None) -> "FeatureExtractor":
+        """This extractor (of whatever kind, a Ray one too) for another view set and/or input size: itself when
+        nothing changes; else a copy, which shares the loaded model and engine when only the views change."""
+        views = view_sets.check_views(views or self.views)
+        if data_config is None:
+            data_config = self.data_config if resolution in (None, self.resolution) else \
+                eval_data_config(self.backbone, self.settings, resolution)
+        if data_config == self.data_config and views == self.views:
+            return self
+        twin = copy.copy(self)
+        twin.views = views
+        if data_config != self.data_config:  # another input size: another exported graph, loaded on first use
+            twin.data_config, twin.pixels = data_config, PixelPipeline(data_config, draft=self.draft)
+            twin._engine, twin._engine_lock, twin.engine_note = None, threading.Lock(), ""
+        return twin
 
     def on_cuda(self) -> bool:
         """Whether the model runs on a CUDA GPU; torch is imported only where an NVIDIA device exists."""
@@ -202,14 +258,20 @@ class FeatureExtractor:
         cpus = policy.cpus
         engine = self.engine_name
         if self.on_cuda():
-            return ExtractionPlan("cuda", self.batch_size or CUDA_BATCH_SIZE, 1, self.threads or 0,
+            return ExtractionPlan("cuda", self.batch_size or self._photos_per_batch(CUDA_BATCH_SIZE), 1,
+                                  self.threads or 0,
                                   self.decode_workers if self.decode_workers is not None else max(1, cpus - 1),
                                   engine)
         lanes = self.lanes or policy.lanes
         threads = self.threads or (policy.lane_threads if lanes == policy.lanes else max(1, cpus // lanes))
         # (with a single CPU, lanes == 1 and decoding in the model's thread avoids pointless switching)
         decode = self.decode_workers if self.decode_workers is not None else (1 if cpus > 1 else 0)
-        return ExtractionPlan("cpu", self.batch_size or CPU_BATCH_SIZE, lanes, threads, decode, engine)
+        return ExtractionPlan("cpu", self.batch_size or self._photos_per_batch(CPU_BATCH_SIZE), lanes, threads, decode,
+                              engine)
+
+    def _photos_per_batch(self, inputs: int) -> int:
+        """Photos per batch so that a batch holds about ``inputs`` model inputs (all views of each photo)."""
+        return max(1, inputs // self.n_views)
 
     # --- the engine ----------------------------------------------------------------------------------
 
@@ -232,10 +294,10 @@ class FeatureExtractor:
                     raise GraphError(f"{engines.LABELS[name]} runs on the CPU, and this extractor uses the GPU")
                 if not engines.installed(name):
                     raise GraphError(f"the '{name}' package is not installed")
-                graph = find_graph(self.cache_identity, self.settings, name)
+                graph = find_graph(self.model_identity, self.settings, name)
                 if graph is None:
                     say(f"exporting {self.backbone} for {engines.LABELS[name]} and checking it against PyTorch")
-                    graph = prepare_graph(self.cache_identity, self.settings, name, lambda: self.model,
+                    graph = prepare_graph(self.model_identity, self.settings, name, lambda: self.model,
                                           self.data_config)
                 plan = self.plan()
                 engine = engines.open_graph_engine(name, graph.path, threads=plan.threads, lanes=plan.lanes)
@@ -295,25 +357,33 @@ class FeatureExtractor:
                 batch.to(device, non_blocking=True))
 
     def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Features of a (N, H, W, 3) uint8 batch from ``load_pixels`` by the engine; (N, feature_dim) float32.
+        """Features of a (N, H, W, 3) uint8 batch of model inputs by the engine; (N, feature_dim) float32.
         Threads as in ``features_of``; one photo's prediction needs nothing more (no torch with a graph engine)."""
         engine = self.load_engine()
         with self._lane_threads(torch=engine.name == "torch"):
             return engine.run(pixels)
 
+    def features_of_views(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of every view (``views.cut``) of a (N, H, W, 3) uint8 batch of photos from ``load_pixels``:
+        (N, n_views, feature_dim) float32, one engine run for all of them."""
+        engine = self.load_engine()
+        with self._lane_threads(torch=engine.name == "torch"):
+            return self._run_views(engine, pixels)
+
+    def _run_views(self, engine: engines.Engine, pixels: np.ndarray) -> np.ndarray:
+        features = engine.run(view_sets.cut(pixels, self.views))
+        return features.reshape(len(pixels), self.n_views, features.shape[-1])
+
     def features_of_photos(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
                            should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-        """Features of photos that must all be readable (``ImageError`` names the first that is not): one
-        photo directly, in this thread (a prediction), several through ``transform``."""
+        """(n, n_views, dim) features of photos that must all be readable (``ImageError`` names the first that
+        is not): one photo directly, in this thread (a prediction), several through ``transform``."""
         if len(sources) == 1 and self.pixels.has_pixel_stage:
-            return self.features_of_pixels(self.load_pixels(sources[0])[None])
+            return self.features_of_views(self.load_pixels(sources[0])[None])
         result = self.transform(sources, progress=progress, should_cancel=should_cancel)
         if not result.ok.all():
             raise ImageError(result.errors[0][1])
         return result.features
-
-    def _features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._engine.run(pixels)  # on the threads transform() set up
 
     def _lane_threads(self, torch: bool):
         return torch_threads(self.plan().threads) if torch and not self.on_cuda() else nothing()
@@ -355,13 +425,13 @@ class FeatureExtractor:
                     meter.update(batch.indices[-1] + 1)
             finally:
                 stream.close()  # on cancel or error: stops and joins the threads
-        dim = chunks[0].shape[1] if chunks else self.spec.feature_dim
-        features = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+        dim = chunks[0].shape[-1] if chunks else self.spec.feature_dim
+        features = np.concatenate(chunks) if chunks else np.zeros((0, self.n_views, dim), dtype=np.float32)
         return ExtractionResult(features, ok, errors, time.perf_counter() - start)
 
     def _with_features(self, batch: PixelBatch) -> PixelBatch:
         if len(batch.pixels):
-            batch.features = self._features_of_pixels(batch.pixels)
+            batch.features = self._run_views(self._engine, batch.pixels)  # on the threads transform() set up
         batch.pixels = batch.pixels[:0]  # the pixels are no longer needed
         return batch
 
@@ -395,5 +465,12 @@ class FeatureExtractor:
                 except Exception as e:
                     ok.append(False)
                     errors.append((i, unreadable_reason(sources[i], e)))
-            feats = self.features_of(torch.stack(tensors)) if tensors else None
+            feats = None
+            if tensors:
+                batch = torch.stack(tensors)
+                turned = [torch.rot90(batch, turns, dims=(2, 3)) if turns else batch
+                          for turns, _ in view_sets.VIEW_SETS[self.views]]
+                cut = torch.stack([t.flip(3) if mirror else t
+                                   for t, (_, mirror) in zip(turned, view_sets.VIEW_SETS[self.views])], dim=1)
+                feats = self.features_of(cut.flatten(0, 1)).reshape(len(tensors), self.n_views, -1)
             yield PixelBatch(b, np.zeros((0, 0, 0, 3), dtype=np.uint8), ok, errors, feats)

@@ -22,6 +22,7 @@ import numpy as np
 from toptune_core.backbones.pixels import PixelPipeline
 from toptune_core.errors import ImageError, ToptuneError
 from toptune_core.features.reader import chunked, read_ahead
+from toptune_core.features.views import average as average_views, cut as cut_views, n_views as n_views_of
 from toptune_core.finetune.callbacks import Callbacks, TrainState
 from toptune_core.finetune.schedule import PhaseSchedule
 
@@ -106,9 +107,11 @@ def load_pixels(pipeline: PixelPipeline, sources: Sequence, idx: Sequence[int],
 
 def predict_batches(model, sources: Sequence, pipeline: PixelPipeline, device, amp_dtype, *, batch_size: int,
                     workers: int, channels_last: bool, check: Optional[Callable[[], None]] = None,
-                    on_batch: Optional[Callable[[int], None]] = None, embed: bool = False) -> list[np.ndarray]:
-    """Class probabilities (float64) per batch of ``sources``, through timm's evaluation pixels; with
-    ``embed``, the network's penultimate features (float32, what its classifier sees) instead."""
+                    on_batch: Optional[Callable[[int], None]] = None, embed: bool = False,
+                    views: str = "1") -> list[np.ndarray]:
+    """Class probabilities (float64) per batch of ``sources``, through timm's evaluation pixels, averaged over
+    each photo's ``views`` (``features.views``); with ``embed``, the network's penultimate features of every view
+    (float32, (n, n_views, dim): what its classifier sees) instead."""
     import torch
 
     was_training = model.training
@@ -121,13 +124,15 @@ def predict_batches(model, sources: Sequence, pipeline: PixelPipeline, device, a
                                       lambda c: load_pixels(pipeline, sources, c), workers, "finetune-decode"):
                 if check is not None:
                     check()
-                x = pipeline.to_tensor(px, device, channels_last)
+                n_views = n_views_of(views)
+                x = pipeline.to_tensor(np.ascontiguousarray(cut_views(px, views)), device, channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     if embed:
-                        out.append(model.forward_head(model.forward_features(x), pre_logits=True)
-                                   .float().cpu().numpy())
+                        f = model.forward_head(model.forward_features(x), pre_logits=True).float().cpu().numpy()
+                        out.append(f.reshape(len(px), n_views, f.shape[-1]))
                     else:
-                        out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy().astype(np.float64))
+                        proba = torch.softmax(model(x).float(), dim=1).cpu().numpy().astype(np.float64)
+                        out.append(average_views(proba, n_views))
                 done += len(idx)
                 if on_batch is not None:
                     on_batch(done)

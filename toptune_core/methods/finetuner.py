@@ -26,6 +26,7 @@ from toptune_core.backbones.pixels import PixelPipeline, eval_data_config
 from toptune_core.data.split import stratified_split
 from toptune_core.data.images import ImageSource
 from toptune_core.errors import DatasetError, ToptuneError
+from toptune_core.features import views as view_sets
 from toptune_core.features.reader import chunked, read_ahead
 from toptune_core.finetune import callbacks as cb
 from toptune_core.finetune.loop import TrainSetup, predict_batches, train
@@ -78,7 +79,8 @@ class FineTuner(PhotoEstimator):
                  crop_scale: Sequence[float] = (0.35, 1.0), flips: bool = True, freeze_blocks: Optional[int] = None,
                  budget_seconds: Optional[float] = 900.0, val_fraction: float = 0.15, patience: int = 3,
                  device: Optional[str] = None, seed: int = 0, num_threads: Optional[int] = None,
-                 channels_last: bool = True, mixed_precision: bool = True, decode_workers: int = 1):
+                 channels_last: bool = True, mixed_precision: bool = True, decode_workers: int = 1,
+                 test_views: str = "1"):
         self.backbone = backbone
         self.epochs = epochs
         self.head_epochs = head_epochs
@@ -101,6 +103,7 @@ class FineTuner(PhotoEstimator):
         self.channels_last = channels_last
         self.mixed_precision = mixed_precision
         self.decode_workers = decode_workers
+        self.test_views = test_views
 
     # --- parameters ---------------------------------------------------------------------------
 
@@ -109,6 +112,8 @@ class FineTuner(PhotoEstimator):
         def bad(what: str) -> ToptuneError:
             return ToptuneError(f"Fine-tune setting {what}.")
 
+        if self.test_views not in view_sets.VIEW_SETS:
+            raise bad(f"test_views must be one of {', '.join(view_sets.VIEW_SETS)} (got {self.test_views!r})")
         for name in ("epochs", "head_epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(f"{name} must be a whole number >= 0 (got {getattr(self, name)!r})")
@@ -271,23 +276,27 @@ class FineTuner(PhotoEstimator):
         device = next(self.model_.parameters()).device
         meter = ProgressMeter(stage, len(sources), progress, "images", should_cancel) if progress else None
         watch = cb.CancelWatch(should_cancel)
+        views = view_sets.check_views(self.test_views)
         return predict_batches(self.model_, sources, self._pipeline(), device, self._amp_dtype(device),
-                               batch_size=max(1, 2 * self.batch_size), workers=self.decode_workers,
-                               channels_last=self.channels_last, check=lambda: watch.check(force=True),
-                               on_batch=meter.update if meter else None, embed=embed)
+                               batch_size=max(1, 2 * self.batch_size // view_sets.n_views(views)),
+                               workers=self.decode_workers, channels_last=self.channels_last,
+                               check=lambda: watch.check(force=True), on_batch=meter.update if meter else None,
+                               embed=embed, views=views)
 
     def embed(self, photos: "Photos | Sequence[ImageSource]", *, progress: Optional[ProgressCallback] = None,
               should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-        """(n, dim) the fine-tuned network's own penultimate features (what its classifier sees)."""
+        """(n, n_views, dim) the fine-tuned network's own penultimate features (what its classifier sees) of each
+        test-time view (``test_views``)."""
         if isinstance(photos, Photos) and photos.features is not None:
             return photos.features
         out = self._batches(_paths(photos), progress, should_cancel, embed=True, stage="embed")
-        return np.concatenate(out) if out else np.zeros((0, self.model_.num_features), dtype=np.float32)
+        n_views = view_sets.n_views(self.test_views)
+        return np.concatenate(out) if out else np.zeros((0, n_views, self.model_.num_features), dtype=np.float32)
 
     def predict_proba(self, photos: "Photos | Sequence[ImageSource]", *, progress: Optional[ProgressCallback] = None,
                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-        """(n, n_classes) class probabilities; photos go through timm's evaluation transform. Photos that carry
-        their ``embed`` features only go through the classifier."""
+        """(n, n_classes) class probabilities, averaged over the test-time views (``test_views``); photos go through
+        timm's evaluation transform. Photos that carry their ``embed`` features only go through the classifier."""
         if isinstance(photos, Photos) and photos.features is not None:
             return self._head_proba(photos.features)
         out = self._batches(_paths(photos), progress, should_cancel, embed=False, stage="evaluate")
@@ -299,9 +308,11 @@ class FineTuner(PhotoEstimator):
         self._check_fitted()
         head = self.model_.get_classifier()
         device = next(self.model_.parameters()).device
+        F = view_sets.as_views(features)
+        n, v, d = F.shape
         with torch.inference_mode():
-            logits = head(torch.as_tensor(features, dtype=torch.float32, device=device))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+            logits = head(torch.as_tensor(F.reshape(n * v, d), dtype=torch.float32, device=device))
+        return view_sets.average(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64), v)
 
     def predict(self, photos: "Photos | Sequence[ImageSource]") -> np.ndarray:
         """Predicted class indices."""

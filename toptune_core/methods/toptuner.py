@@ -3,8 +3,11 @@
 ``read`` gets the features of every photo of a dataset from the feature cache
 (extracting and caching them on a miss); its readable-photo mask is the
 extraction's. ``fit`` trains the top classifier on the training photos'
-features only; ``predict_proba`` scores photos from their features (cached
-ones, or extracted on the spot for new photos).
+features only, every view of each photo a training row (``features.views``;
+a photo's views share its group, so the classifier's own cross-validation
+keeps them together); ``predict_proba`` scores photos from their features
+(cached ones, or extracted on the spot for new photos), averaging the
+probabilities over each photo's views.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.errors import DatasetError, ToptuneError
 from toptune_core.evaluation import full_proba
+from toptune_core.features import views as view_sets
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
 from toptune_core.methods.classifiers import (CLASSIFIERS, DEFAULT_CLASSIFIER, chosen_settings, fit_classifier,
                                               make_classifier)
@@ -29,33 +33,45 @@ MODEL_FILE = "model.joblib"
 class TopTuner(PhotoEstimator):
     """Top-tune ``backbone`` + ``classifier`` (a key of ``methods.classifiers.CLASSIFIERS``).
 
-    ``extractor`` and ``cache``: an already loaded ``FeatureExtractor`` for
-    ``backbone`` (the dashboard keeps one per backbone) and the ``FeatureCache``
-    to use; None makes them on first use.
+    ``views``: the view set of every photo (``features.views``; None: the
+    settings' default); ``resolution``: the backbone's input side in pixels
+    (None: its own). ``extractor`` and ``cache``: an already loaded
+    ``FeatureExtractor`` for ``backbone`` (the dashboard keeps one per
+    backbone; it is reconfigured to these views and resolution, sharing its
+    loaded model) and the ``FeatureCache`` to use; None makes them on first use.
     """
 
     method = "toptune"
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classifier: str = DEFAULT_CLASSIFIER, seed: int = 0, *,
-                 extractor=None, cache=None):
+                 views: Optional[str] = None, resolution: Optional[int] = None, extractor=None, cache=None):
         self.backbone = backbone
         self.classifier = classifier
         self.seed = seed
+        self.views = views
+        self.resolution = resolution
         self.extractor = extractor
         self.cache = cache
 
     def check_params(self) -> "TopTuner":
+        from toptune_core.backbones.pixels import check_resolution
+
         if self.classifier not in CLASSIFIERS:
             make_classifier(self.classifier)  # raises the "unknown classifier" error
         if self.extractor is not None and self.extractor.backbone != self.backbone:
             raise DatasetError(f"The extractor is for {self.extractor.backbone}, not {self.backbone}.")
+        if self.views is not None:
+            view_sets.check_views(self.views)
+        check_resolution(self.resolution)
         return self
 
     def _extractor(self):
         if self.extractor is None:
             from toptune_core.features.extractor import FeatureExtractor
 
-            self.extractor = FeatureExtractor(self.backbone)
+            self.extractor = FeatureExtractor(self.backbone, views=self.views, resolution=self.resolution)
+        elif not hasattr(self, "classifier_"):  # a fitted tuner keeps the extractor its model was trained with
+            self.extractor = self.extractor.reconfigured(views=self.views, resolution=self.resolution)
         return self.extractor
 
     # --- the protocol -------------------------------------------------------------------------
@@ -81,25 +97,29 @@ class TopTuner(PhotoEstimator):
     def fit(self, photos: Photos, y, classes: Sequence[str], *, progress: Optional[ProgressCallback] = None,
             should_cancel: Optional[CancelCheck] = None, on_epoch=None) -> "TopTuner":
         self.check_params()
-        X = self._features(photos, progress, should_cancel)
+        extractor = self._extractor()
+        X, rows_y, rows_groups = view_sets.flatten(self._features(photos, progress, should_cancel), np.asarray(y),
+                                                   photos.groups)
         self.classes_ = [str(c) for c in classes]
         self.classifier_ = make_classifier(self.classifier, random_state=self.seed)
-        self.fit_seconds_ = fit_classifier(self.classifier_, X, np.asarray(y), groups=photos.groups,
+        self.fit_seconds_ = fit_classifier(self.classifier_, X, rows_y, groups=rows_groups,
                                            progress=progress, should_cancel=should_cancel)
-        self.data_config_ = self._extractor().data_config
+        self.data_config_, self.views_ = extractor.data_config, extractor.views
         return self
 
     def predict_proba(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         if not hasattr(self, "classifier_"):
             raise ToptuneError("This top-tuner has not been trained yet.")
-        X = self._features(photos, progress, should_cancel)
+        X = view_sets.as_views(self._features(photos, progress, should_cancel))
+        n, v, d = X.shape
         with one_blas_thread():
-            return full_proba(self.classifier_, X, len(self.classes_))
+            return view_sets.average(full_proba(self.classifier_, X.reshape(n * v, d), len(self.classes_)), v)
 
     def embed(self, photos: Photos, *, progress: Optional[ProgressCallback] = None,
               should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-        """The frozen backbone's features (the cached ones when ``photos`` carries them)."""
+        """The frozen backbone's features of every view, (n, n_views, dim) (the cached ones when ``photos``
+        carries them)."""
         return self._features(photos, progress, should_cancel)
 
     def save(self, folder: Path) -> list[str]:
@@ -110,28 +130,31 @@ class TopTuner(PhotoEstimator):
         from toptune_core.portable.top import write_portable_files
 
         joblib.dump({"kind": "toptune", "classifier": self.classifier_, "classes": self.classes_,
-                     "backbone": self.backbone, "data_config": self.data_config_}, Path(folder) / MODEL_FILE)
+                     "backbone": self.backbone, "data_config": self.data_config_, "views": self.views_},
+                    Path(folder) / MODEL_FILE)
         return [MODEL_FILE] + write_portable_files(folder, self.classifier_, self.classes_, self.backbone,
-                                                   self.data_config_, self.classifier)
+                                                   self.data_config_, self.classifier, self.views_)
 
     @classmethod
     def from_run(cls, store, run, *, extractor=None, **_) -> "TopTuner":
         """The top-tuner a completed run saved (``RunStore.load_model`` checks the file before unpickling)."""
+        from toptune_core.features.extractor import extractor_for
+
         saved = store.load_model(run.id)
-        backbone = saved["backbone"]
-        if extractor is not None and extractor.backbone != backbone:
-            extractor = None
-        tuner = cls(backbone, run.classifier or "rf", extractor=extractor)
+        backbone, views = saved["backbone"], saved.get("views", "1")  # runs from before views: one view
+        tuner = cls(backbone, run.classifier or "rf", views=views,
+                    extractor=extractor_for(backbone, saved.get("data_config"), views, extractor))
         tuner.classifier_, tuner.classes_ = saved["classifier"], list(saved["classes"])
-        tuner.data_config_ = saved.get("data_config")
+        tuner.data_config_, tuner.views_ = tuner.extractor.data_config, views
         return tuner
 
     def timings(self) -> dict:
         return {"fit_seconds": self.fit_seconds_, **getattr(self, "extraction_engine_", {})}
 
     def record(self) -> dict:
-        out = {"classifier_settings": CLASSIFIERS[self.classifier].settings,
-               "data_config": self._extractor().data_config}
+        extractor = self._extractor()
+        out = {"classifier_settings": CLASSIFIERS[self.classifier].settings, "data_config": extractor.data_config,
+               "views": extractor.views, "n_views": extractor.n_views, "resolution": extractor.resolution}
         if hasattr(self, "classifier_"):
             out["classifier_choice"] = chosen_settings(self.classifier_)  # kernel: width, penalty; auto: CV table
         return out

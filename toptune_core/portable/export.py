@@ -31,6 +31,7 @@ import numpy as np
 
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
+from toptune_core.features.views import VIEW_SETS
 from toptune_core.trust.familiarity import FILE as FAMILIARITY_FILE
 from toptune_core.trust.familiarity import STRICTNESS
 
@@ -52,13 +53,14 @@ def export_run(run_id: str, out: "str | Path", *, store=None, settings: Optional
     if out.suffix.lower() != ".zip":
         raise ToptuneError(f"Name the export file '….zip' (got '{out.name}').")
     parts = _toptune_parts(store, run, settings) if run.method == "toptune" else _finetune_parts(store, run)
-    cfg = parts.pop("data_config")
+    cfg, views = parts.pop("data_config"), parts.pop("views")
     model = {"format": FORMAT, "run_id": run.id, "method": run.method, "backbone": run.backbone,
              "classes": parts.pop("classes"), "class_index": parts.pop("class_index"),
              "accuracy": run.accuracy,
              "preprocessing": {"input_size": int(cfg["input_size"][-1]), "resize_side": resize_side(cfg),
                                "interpolation": cfg["interpolation"], "crop": "center", "mean": cfg["mean"],
-                               "std": cfg["std"], "normalisation": "inside backbone.onnx: (x / 255 - mean) / std"},
+                               "std": cfg["std"], "normalisation": "inside backbone.onnx: (x / 255 - mean) / std",
+                               "views": [list(step) for step in VIEW_SETS[views]], "view_set": views},
              "familiarity": {"strictness": STRICTNESS}}
     files = {"backbone.onnx": parts["backbone"], "classifier.onnx": parts["classifier"],
              "model.json": json.dumps(model, indent=1).encode(), "README.md": _readme(run, model).encode(),
@@ -86,7 +88,7 @@ def _write_zip(out: Path, files: dict[str, bytes]) -> Path:
 
 
 def _toptune_parts(store, run, settings: Settings) -> dict:
-    from toptune_core.features.extractor import FeatureExtractor
+    from toptune_core.features.extractor import FeatureExtractor, extractor_for
     from toptune_core.features.graph import prepare_graph
     from toptune_core.portable.top import CLASSIFIER_FILE, META_FILE, write_portable_files
 
@@ -102,18 +104,17 @@ def _toptune_parts(store, run, settings: Settings) -> dict:
         tuner = TopTuner.from_run(store, run)
         with tempfile.TemporaryDirectory() as tmp:
             if not write_portable_files(Path(tmp), tuner.classifier_, tuner.classes_, tuner.backbone,
-                                        tuner.data_config_, tuner.classifier):
+                                        tuner.data_config_, tuner.classifier, tuner.views_):
                 raise ToptuneError(f"The classifier of run {run.id} cannot be converted to ONNX.")
             meta = json.loads((Path(tmp) / META_FILE).read_text())
             classifier = (Path(tmp) / CLASSIFIER_FILE).read_bytes()
-    extractor = FeatureExtractor(meta["backbone"], device="cpu", settings=settings)
-    if extractor.data_config != meta["data_config"]:
-        raise ToptuneError(f"Run {run.id} was trained with other preprocessing than this installation's "
-                           f"{meta['backbone']} uses; train it again before exporting.")
-    graph = prepare_graph(extractor.cache_identity, settings, "onnxruntime", lambda: extractor.model,
+    views = meta.get("views", "1")
+    extractor = extractor_for(meta["backbone"], meta["data_config"], views,
+                              FeatureExtractor(meta["backbone"], device="cpu", settings=settings, views=views))
+    graph = prepare_graph(extractor.model_identity, settings, "onnxruntime", lambda: extractor.model,
                           extractor.data_config)
     return {"backbone": graph.path.read_bytes(), "classifier": classifier, "classes": meta["classes"],
-            "class_index": meta["class_index"], "data_config": meta["data_config"]}
+            "class_index": meta["class_index"], "data_config": meta["data_config"], "views": views}
 
 
 def _finetune_parts(store, run) -> dict:
@@ -146,7 +147,7 @@ def _finetune_parts(store, run) -> dict:
                              f"(limit {TOLERANCE:g})")
         backbone = features_path.read_bytes()
     return {"backbone": backbone, "classifier": head_bytes, "classes": tuner.classes_,
-            "class_index": list(range(len(tuner.classes_))), "data_config": cfg}
+            "class_index": list(range(len(tuner.classes_))), "data_config": cfg, "views": tuner.test_views}
 
 
 def _export_head(head, dim: int) -> bytes:

@@ -41,6 +41,21 @@ def pixels(path):
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def views(x):
+    """(1, S, S, 3) pixels -> every view the model was trained with: (quarter turns, mirror) steps of model.json."""
+    out = []
+    for turns, mirror in PRE.get("views", [[0, False]]):
+        view = np.rot90(x, turns, axes=(1, 2)) if turns else x
+        out.append(view[:, :, ::-1] if mirror else view)
+    return np.ascontiguousarray(np.concatenate(out))
+
+
+def photo_embedding(features):
+    """One vector per photo for the familiarity check: the mean of its L2-normalised views."""
+    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return f.mean(axis=0, keepdims=True)
+
+
 def familiarity(features, strictness):
     """(familiarity, recognised): distance to the k-th nearest training photo on L2-normalised features."""
     with np.load(HERE / "familiarity.npz", allow_pickle=False) as z:
@@ -70,10 +85,10 @@ def main(argv):
         except Exception as e:  # one unreadable photo does not stop the others
             print(json.dumps({"path": path, "error": f"{type(e).__name__}: {e}"}), flush=True)
             continue
-        features = backbone.run(None, {"pixels": x})[0]
+        features = backbone.run(None, {"pixels": views(x)})[0]  # one row per view
         proba = np.zeros(len(classes))
-        proba[index] = classifier.run(["probabilities"], {"features": features})[0][0]
-        share, recognised = familiarity(features, strictness) if has_familiarity else ([None], [True])
+        proba[index] = classifier.run(["probabilities"], {"features": features})[0].mean(axis=0)
+        share, recognised = familiarity(photo_embedding(features), strictness) if has_familiarity else ([None], [True])
         order = np.argsort(-proba)
         print(json.dumps({"path": path, "label": classes[order[0]] if recognised[0] else None,
                           "unknown": not bool(recognised[0]),

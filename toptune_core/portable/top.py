@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from toptune_core.errors import ToptuneError
+from toptune_core.features.views import as_views, average
 from toptune_core.methods.photos import Photos
 
 CLASSIFIER_FILE = "classifier.onnx"
@@ -43,7 +43,7 @@ def classifier_to_onnx(clf, n_features: int) -> bytes:
 
 
 def write_portable_files(folder: Path, clf, classes: Sequence[str], backbone: str, data_config: dict,
-                         classifier: str) -> list[str]:
+                         classifier: str, views: str) -> list[str]:
     """``classifier.onnx`` and ``toptune.json`` of a fitted top classifier in ``folder``; the names written
     (none when the classifier cannot be converted: prediction then uses ``model.joblib``)."""
     try:
@@ -52,7 +52,7 @@ def write_portable_files(folder: Path, clf, classes: Sequence[str], backbone: st
         return []
     (Path(folder) / CLASSIFIER_FILE).write_bytes(onnx_bytes)
     meta = {"format": FORMAT, "classes": list(classes), "class_index": [int(c) for c in clf.classes_],
-            "backbone": backbone, "data_config": data_config, "classifier": classifier,
+            "backbone": backbone, "data_config": data_config, "classifier": classifier, "views": views,
             "n_features": int(clf.n_features_in_)}
     (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=1))
     return [CLASSIFIER_FILE, META_FILE]
@@ -105,21 +105,21 @@ class PortableTopTuner:
         meta = json.loads(store.model_file(run.id, META_FILE).read_text())
         if meta.get("format") != FORMAT:
             return None
-        if extractor is None or extractor.backbone != meta["backbone"]:
-            from toptune_core.features.extractor import FeatureExtractor
+        from toptune_core.features.extractor import extractor_for
 
-            extractor = FeatureExtractor(meta["backbone"], settings=settings)
-        if extractor.data_config != meta["data_config"]:
-            raise ToptuneError(f"Run {run.id} was trained with other preprocessing ({meta['data_config']}) than this "
-                               f"installation's {meta['backbone']} uses; train it again.")
+        extractor = extractor_for(meta["backbone"], meta["data_config"], meta.get("views", "1"), extractor, settings)
         clf = OnnxClassifier(store.model_file(run.id, CLASSIFIER_FILE), meta["class_index"], len(meta["classes"]))
         return cls(meta, clf, extractor)
 
     def embed(self, photos: Photos, **_) -> np.ndarray:
-        """The frozen backbone's features (those ``photos`` carries, else extracted by the engine)."""
+        """The frozen backbone's features of every view, (n, n_views, dim) (those ``photos`` carries, else
+        extracted by the engine)."""
         if photos.features is not None:
             return photos.features
         return self.extractor.features_of_photos(photos.paths)
 
     def predict_proba(self, photos: Photos, **_) -> np.ndarray:
-        return self.classifier_.predict_proba(self.embed(photos))
+        """Class probabilities, averaged over each photo's views (``features.views``)."""
+        X = as_views(self.embed(photos))
+        n, v, d = X.shape
+        return average(self.classifier_.predict_proba(X.reshape(n * v, d)), v)

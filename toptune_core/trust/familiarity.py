@@ -34,7 +34,13 @@ FILE = "familiarity.npz"
 
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
+    """One unit vector per photo: rows of (n, dim) normalised; (n, n_views, dim) features give each photo's
+    ``features.views.photo_embedding`` (the mean of its normalised views)."""
     X = np.asarray(X, dtype=np.float32)
+    if X.ndim == 3:
+        from toptune_core.features.views import photo_embedding
+
+        return photo_embedding(X)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.maximum(norms, 1e-12)
 

@@ -23,14 +23,15 @@ from toptune_core.trust.familiarity import STRICTNESS, FamiliarityCheck
 
 
 def unseen_class_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, classifier: str = "logreg",
-                        seed: int = 0, test_size: float = 0.25, strictness: str = "normal", extractor=None,
+                        seed: int = 0, test_size: float = 0.25, strictness: str = "normal", views=None,
+                        resolution=None, extractor=None,
                         cache=None, progress: Optional[ProgressCallback] = None,
                         should_cancel: Optional[CancelCheck] = None) -> list[dict]:
     """One row per left-out class: refused share of its photos, coverage and accuracy on learned classes."""
     from toptune_core.methods.toptuner import TopTuner
 
     dataset, _ = load_data(data)
-    reader = TopTuner(backbone, classifier, seed, extractor=extractor, cache=cache)
+    reader = TopTuner(backbone, classifier, seed, views=views, resolution=resolution, extractor=extractor, cache=cache)
     table = reader.read(dataset, progress=progress, should_cancel=should_cancel)
     X, y = table.features, dataset.labels[table.ok]
     paths = np.asarray(dataset.paths, dtype=object)[table.ok]
