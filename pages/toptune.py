@@ -118,14 +118,20 @@ def feature_choices(backbone: str) -> tuple[str, int]:
     return views, resolution
 
 
-def extraction_cost(n_photos: int, backbone: str, views: str, resolution: int) -> str:
-    """The first extraction's cost in plain words: model passes and their size against the backbone's own."""
+def extraction_cost(n_photos: int, backbone: str, views: str, resolution: int, cache) -> str:
+    """The first extraction's cost in plain words: model passes, their size against the backbone's own, and the
+    time they take at the rate of the last extraction with this backbone on this machine (when there was one)."""
     native = CATALOGUE[backbone].input_size
     passes = n_photos * n_views(views)
     relative = (resolution / native) ** 2
     size = "" if resolution == native else f", each about {relative:.1f}× the work of one at {native} px"
-    return (f"each of the {n_photos:,} photos goes through the backbone {n_views(views)} time(s) "
+    line = (f"each of the {n_photos:,} photos goes through the backbone {n_views(views)} time(s) "
             f"({passes:,} passes{size}).")
+    rate = cache.pass_rate(backbone)
+    if rate:
+        line += (f" At this machine's last measured rate ({rate:,.0f} passes/s at {native} px) that is about "
+                 f"{seconds(passes * relative / rate)}.")
+    return line
 
 
 def start_toptune(data: str, backbone: str, classifier: str, seed: int, test_size: float, extractor, cache):
@@ -169,7 +175,7 @@ def page() -> None:
         st.caption(":material/bolt: The features of these photos with these settings are in the cache: training "
                    "takes a second or two.")
     else:
-        st.caption(f":material/schedule: First run: {extraction_cost(len(ds), backbone, views, resolution)} "
+        st.caption(f":material/schedule: First run: {extraction_cost(len(ds), backbone, views, resolution, cache)} "
                    "After that the features come from the cache and every run takes a second or two.")
 
     job = job_for("toptune")

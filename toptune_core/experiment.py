@@ -217,7 +217,9 @@ def summary(run: RunRecord) -> dict:
         "n_train": s.get("n_train"), "n_test": s.get("n_test"), "accuracy": m.get("accuracy"),
         "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
         "extract_seconds": t.get("extract_seconds"), "fit_seconds": t.get("fit_seconds"),
-        "cache_hit": t.get("cache_hit"), "split": s.get("method"), "unreadable_images": len(s.get("unreadable", []))}
+        "cache_hit": t.get("cache_hit"), "split": s.get("method"), "unreadable_images": len(s.get("unreadable", [])),
+        "views": (run.params or {}).get("views") or ((run.params or {}).get("hyper") or {}).get("test_views") or "1",
+        "resolution": (run.params or {}).get("resolution")}
     if run.method == "toptune":
         choice = (run.params or {}).get("classifier_choice") or {}
         out["chosen_classifier"] = choice.get("chosen", run.classifier)  # auto: the classifier CV chose

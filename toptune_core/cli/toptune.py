@@ -29,6 +29,9 @@ def print_report(run) -> None:
         print(f"  unknown-photo check (normal): {fam['coverage']:.1%} of held-out photos recognised, accuracy on "
               f"those {fam['accuracy_recognised']:.3f} (without the check {fam['accuracy_all']:.3f})")
     if run.method == "toptune":
+        p = run.params or {}
+        print(f"  features: {run.backbone} at {p.get('resolution')} px, view set '{p.get('views')}' "
+              f"({p.get('n_views')} view(s) of each photo; predictions average over them)")
         source = "from cache" if t.get("cache_hit") else "extracted"
         print(f"  features {source} in {t['extract_seconds']:.2f} s (extraction cost {t['feature_extraction_seconds']:.1f} s); "
               f"classifier fit {t['fit_seconds']:.2f} s")

@@ -27,7 +27,7 @@ from toptune_core.config import Settings
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import Cancelled, ToptuneError
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
-from toptune_core.features.views import as_views
+from toptune_core.features.views import as_views, n_views
 from toptune_core.progress import CancelCheck, ProgressCallback
 
 
@@ -138,6 +138,26 @@ class FeatureCache:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def pass_rate(self, backbone: str, newest: int = 20) -> Optional[float]:
+        """Backbone passes per second of the newest extraction with ``backbone`` in this cache, counted at the
+        backbone's own input size (a pass at side ``r`` counts ``(r / own) ** 2``); None when there is none. What
+        the Top-tune page estimates a first extraction's time from."""
+        from toptune_core.backbones.catalogue import get_backbone
+
+        own = get_backbone(backbone).input_size
+        metas = sorted(self.root.glob("*/meta.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:newest]
+        for path in metas:
+            try:
+                meta = json.loads(path.read_text())
+                if meta.get("backbone") != backbone or not meta.get("extract_seconds"):
+                    continue
+                side = int(meta["data_config"]["input_size"][-1])
+                passes = sum(meta["ok"]) * n_views(meta.get("views", "1")) * (side / own) ** 2
+                return passes / float(meta["extract_seconds"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return None
 
     def clean_stale_temporaries(self, older_than_s: float = 3600) -> int:
         """Remove leftovers of interrupted writes; returns how many were removed."""
