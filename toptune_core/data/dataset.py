@@ -9,9 +9,14 @@ Two layouts are read:
   (images in ``images/``). The class is the folder-name prefix before the first
   ``-``, as in Eden's notebooks; folders with the same prefix are merged.
 
-Scanning reads directory entries only (no pixels); non-image files are skipped
-and counted so the user can see them. Unreadable images are found and
-reported when features are extracted.
+``ROOT`` is a folder or an object-store prefix (``s3://BUCKET/PREFIX``, one
+sub-prefix per class, read through ``data.storage``); the photos' locations
+are ``Path`` or ``storage.ObjectURL``, and everything after the listing opens
+them through ``data.images.load_rgb``, whichever store holds them.
+
+Scanning reads directory entries (or one object listing) only, no pixels;
+non-image files are skipped and counted so the user can see them. Unreadable
+images are found and reported when features are extracted.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import re
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
 import numpy as np
 
 from toptune_core.errors import DatasetError
+from toptune_core.data import storage
 from toptune_core.data.images import UNSUPPORTED_EXTENSIONS, is_image_file
+from toptune_core.data.storage import Location, ObjectURL
 
 # "<Common name>-<DDMMYY>-<condition>-zz-..." / "<Common>-<Genus_species>-<condition>-PRX-RGB-NA-<YYYYMMDD>"
 _EDEN_FOLDER = re.compile(r"^[^-]+-.+-(zz|PRX)(-|$)")
@@ -51,15 +58,18 @@ class Dataset:
     ``paths[i]`` has class ``classes[labels[i]]``. ``skipped`` lists files that are
     not used, as ``(path relative to root, reason)``; ``warnings`` are plain-word
     notes for the user (empty class folders, small or unbalanced classes).
+    ``versions[i]``: what the listing said of photo ``i`` (an object's size and
+    ETag); None for a folder, whose files are looked at when fingerprinted.
     """
 
-    root: Path
+    root: Location
     classes: list[str]
-    paths: list[Path]
+    paths: list[Location]
     labels: np.ndarray
     layout: str = "imagefolder"
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    versions: Optional[list[str]] = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -73,9 +83,14 @@ class Dataset:
         return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
 
     def fingerprint(self) -> str:
-        """Changes when any image is added, removed, renamed, relabelled or modified."""
+        """Changes when any image is added, removed, renamed, relabelled or modified (for objects: a new ETag
+        or size in the listing the dataset was read from)."""
         h = hashlib.sha256()
         h.update("\n".join(self.classes).encode())
+        if self.versions is not None:
+            for rel, version, label in zip(self.relpaths, self.versions, self.labels.tolist()):
+                h.update(f"\n{rel}\t{label}\t{version}".encode())
+            return h.hexdigest()[:32]
         for rel, path, label in zip(self.relpaths, self.paths, self.labels.tolist()):
             try:
                 st = path.stat()
@@ -87,7 +102,8 @@ class Dataset:
 
     def subset(self, indices: Sequence[int]) -> "Dataset":
         idx = list(indices)
-        return Dataset(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx], self.layout)
+        return Dataset(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx], self.layout,
+                       versions=None if self.versions is None else [self.versions[i] for i in idx])
 
 
 def _visible(path: Path) -> bool:
@@ -149,10 +165,7 @@ def _images_under(folder: Path, root: Path, skipped: list[tuple[str, str]],
                 skipped.append((rel(path), "file name is not valid UTF-8; rename the file"))
                 continue
             if not is_image_file(path):
-                suffix = path.suffix.lower()
-                reason = (f"{UNSUPPORTED_EXTENSIONS[suffix]} is not supported; export as JPEG"
-                          if suffix in UNSUPPORTED_EXTENSIONS else "not an image file")
-                skipped.append((rel(path), reason))
+                skipped.append((rel(path), _skip_reason(name)))
                 continue
             try:
                 regular = stat.S_ISREG(os.stat(path).st_mode)
@@ -166,13 +179,14 @@ def _images_under(folder: Path, root: Path, skipped: list[tuple[str, str]],
     return found
 
 
-def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, min_classes: int = 2) -> Dataset:
-    """Scan a dataset folder (ImageFolder or Eden layout).
+def _skip_reason(name: str) -> str:
+    suffix = PurePosixPath(name).suffix.lower()
+    return (f"{UNSUPPORTED_EXTENSIONS[suffix]} is not supported; export as JPEG"
+            if suffix in UNSUPPORTED_EXTENSIONS else "not an image file")
 
-    ``classes``: force this class list (for a separate test folder, so labels
-    line up with the training data); a folder of another name is an error.
-    """
-    root = Path(root).expanduser()
+
+def _read_folder(root: Path) -> tuple[Path, dict[str, list[Path]], list[tuple[str, str]]]:
+    """The class folders of a dataset folder and the photos under each, and the files skipped."""
     if not root.exists():
         raise DatasetError(f"The dataset folder '{root}' does not exist. Check the path.")
     if not root.is_dir():
@@ -195,15 +209,51 @@ def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, m
     for p in entries:
         if p.is_file() and _visible(p) and is_image_file(p):
             skipped.append((_shown(p.name), "image outside any class folder"))
-    if not subdirs:
+    seen_dirs: set[tuple[int, int]] = set()
+    return root, {d.name: _images_under(d, root, skipped, seen_dirs) for d in subdirs}, skipped
+
+
+def _read_objects(root: ObjectURL) -> tuple[ObjectURL, dict[str, list[ObjectURL]], list[tuple[str, str]], dict]:
+    """The class sub-prefixes of an object-store dataset and the photos under each (one listing), the objects
+    skipped, and each photo's version (size and ETag)."""
+    by_folder: dict[str, list[ObjectURL]] = {}
+    skipped: list[tuple[str, str]] = []
+    versions: dict[str, str] = {}
+    for obj in storage.list_objects(root):
+        rel = obj.url.relative_to(root)
+        if not all(_visible(PurePosixPath(part)) for part in rel.parts):
+            continue
+        if len(rel.parts) == 1:
+            if is_image_file(obj.url):
+                skipped.append((rel.as_posix(), "image outside any class folder"))
+            continue
+        photos = by_folder.setdefault(rel.parts[0], [])
+        if not is_image_file(obj.url):
+            skipped.append((rel.as_posix(), _skip_reason(obj.url.name)))
+        else:  # an empty or corrupt object is reported when features are extracted, as a file is
+            photos.append(obj.url)
+            versions[obj.url] = obj.version
+    return root, by_folder, skipped, versions
+
+
+def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, min_classes: int = 2) -> Dataset:
+    """Scan a dataset folder or object-store prefix (ImageFolder or Eden layout).
+
+    ``classes``: force this class list (for a separate test folder, so labels
+    line up with the training data); a folder of another name is an error.
+    """
+    versions = None
+    if storage.is_url(root):
+        root, folders, skipped, versions = _read_objects(ObjectURL(root))
+    else:
+        root, folders, skipped = _read_folder(Path(root).expanduser())
+    if not folders:
         raise DatasetError(f"'{root}' has no class folders. Put the photos of each class in a sub-folder named after the class.")
 
-    eden = all(is_eden_folder(d.name) for d in subdirs)
-    by_class: dict[str, list[Path]] = {}
-    seen_dirs: set[tuple[int, int]] = set()
-    for d in subdirs:
-        label = eden_label(d.name) if eden else d.name
-        by_class.setdefault(label, []).extend(_images_under(d, root, skipped, seen_dirs))
+    eden = all(is_eden_folder(name) for name in folders)
+    by_class: dict[str, list[Location]] = {}
+    for name, files in folders.items():
+        by_class.setdefault(eden_label(name) if eden else name, []).extend(files)
 
     warnings = []
     empty = sorted(c for c, files in by_class.items() if not files)
@@ -240,4 +290,4 @@ def load_dataset(root: str | Path, *, classes: Optional[Sequence[str]] = None, m
         if max(counts.values()) > 5 * min(counts.values()):
             warnings.append("Classes are strongly unbalanced (largest over 5x the smallest); look at balanced accuracy.")
     return Dataset(root, class_list, paths, np.asarray(labels, dtype=np.int64), "eden" if eden else "imagefolder",
-                   skipped, warnings)
+                   skipped, warnings, None if versions is None else [versions[p] for p in paths])

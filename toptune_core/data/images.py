@@ -17,6 +17,10 @@ Safety:
   using memory.
 * Only regular files are read: a FIFO or a device named ``x.jpg`` would block or
   never end.
+
+A source may also be an object-store URL (``s3://...``): its bytes are read
+through ``data.storage`` and decoded as any other bytes, so every caller that
+opens a photo by its location reads it from whichever store holds it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL import features as _pil_features
 
+from toptune_core.data import storage
 from toptune_core.errors import ImageError
 
 # Register exactly the decoders used below (Image.open(formats=...) needs them loaded).
@@ -172,6 +177,8 @@ def load_rgb(source: ImageSource, *, min_size: Optional[int] = None, max_pixels:
     within ``max_pixels`` and ``MAX_ASPECT_RATIO``.
     """
     name = _name(source)
+    if storage.is_url(source):
+        source = storage.read_object(source)  # ImageError (one line) when the object cannot be read
     if isinstance(source, (str, Path)):
         _check_path(Path(source), name)
     else:

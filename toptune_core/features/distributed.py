@@ -35,6 +35,7 @@ from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.backbones.pixels import timm_version
 from toptune_core.config import Settings
 from toptune_core.data.images import ImageSource
+from toptune_core.data.storage import portable
 from toptune_core.errors import Cancelled, ToptuneError
 from toptune_core.features.cluster_work import BackboneActor, RayPlan, decode_batch, plan_for
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
@@ -207,7 +208,7 @@ class RayFeatureExtractor(FeatureExtractor):
         """
         if not all(isinstance(s, (str, Path)) for s in sources):
             return super().transform(sources, progress=progress, should_cancel=should_cancel)
-        paths = [str(Path(s).absolute()) for s in sources]
+        paths = [portable(s) for s in sources]  # object URLs as they are: the workers read them
         meter = ProgressMeter("extract", len(paths), progress, "images", should_cancel)
         start = time.perf_counter()
         slot, handed_over = _take_the_slot(should_cancel), False
