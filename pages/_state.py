@@ -13,6 +13,7 @@ backbones, the downloads (``server_home()``).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,7 @@ import streamlit as st
 
 from pages import _visitor
 from toptune_core.config import Settings
+from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset, load_dataset
 from toptune_core.features.cache import FeatureCache
 from toptune_core.jobs.process import FinetuneJob
@@ -173,7 +175,10 @@ def finetune_job(run_id: str) -> FinetuneJob:
 # --- datasets and models, cached -------------------------------------------------------------------
 
 def _folder_signature(path: str) -> tuple:
-    """Changes when photos are added to or removed from the folder or its class folders."""
+    """Changes when photos are added to or removed from the folder or its class folders (an object-store prefix:
+    every minute, when it is listed again)."""
+    if storage.is_url(path):
+        return ("listed", int(time.time() // 60))
     root = Path(path)
     try:
         entries = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
@@ -201,7 +206,7 @@ def scan_dataset(path: str) -> Dataset:
 @st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
 def _scan_inside(path: str, signature: tuple, roots: tuple[str, ...]) -> Dataset:
     ds = load_dataset(path)
-    check_photos_inside(ds, [Path(r) for r in roots])
+    check_photos_inside(ds, [storage.location(r) for r in roots])
     return ds
 
 

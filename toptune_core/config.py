@@ -13,7 +13,8 @@ never name a server path, and the ``Limits`` below apply. The variables:
 - ``TOPTUNE_SHARED``: ``1`` for shared mode.
 - ``TOPTUNE_VIEWS``: the view set of feature extraction when none is chosen (``features.views``; default
   ``dihedral``; ``1`` extracts one view per photo, 8 times faster).
-- ``TOPTUNE_DATA_ROOTS``: in shared mode, the server folders visitors may train on (``os.pathsep``-separated).
+- ``TOPTUNE_DATA_ROOTS``: in shared mode, the server folders and ``s3://`` prefixes visitors may train on
+  (``os.pathsep``-separated).
 - ``TOPTUNE_MAX_PHOTO_MB``, ``TOPTUNE_MAX_ZIP_MB``, ``TOPTUNE_MAX_RUNS``, ``TOPTUNE_MAX_DISK_MB``,
   ``TOPTUNE_IDLE_HOURS``: the limits (defaults in ``LOCAL_LIMITS`` and ``SHARED_LIMITS``).
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional
 
+from toptune_core.data.storage import ObjectURL, is_url, split_roots
 from toptune_core.errors import ToptuneError
 
 #: The demo dataset shipped with the repository (300 iBean bean-leaf photos, MIT).
@@ -83,7 +85,7 @@ class Settings:
     views: Optional[str] = None  # the view set features are extracted with (TOPTUNE_VIEWS; None: views.DEFAULT_VIEWS)
     ray_address: Optional[str] = None  # a Ray cluster for feature extraction (TOPTUNE_RAY_ADDRESS, else RAY_ADDRESS)
     shared: bool = False  # shared mode (TOPTUNE_SHARED=1)
-    data_roots: tuple[Path, ...] = ()  # the server folders visitors may use in shared mode (TOPTUNE_DATA_ROOTS)
+    data_roots: tuple = ()  # the server folders (Path) and s3:// prefixes (ObjectURL) visitors may use (TOPTUNE_DATA_ROOTS)
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -91,8 +93,8 @@ class Settings:
         env = os.environ if environ is None else environ
         home = Path(env.get("TOPTUNE_HOME") or Path.home() / ".toptune").expanduser()
         shared = (env.get("TOPTUNE_SHARED") or "").strip().lower() in _TRUE
-        roots = tuple(Path(p).expanduser().absolute() for p in (env.get("TOPTUNE_DATA_ROOTS") or "").split(os.pathsep)
-                      if p.strip())
+        roots = tuple(ObjectURL(p) if is_url(p) else Path(p).expanduser().absolute()
+                      for p in split_roots(env.get("TOPTUNE_DATA_ROOTS") or ""))
         limits = (SHARED_LIMITS if shared else LOCAL_LIMITS).with_env(env)
         return cls(home=home, eden_url=env.get("TOPTUNE_EDEN_URL") or None, shared=shared, data_roots=roots,
                    limits=limits, engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower(),
