@@ -8,7 +8,6 @@ runs. All work is done by ``toptune_core``; this module only lays out widgets.
 from __future__ import annotations
 
 import io
-import os
 import traceback
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional
@@ -18,6 +17,7 @@ import streamlit as st
 from pages._router import link
 from pages._state import (completed_runs, current_dataset, extractor_for, find_run, is_showcase, ray_extractor_for,
                           scan_dataset, settings, split_kind, split_settings)
+from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import ImageError, RunNotFound, ToptuneError
 from toptune_core.jobs.view import JobView
@@ -237,7 +237,7 @@ def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: 
 # --- photos -------------------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=3000)
-def _thumbnail(path: str, mtime_ns: int) -> bytes | None:
+def _thumbnail(path: str, version: str) -> bytes | None:
     from toptune_core.data.images import load_rgb
 
     try:
@@ -251,9 +251,7 @@ def _thumbnail(path: str, mtime_ns: int) -> bytes | None:
 
 
 def thumbnail(path) -> bytes | None:
-    """A small JPEG of the photo at ``path`` (cached until the file changes), or None if it cannot be read."""
-    try:
-        mtime_ns = os.stat(path).st_mtime_ns
-    except OSError:
-        return None
-    return _thumbnail(str(path), mtime_ns)
+    """A small JPEG of the photo at ``path``, a file or an ``s3://`` object (cached until it changes), or None if it
+    cannot be read."""
+    version = storage.stamp(path)
+    return None if version is None else _thumbnail(str(path), version)

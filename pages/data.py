@@ -1,7 +1,8 @@
-"""Data: choose the photos (demo, Eden Library, a local folder or an uploaded zip) and look at them.
+"""Data: choose the photos (demo, Eden Library, a local folder, object storage or an uploaded zip) and look at them.
 
 On a shared server no path can be typed: the folder source becomes a list of
-the folders the operator allows, and uploads go to the visitor's own folder.
+the folders (and ``s3://`` prefixes) the operator allows, and uploads go to the
+visitor's own folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pages._state import (choose_dataset, current_dataset, extractor_for, featur
                           visitor, workspace)
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
+from toptune_core.data import storage
 from toptune_core.data.dataset import load_dataset
 from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
@@ -80,6 +82,20 @@ def local_folder_source() -> None:
             st.rerun()
 
 
+def object_storage_source() -> None:
+    """Local mode only: an ``s3://`` prefix, read with this computer's AWS credentials and endpoint."""
+    url = st.text_input("Object storage URL", placeholder="s3://my-bucket/photos/beans", key="s3_url")
+    st.caption("The prefix holds one sub-prefix of photos per class (s3://BUCKET/PREFIX/CLASS/photo.jpg). "
+               "Credentials and endpoint come from the usual AWS settings (AWS_PROFILE or AWS_ACCESS_KEY_ID, "
+               "AWS_ENDPOINT_URL for MinIO and other S3-compatible stores).")
+    if st.button("Use this prefix", type="primary", disabled=not url.strip()):
+        with friendly_errors():
+            ds = load_dataset(url.strip())
+            choose_dataset({"kind": "s3", "path": str(ds.root), "label": f"Object storage {ds.root} "
+                            f"({len(ds)} photos)"})
+            st.rerun()
+
+
 def server_folder_source() -> None:
     """Shared mode: one of the folders the operator allows (``TOPTUNE_DATA_ROOTS``), from a list; no path typed."""
     roots = settings().data_roots
@@ -118,6 +134,7 @@ def sources() -> dict:
     found = {"Demo dataset": demo_source, "Eden Library": eden_source}
     if not settings().shared:
         found["Folder on this computer"] = local_folder_source
+        found["Object storage (S3)"] = object_storage_source
     elif settings().data_roots:
         found["Folder on this server"] = server_folder_source
     found["Upload a zip"] = zip_source
@@ -132,7 +149,7 @@ def choose_source() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def sizes_of(paths: tuple[str, ...], signature: str):
-    return image_sizes([Path(p) for p in paths])
+    return image_sizes([storage.location(p) for p in paths])
 
 
 def show_dataset() -> None:

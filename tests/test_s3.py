@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -103,7 +102,7 @@ def test_the_fingerprint_is_stable_and_changes_with_an_object(s3, tmp_path):
     s3.put_object(Bucket=BUCKET, Key=replaced.key, Body=(DEMO_DATASET / "healthy" / "healthy_0002.jpg").read_bytes())
     changed = load_dataset(url).fingerprint()
     assert changed != first
-    s3.copy_object(Bucket=BUCKET, Key=f"changing/healthy/extra.jpg", CopySource={"Bucket": BUCKET, "Key": replaced.key})
+    s3.copy_object(Bucket=BUCKET, Key="changing/healthy/extra.jpg", CopySource={"Bucket": BUCKET, "Key": replaced.key})
     assert load_dataset(url).fingerprint() not in (first, changed)
 
 
@@ -122,7 +121,7 @@ def test_the_demo_bucket_top_tunes_as_the_folder_and_the_second_run_is_a_cache_h
     assert again.timings["cache_hit"] is True and again.metrics["accuracy"] == in_store.metrics["accuracy"]
 
 
-def test_the_command_line_extracts_from_the_store_and_toptune_hits_the_cache(s3, subprocess_env, tmp_path):
+def test_the_command_line_extracts_top_tunes_and_predicts_from_the_store(s3, subprocess_env, tmp_path):
     url = f"s3://{BUCKET}/cli"
     upload(s3, copy_subset(DEMO_DATASET, tmp_path / "cli", 8), BUCKET, "cli")
     extracted = cli(["extract", "--data", url, "--views", "1", "--json", str(tmp_path / "e.json")], subprocess_env)
@@ -130,13 +129,23 @@ def test_the_command_line_extracts_from_the_store_and_toptune_hits_the_cache(s3,
     assert json.loads((tmp_path / "e.json").read_text())["n_features"] == 24
     run = cli(["toptune", "--data", url, "--views", "1", "--json", str(tmp_path / "t.json")], subprocess_env)
     assert run.returncode == 0, run.stderr
-    assert json.loads((tmp_path / "t.json").read_text())["cache_hit"] is True
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["cache_hit"] is True and result["n_train"] + result["n_test"] == 24
+    s3.put_object(Bucket=BUCKET, Key="cli-new/leaf.jpg", Body=(DEMO_DATASET / "bean_rust" / "bean_rust_0001.jpg").read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="cli-new/notes.jpg", Body=b"field notes, not a photo")
+    done = cli(["predict", "--run", result["run_id"], f"s3://{BUCKET}/cli-new", "--json", str(tmp_path / "p.json")],
+               subprocess_env)
+    assert done.returncode == 0, done.stderr
+    by_path = {e["path"]: e for e in json.loads((tmp_path / "p.json").read_text())["predictions"]}
+    assert set(by_path) == {f"s3://{BUCKET}/cli-new/leaf.jpg", f"s3://{BUCKET}/cli-new/notes.jpg"}
+    assert by_path[f"s3://{BUCKET}/cli-new/leaf.jpg"]["label"] in ("angular_leaf_spot", "bean_rust", "healthy")
+    assert "text file" in by_path[f"s3://{BUCKET}/cli-new/notes.jpg"]["error"]
 
 
 # --- bad input: one line each --------------------------------------------------------------------------
 
 def test_no_such_bucket_an_empty_prefix_and_a_bad_url_are_one_line(s3, subprocess_env):
-    for url, words in ((f"s3://no-such-bucket-here/beans", "does not exist"),
+    for url, words in (("s3://no-such-bucket-here/beans", "does not exist"),
                        (f"s3://{BUCKET}/nothing-here", "no objects under"),
                        ("s3://", "no bucket"),
                        (f"s3://{BUCKET}/beans/../beans", "'..'")):
@@ -255,4 +264,3 @@ def test_shared_mode_allows_only_the_operators_prefixes(s3, monkeypatch, tmp_pat
         with pytest.raises(PathNotAllowed):
             resolve_inside(refused, roots)
     check_photos_inside(load_dataset(DEMO_URL), roots)
-    shutil.rmtree(tmp_path, ignore_errors=True)

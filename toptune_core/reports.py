@@ -128,6 +128,8 @@ def image_sizes(paths: Sequence[Path], limit: int = 200) -> pd.DataFrame:
     """Width and height (from the file header, no decoding) of up to ``limit`` photos spread over ``paths``."""
     from PIL import Image
 
+    from toptune_core.data import storage
+
     n = len(paths)
     if n == 0:
         return pd.DataFrame(columns=["path", "width", "height"])
@@ -135,7 +137,7 @@ def image_sizes(paths: Sequence[Path], limit: int = 200) -> pd.DataFrame:
     rows = []
     for path in list(paths)[::step][:limit]:
         try:
-            with Image.open(path) as im:
+            with storage.open_file(path) as fh, Image.open(fh) as im:  # a file or an object, its header only
                 rows.append((str(path), *im.size))
         except Exception:  # unreadable photos are reported when features are extracted
             rows.append((str(path), None, None))

@@ -17,6 +17,9 @@ from typing import Callable, Optional
 from toptune_core.config import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+#: What ``--data`` takes, for every command that reads a dataset (``data.dataset.load_dataset`` reads both).
+DATA_HELP = ("dataset folder, one sub-folder of photos per class; or an object-store prefix s3://BUCKET/PREFIX with "
+             "one sub-prefix per class (AWS credentials and AWS_ENDPOINT_URL from the environment)")
 
 
 def add_command(subparsers, name: str, handler: Handler, help: str, *, data: bool = False,
@@ -34,8 +37,8 @@ def data_args(p: argparse.ArgumentParser, backbone: bool = True) -> None:
     """The flags of every command that trains on a dataset."""
     from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
-    p.add_argument("--data", required=True, help="dataset folder: one sub-folder of photos per class")
-    p.add_argument("--test-data", help="optional separate test folder with the same class folders")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--test-data", help="optional separate test folder (or s3:// prefix) with the same class folders")
     if backbone:
         p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
         feature_args(p)

@@ -1,6 +1,6 @@
 """Command-line command ``extract``: a dataset's features into the feature cache, here or on a Ray cluster.
 
-``python -m toptune_core extract --data DIR --backbone NAME [--engine local|ray] [--address ADDRESS]``
+``python -m toptune_core extract --data DIR|s3://BUCKET/PREFIX --backbone NAME [--engine local|ray] [--address ADDRESS]``
 fills the cache entry a ``toptune`` run reads (``features.cache.get_features``: same key, same lock,
 written atomically), so a ``toptune`` on the same photos afterwards is a cache hit. ``--engine ray``
 runs on Ray (``features.distributed``): the cluster at ``--address`` (``auto``, ``host:port``,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from toptune_core.cli.common import add_command, feature_cache, feature_args, feature_settings, write_json
+from toptune_core.cli.common import DATA_HELP, add_command, feature_cache, feature_args, feature_settings, write_json
 from toptune_core.config import Settings
 
 
@@ -69,7 +69,7 @@ def add_parsers(sub) -> None:
     from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
     p = add_command(sub, "extract", cmd_extract, "extract a dataset's features into the cache (here or on Ray)")
-    p.add_argument("--data", required=True, help="dataset folder: one sub-folder of photos per class")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
     feature_args(p)
     p.add_argument("--engine", choices=["local", "ray"], default="local",

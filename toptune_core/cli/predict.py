@@ -1,7 +1,7 @@
 """Command-line commands ``predict`` (diagnose photos with a recorded run) and ``unseen`` (the honest limit).
 
 ``python -m toptune_core predict --run RUN_ID PATH... [--json OUT] [--strictness normal]``
-takes photo files and folders (searched recursively for photos), loads the
+takes photo files and folders (searched recursively for photos), or s3:// objects and prefixes, loads the
 model once and prints one line per photo: the class, or "NOT RECOGNISED" for
 a photo unlike the training photos, with the familiarity score and every
 class's probability. An unreadable file gets an error line and does not
@@ -18,17 +18,32 @@ from pathlib import Path
 
 from toptune_core.cli.common import add_command, feature_cache, feature_settings, run_store, write_json
 from toptune_core.config import Settings
+from toptune_core.data import storage
+
+
+def _objects(url: str) -> list[str]:
+    """The photos below an ``s3://`` prefix; the URL itself when nothing is below it (one object, or its error)."""
+    from toptune_core.data.images import UNSUPPORTED_EXTENSIONS, is_image_file
+    from toptune_core.errors import DatasetError
+
+    try:
+        listed = storage.list_objects(storage.ObjectURL(url))
+    except DatasetError:
+        return [url]  # an object's own URL, or nothing readable there: its line says why
+    return [o.url for o in listed if is_image_file(o.url) or o.url.suffix.lower() in UNSUPPORTED_EXTENSIONS]
 
 
 def photo_paths(paths: list[str]) -> list[str]:
-    """Files as given; folders searched recursively for photos (and for known unsupported formats, which then
-    get their one-line error)."""
+    """Files as given; folders (and ``s3://`` prefixes) searched recursively for photos (and for known unsupported
+    formats, which then get their one-line error)."""
     from toptune_core.data.images import UNSUPPORTED_EXTENSIONS, is_image_file
 
     out: list[str] = []
     for given in paths:
         p = Path(given)
-        if p.is_dir():
+        if storage.is_url(given):
+            out += _objects(given)
+        elif p.is_dir():
             out += sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
                           and (is_image_file(f) or f.suffix.lower() in UNSUPPORTED_EXTENSIONS))
         else:
@@ -106,7 +121,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--top", type=int, default=3, help="how many classes to show per line (default 3)")
     p.add_argument("--strictness", default=DEFAULT_STRICTNESS, choices=list(STRICTNESS), help=strict_help)
     p.add_argument("--json", help="write every prediction as JSON to this file")
-    p.add_argument("images", nargs="+", help="photo files and/or folders (searched recursively)")
+    p.add_argument("images", nargs="+", help="photo files and/or folders (searched recursively); s3:// objects or prefixes")
 
     p = add_command(sub, "unseen", cmd_unseen, "train with each class left out; how many of its photos are refused",
                     data=True)
