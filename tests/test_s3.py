@@ -9,6 +9,7 @@ MinIO or AWS. The demo set is uploaded once under ``leaves/beans/``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -50,6 +51,7 @@ def s3():
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -131,7 +133,7 @@ def test_the_command_line_extracts_top_tunes_and_predicts_from_the_store(s3, sub
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "t.json").read_text())
     assert result["cache_hit"] is True and result["n_train"] + result["n_test"] == 24
-    s3.put_object(Bucket=BUCKET, Key="cli-new/leaf.jpg", Body=(DEMO_DATASET / "bean_rust" / "bean_rust_0001.jpg").read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="cli-new/leaf.jpg", Body=(DEMO_DATASET / "bean_rust" / "bean_rust_0002.jpg").read_bytes())
     s3.put_object(Bucket=BUCKET, Key="cli-new/notes.jpg", Body=b"field notes, not a photo")
     done = cli(["predict", "--run", result["run_id"], f"s3://{BUCKET}/cli-new", "--json", str(tmp_path / "p.json")],
                subprocess_env)

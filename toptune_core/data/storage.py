@@ -227,7 +227,7 @@ def read_object(url: str) -> BinaryIO:
     """The whole object at ``url`` as an in-memory binary file named after it; ``ImageError`` if unreadable."""
     url = ObjectURL(url)
     try:
-        data = filesystem().cat_file(url.path)
+        data = filesystem().cat_file(url.path, max_concurrency=1)  # one GET (more would first ask its size)
     except FileNotFoundError:
         raise ImageError(f"'{url.name}' does not exist (any more) at {url}.") from None
     except DatasetError:
