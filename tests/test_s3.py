@@ -266,3 +266,25 @@ def test_shared_mode_allows_only_the_operators_prefixes(s3, monkeypatch, tmp_pat
         with pytest.raises(PathNotAllowed):
             resolve_inside(refused, roots)
     check_photos_inside(load_dataset(DEMO_URL), roots)
+
+
+# --- the dashboard -------------------------------------------------------------------------------------
+
+def test_the_data_page_reads_a_bucket_and_shows_its_photos(s3):
+    from tests.test_app import button, goto, metrics, new_app, no_problems
+
+    at = goto(new_app(), "data")
+    at.radio(key="data_source").set_value("Object storage (S3)").run()
+    at.text_input(key="s3_url").input("s3://no-such-bucket-here/beans").run()
+    button(at, "Use this prefix").click().run()
+    assert not at.exception and "does not exist" in at.error[0].value
+
+    at.text_input(key="s3_url").input(DEMO_URL).run()
+    button(at, "Use this prefix").click().run()
+    no_problems(at)
+    assert at.subheader[0].value == f"Object storage {DEMO_URL} (300 photos)"
+    assert metrics(at)["Photos"] == "300" and metrics(at)["Files skipped"] == "0"
+    assert len(at.image) == 12, "four thumbnails per class, read from the store"
+    sizes = [m.value for m in at.markdown if m.value.startswith("Checked ")]
+    assert sizes and "Checked 150 photos: most common size 256×256 px (150 photos)" in sizes[0], "photo sizes read from object headers"
+    assert not at.warning
