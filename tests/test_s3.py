@@ -149,6 +149,7 @@ def test_the_command_line_extracts_top_tunes_and_predicts_from_the_store(s3, sub
 def test_no_such_bucket_an_empty_prefix_and_a_bad_url_are_one_line(s3, subprocess_env):
     for url, words in (("s3://no-such-bucket-here/beans", "does not exist"),
                        (f"s3://{BUCKET}/nothing-here", "no objects under"),
+                       (f"s3://{BUCKET}/bea", "no objects under"),  # a prefix of a name is not a folder
                        ("s3://", "no bucket"),
                        (f"s3://{BUCKET}/beans/../beans", "'..'")):
         with pytest.raises(DatasetError, match=words) as err:

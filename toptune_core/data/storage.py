@@ -261,7 +261,5 @@ def stamp(source) -> Optional[str]:
             return f"{info.get('size')}-{str(info.get('ETag') or '').strip(chr(34))}"
         st = os.stat(source)
         return f"{st.st_size}-{st.st_mtime_ns}"
-    except (OSError, DatasetError, ValueError):
-        return None
-    except Exception:  # a store error of another kind: treated as "not available"
+    except Exception:  # missing, unreadable, or any error of the store: "not available" to the caller
         return None
