@@ -25,6 +25,7 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -278,6 +279,33 @@ class RayFeatureExtractor(FeatureExtractor):
             batches.stop()
         features = full[ok] if full is not None else np.zeros((0, self.n_views, self.spec.feature_dim), np.float32)
         return features, ok, sorted(reasons.items())
+
+
+@contextmanager
+def simulated_cluster(node_cpus: Sequence[int]) -> Iterator[str]:
+    """A simulated multi-node cluster on this machine (``ray.cluster_utils.Cluster``: a raylet per node), this
+    process connected to it for the block; its address. For benchmarks and tests; a process already connected to
+    another runtime is disconnected first."""
+    import os
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    environ = dict(os.environ)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": node_cpus[0], "include_dashboard": False})
+    try:
+        for cpus in node_cpus[1:]:
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.clear()
+        os.environ.update(environ)  # ray.init sets variables of this process
 
 
 def node_resources() -> list[tuple[float, float]]:
