@@ -12,7 +12,8 @@ later ``toptune`` on one machine is a cache hit.
 
 Workers read the photos by path: on a cluster the dataset folder must be at
 the same path on every node (a shared file system, or object storage mounted
-there). ``ray`` is imported in this module only, and only when a Ray
+there); ``s3://`` object URLs go to the workers as they are, and each worker
+reads its objects itself (``data.storage``). ``ray`` is imported in this module only, and only when a Ray
 extraction runs.
 """
 
