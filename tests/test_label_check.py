@@ -132,3 +132,26 @@ def test_no_photo_is_split_across_folds(planted, checked, label_home):
 
     folds = photo_folds(twin_y, group, seed=0)
     assert (folds[:150] == folds[150:]).all() and len(set(folds.tolist())) == 5
+
+
+def test_nearest_photos_of_the_given_and_the_suggested_class(planted, checked, label_home):
+    """The evidence beside a suspect: its nearest photos filed under each class; for a planted photo those of
+    its true (suggested) class look more like it than those of the wrong folder it was put in."""
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.features.cache import FeatureCache
+    from toptune_core.trust.labels import check_labels
+
+    root, truth = planted
+    result = check_labels(load_dataset(root), cache=FeatureCache(label_home / "features"))
+    assert result.cache_hit and [s.as_dict() for s in result.suspects] == checked["suspects"]
+    closer = 0
+    caught = [s for s in result.suspects[:30] if truth.get(s.path) == s.suggested]
+    for s in caught:
+        near = {cls: result.nearest(s.path, cls, k=3) for cls in (s.given, s.suggested)}
+        for cls, photos in near.items():
+            assert len(photos) == 3 and all(p.split("/")[0] == cls and p != s.path for p, _ in photos)
+            sims = [sim for _, sim in photos]
+            assert sims == sorted(sims, reverse=True) and all(-1 <= x <= 1 for x in sims)
+        closer += np.mean([x for _, x in near[s.suggested]]) > np.mean([x for _, x in near[s.given]])
+    print(f"{closer} of {len(caught)} caught planted photos are closer to their true class's photos")
+    assert len(caught) >= 10 and closer >= 0.8 * len(caught)

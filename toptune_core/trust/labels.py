@@ -64,6 +64,19 @@ class LabelCheck:
     extract_seconds: float = 0.0  # features: the extraction's cost (0 when they came from the cache)
     check_seconds: float = 0.0  # folds, fits and ranking
     cache_hit: Optional[bool] = None
+    paths: list[str] = field(default_factory=list, repr=False)  # the checked photos, for ``nearest``
+    labels: Optional[np.ndarray] = field(default=None, repr=False)  # their given classes (indices of ``classes``)
+    classes: list[str] = field(default_factory=list, repr=False)
+    embeddings: Optional[np.ndarray] = field(default=None, repr=False)  # (n_checked, dim) ``photo_embedding``
+
+    def nearest(self, path: str, cls: str, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` photos filed under ``cls`` most like the photo ``path`` (cosine similarity of the photo
+        embeddings, most alike first; the photo itself left out): evidence beside a suspect."""
+        i = self.paths.index(path)
+        candidates = np.flatnonzero((self.labels == self.classes.index(cls)) & (np.arange(len(self.paths)) != i))
+        sims = self.embeddings[candidates] @ self.embeddings[i]
+        best = candidates[np.argsort(-sims, kind="stable")[:k]]
+        return [(self.paths[j], float(self.embeddings[j] @ self.embeddings[i])) for j in best]
 
     def as_dict(self) -> dict:
         return {"suspects": [s.as_dict() for s in self.suspects], "n_photos": self.n_photos,
@@ -191,4 +204,5 @@ def check_labels(dataset, *, backbone: Optional[str] = None, views: Optional[str
     suspects = rank_suspects(proba, labels, paths, dataset.classes, skip=skip)
     return LabelCheck(suspects, len(dataset), int(ok.sum()), likely_wrong(proba, labels), list(entry.errors),
                       extractor.backbone, extractor.views, 0.0 if fs.cache_hit else entry.extract_seconds,
-                      time.perf_counter() - start, fs.cache_hit)
+                      time.perf_counter() - start, fs.cache_hit, paths, labels, list(dataset.classes),
+                      photo_embedding(entry.features))
