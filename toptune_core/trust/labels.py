@@ -13,9 +13,10 @@ higher probability than the given one. Suspects are ranked by cleanlab's
 normalised-margin label-quality score (``cleanlab.rank``), lowest first, and
 each gets the most probable other class as its suggestion; confident learning
 (``cleanlab.filter.find_label_issues``) estimates how many labels are wrong.
-In planted-noise trials (README, "Photos to check") cleanlab's ranking found
-as many planted wrong labels as the plain ranking by the probability of the
-given class (on the full set a fraction more), so cleanlab is used.
+In planted-noise trials (``bench-labels``; README, "Photos to check")
+cleanlab's ranking found as many planted wrong labels as the plain ranking
+by the probability of the given class (on the full set a fraction more), so
+cleanlab is used.
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ def out_of_fold_proba(features: np.ndarray, labels: Sequence[int], groups: Optio
 
     ``features``: (n, dim) or (n, n_views, dim). Each photo is one row, ``photo_embedding`` (the mean of its
     L2-normalised views, normalised again), so a photo's views always travel together; on the full iBean set
-    this ranked planted wrong labels as well as training on every view and averaging the views' probabilities,
-    in a tenth of the time (README, "Photos to check"). A class missing from a fold's training photos gets
-    probability 0 for that fold's photos."""
+    this ranked planted wrong labels as well as a model trained on every view (``bench-labels``: 56.0 against
+    56.2 of 60 in the first 120) in a tenth of the time (0.9 s against 9.5 s). A class missing from a
+    fold's training photos gets probability 0 for that fold's photos."""
     from sklearn.linear_model import LogisticRegression
 
     X = photo_embedding(features)

@@ -1,0 +1,117 @@
+"""``python -m toptune_core bench-labels``: how many planted wrong labels each ranking puts first, in one table.
+
+For each seed, ``per_class`` photos of each class get the next class's label (in memory: features are per
+photo, so this is what moving the files does, without touching them). Out-of-fold probabilities
+(``trust.labels``: stratified group folds, near-duplicates together) are ranked four ways, and the table gives
+how many planted photos each puts among its first ``2 x planted`` (mean and worst over the seeds), how many of
+those get their true class as the suggestion, and the out-of-fold time:
+
+- the plain ranking: lowest out-of-fold probability of the given class first;
+- cleanlab's normalised-margin label quality (``cleanlab.rank``; what ``check-labels`` uses);
+- cleanlab's confident learning (``filter.find_label_issues``, ranked by self-confidence) first, then the rest;
+- with views, the plain ranking from a model that trains on every view and averages them (the alternative to
+  one embedding per photo).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from toptune_core.bench.report import markdown_table
+from toptune_core.progress import ProgressCallback
+
+USED = "cleanlab normalised margin (used)"
+
+
+def plant(labels: np.ndarray, per_class: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels with ``per_class`` photos of each class given the next class, the indices of those photos)."""
+    rng = np.random.default_rng(seed)
+    y, planted = labels.copy(), []
+    for c in range(n_classes):
+        idx = rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+        y[idx] = (c + 1) % n_classes
+        planted.extend(idx.tolist())
+    return y, np.asarray(planted)
+
+
+def _every_view_proba(F: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """Out-of-fold probabilities from a logistic regression trained on every view (one row each, unit length),
+    a photo's probabilities the mean over its views."""
+    from sklearn.linear_model import LogisticRegression
+
+    from toptune_core.features.views import average, flatten
+    from toptune_core.system import one_blas_thread
+    from toptune_core.trust.labels import C, photo_folds
+
+    unit = lambda X: X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    fold = photo_folds(y, groups, seed=seed)
+    proba = np.zeros((len(y), n_classes))
+    with one_blas_thread():
+        for f in range(int(fold.max()) + 1):
+            X, rows_y, _ = flatten(F[fold != f], y[fold != f])
+            model = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(unit(X), rows_y)
+            proba[np.ix_(fold == f, model.classes_)] = average(model.predict_proba(unit(flatten(F[fold == f])[0])),
+                                                               F.shape[1])
+    return proba
+
+
+def _orders(proba: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    plain = np.argsort(proba[np.arange(len(y)), y], kind="stable")
+    issues = find_label_issues(y, proba, return_indices_ranked_by="self_confidence", n_jobs=1)
+    rest = plain[~np.isin(plain, issues)]
+    return {"plain: out-of-fold p(given class)": plain,
+            USED: np.argsort(get_label_quality_scores(y, proba, method="normalized_margin"), kind="stable"),
+            "cleanlab find_label_issues first": np.concatenate([issues, rest]).astype(int)}
+
+
+def bench_labels(dataset, features: np.ndarray, *, per_class: int, seeds: int,
+                 progress: Optional[ProgressCallback] = None) -> dict:
+    """The figures (JSON-ready): per ranking, the planted photos found in the first 2 x planted, per seed."""
+    from toptune_core.data.duplicates import duplicate_groups
+    from toptune_core.progress import ProgressMeter
+    from toptune_core.trust.labels import out_of_fold_proba
+
+    k = len(dataset.classes)
+    groups = duplicate_groups(features)
+    rows: dict[str, dict] = {}
+    meter = ProgressMeter("planted trials", seeds, progress, unit="seeds")
+    for seed in range(seeds):
+        y, planted = plant(dataset.labels, per_class, k, seed)
+        start = time.perf_counter()
+        proba = out_of_fold_proba(features, y, groups, n_classes=k, seed=seed)
+        seconds = time.perf_counter() - start
+        orders = _orders(proba, y)
+        probas = {name: proba for name in orders}
+        if features.ndim == 3 and features.shape[1] > 1:
+            start_views = time.perf_counter()
+            every = _every_view_proba(features, y, groups, k, seed)
+            name = "plain, model trained on every view"
+            orders[name], probas[name] = np.argsort(every[np.arange(len(y)), y], kind="stable"), every
+        for name, order in orders.items():
+            first = order[:2 * len(planted)]
+            found = planted[np.isin(planted, first)]
+            others = probas[name].copy()
+            others[np.arange(len(y)), y] = -np.inf
+            right = int((others[found].argmax(axis=1) == dataset.labels[found]).sum())
+            row = rows.setdefault(name, {"found": [], "true_class_suggested": [], "seconds": []})
+            row["found"].append(int(len(found)))
+            row["true_class_suggested"].append(right)
+            row["seconds"].append(seconds if "every view" not in name else time.perf_counter() - start_views)
+        meter.update(seed + 1)
+    return {"n_photos": len(dataset), "n_classes": k, "planted": per_class * k, "first": 2 * per_class * k,
+            "seeds": seeds, "views": int(features.shape[1]) if features.ndim == 3 else 1, "rankings": rows}
+
+
+def labels_table(figures: dict) -> str:
+    cells = [("ranking", f"planted in first {figures['first']} (mean)", "worst seed", "true class suggested (mean)",
+              "out-of-fold s (mean)")]
+    for name, row in figures["rankings"].items():
+        cells.append((name, f"{np.mean(row['found']):.1f} of {figures['planted']}", str(min(row["found"])),
+                      f"{np.mean(row['true_class_suggested']):.1f}", f"{np.mean(row['seconds']):.2f}"))
+    return markdown_table(cells)
