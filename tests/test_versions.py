@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import copy_subset
@@ -145,3 +146,30 @@ def test_bad_edits_are_one_line_and_change_nothing(versions, source):
     with pytest.raises(DatasetError, match="already undone"):
         versions.undo(edit.id)
     assert check_class_name("  bean rust ") == "bean rust"
+
+
+def test_a_new_version_extracts_only_its_new_photos(versions, source, tmp_path, lite0_extractor):
+    from toptune_core.features.cache import FeatureCache, get_features
+
+    cache = FeatureCache(tmp_path / "features")
+    first = get_features(versions.dataset(), lite0_extractor, cache)
+    assert first.entry.meta["n_extracted"] == 24 and first.entry.meta["n_reused"] == 0
+
+    versions.add_photos(other_photos(5), "healthy")
+    versions.move(load_dataset(source).relpaths[0], "bean_rust")
+    version = versions.dataset()
+    events = []
+    second = get_features(version, lite0_extractor, cache, progress=events.append)
+    assert not second.cache_hit
+    assert second.entry.meta["n_extracted"] == 5 and second.entry.meta["n_reused"] == 24
+    assert {e.total for e in events if e.stage == "extract"} == {5}  # the extractor was handed 5 photos
+    before = dict(zip(first.entry.relpaths, first.entry.full_matrix()))
+    after = dict(zip(second.entry.relpaths, second.entry.full_matrix()))
+    assert all(np.array_equal(after[rel], row) for rel, row in before.items())  # reused rows, bit for bit
+    new = [rel for rel in version.relpaths if rel.startswith(ADDED_PREFIX)]
+    alone = lite0_extractor.transform([version.paths[version.relpaths.index(rel)] for rel in new])
+    assert np.allclose(np.stack([after[rel] for rel in new]), alone.features, atol=1e-4)
+
+    versions.undo(versions.edits[-1].id)  # the move: no photo is new, nothing is extracted
+    third = get_features(versions.dataset(), lite0_extractor, cache)
+    assert third.entry.meta["n_extracted"] == 0 and third.entry.meta["n_reused"] == 29
