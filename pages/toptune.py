@@ -72,12 +72,13 @@ def show_choice(run: RunRecord) -> None:
     if choice.get("cv_table"):
         chosen = CLASSIFIERS[choice["chosen"]].label
         st.markdown(f"**Automatic choice: {chosen}**, by {choice['cv']} (the held-out photos were not used).")
-        st.dataframe(pd.DataFrame([{"classifier": r["label"], "CV accuracy (mean)": r["mean_accuracy"],
-                                    "CV accuracy (std)": r["std_accuracy"], "fit time per fold (s)": r["fit_seconds"],
+        st.dataframe(pd.DataFrame([{"classifier": r["label"], "estimated accuracy": r["mean_accuracy"],
+                                    "standard error": r.get("std_error", r["std_accuracy"]),
+                                    "fit time per fold (s)": r["fit_seconds"],
                                     "chosen": r["chosen"]} for r in choice["cv_table"]]),
                      hide_index=True, key=f"cv_table_{run.id}",
-                     column_config={"CV accuracy (mean)": st.column_config.NumberColumn(format="%.3f"),
-                                    "CV accuracy (std)": st.column_config.NumberColumn(format="%.3f"),
+                     column_config={"estimated accuracy": st.column_config.NumberColumn(format="%.3f"),
+                                    "standard error": st.column_config.NumberColumn(format="%.3f"),
                                     "fit time per fold (s)": st.column_config.NumberColumn(format="%.2f")})
     kernel = choice.get("chosen_settings", choice)
     if "gamma" in kernel:

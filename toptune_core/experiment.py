@@ -17,7 +17,8 @@ from typing import Any, Optional
 import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
-from toptune_core.data.duplicates import duplicate_groups, leakage_report
+from toptune_core.data.duplicates import leakage_report
+from toptune_core.data.groups import session_groups
 from toptune_core.data.split import load_data, split_for
 from toptune_core.errors import Cancelled, JobInterrupted, ProcessStopped
 from toptune_core.evaluation import evaluate
@@ -120,22 +121,24 @@ def record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> N
 def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel) -> tuple:
     """The split of ``data.split`` over the readable photos, with the reference features that find near-duplicates.
 
-    Returns (labels, photos, split, reference features, seconds of the near-duplicate work). Near-duplicate
-    groups for the grouped split are found among the training folder's photos; the groups handed to ``fit``
-    (for its cross-validation) among the training photos only, so held-out photos never shape them.
+    Returns (labels, photos, split, reference features, seconds of the grouping work). Session groups
+    (``data.groups``: likely the same plant or session, near-duplicates included) for the grouped split are found
+    among the training folder's photos; the groups handed to ``fit`` (for its cross-validation: the kernel's
+    leave-one-out, the automatic choice's estimate) among the training photos only, so held-out photos never
+    shape them.
     """
     seed, test_size, kind = how
     reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel)
     t0 = time.perf_counter()
     n_folder = int(tables[0].ok.sum())
-    groups = duplicate_groups(reference[:n_folder]) if kind == "grouped" and len(datasets) == 1 else None
+    groups = session_groups(reference[:n_folder]) if kind == "grouped" and len(datasets) == 1 else None
     labels, paths, split = split_for(datasets[0], datasets[1] if len(datasets) > 1 else None, tables[0].ok,
                                      tables[1].ok if len(datasets) > 1 else None, seed=seed, test_size=test_size,
                                      split=kind, groups=groups)
     features = np.concatenate([t.features for t in tables]) if tables[0].features is not None else None
     photos = Photos([str(p) for p in paths], features)
     photos.groups = np.full(len(paths), -1)
-    photos.groups[split.train_idx] = duplicate_groups(reference[split.train_idx])
+    photos.groups[split.train_idx] = session_groups(reference[split.train_idx])
     return labels, photos, split, reference, seconds + time.perf_counter() - t0
 
 

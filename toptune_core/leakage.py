@@ -16,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from toptune_core.data.duplicates import REFERENCE_BACKBONE, duplicate_groups, leakage_report
+from toptune_core.data.duplicates import REFERENCE_BACKBONE, leakage_report
+from toptune_core.data.groups import session_groups
 from toptune_core.data.split import split_for
 from toptune_core.methods.base import PhotoTable
 from toptune_core.progress import CancelCheck, ProgressCallback
@@ -79,7 +80,7 @@ def data_leakage(dataset, *, seed: int, test_size: float, split: str = "random",
                                   should_cancel=should_cancel)
     ok = ~np.isnan(features.reshape(len(features), -1)).any(axis=1)
     features = features[ok]
-    groups = duplicate_groups(features) if split == "grouped" else None
+    groups = session_groups(features) if split == "grouped" else None
     _, paths, chosen = split_for(dataset, None, ok, None, seed=seed, test_size=test_size, split=split, groups=groups)
     names = [Path(p).relative_to(dataset.root).as_posix() for p in paths]
     report = leakage_report(features, chosen.train_idx, chosen.test_idx, names, examples=48)

@@ -42,7 +42,7 @@ def data_args(p: argparse.ArgumentParser, backbone: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")
     p.add_argument("--test-size", type=float, default=0.25, help="share held out for testing (default 0.25)")
     p.add_argument("--split", default="random", choices=["random", "grouped"],
-                   help="random: stratified random split; grouped: near-duplicate photos kept on one side "
+                   help="random: stratified random split; grouped: photos of a likely plant or session kept on one side "
                         "(default random; ignored with --test-data)")
     p.add_argument("--json", help="write the result as JSON to this file")
 

@@ -50,8 +50,9 @@ def print_choice(run) -> None:
     choice = (run.params or {}).get("classifier_choice") or {}
     kernel = choice.get("chosen_settings", choice) if choice.get("chosen", "kernel") == "kernel" else {}
     for row in choice.get("cv_table", []):
-        print(f"  {'*' if row['chosen'] else ' '} {row['label']}: CV accuracy {row['mean_accuracy']:.3f} "
-              f"± {row['std_accuracy']:.3f}, {row['fit_seconds']:.2f} s per fit")
+        print(f"  {'*' if row['chosen'] else ' '} {row['label']}: estimated accuracy on new photos "
+              f"{row['mean_accuracy']:.3f} ± {row.get('std_error', row['std_accuracy']):.3f} (standard error), "
+              f"{row['fit_seconds']:.2f} s per fit")
     if choice.get("cv_table"):
         print(f"  chosen by {choice['cv']}: {choice['chosen']}")
     if "gamma" in kernel:

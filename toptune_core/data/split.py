@@ -2,10 +2,10 @@
 
 ``split_for`` is the one place a split is made: a seeded stratified split of
 the readable photos (``random``: scikit-learn's ``train_test_split``), a
-grouped one (``grouped``: near-duplicate photos, ``data.duplicates``, kept on
+grouped one (``grouped``: photos of a likely plant or session, ``data.groups``, kept on
 one side, classes stratified as far as the groups allow), or a separate test
 folder. It depends only on the data, which photos are readable, the seed, the
-test share and (grouped) the near-duplicate groups, so every method tests on
+test share and (grouped) the session groups, so every method tests on
 exactly the same photos.
 """
 
@@ -45,7 +45,8 @@ class Split:
                 "n_train": int(len(self.train_idx)), "n_test": int(len(self.test_idx))}
 
 
-SPLITS = {"random": "stratified random split", "grouped": "grouped split: near-duplicates kept on one side"}
+SPLITS = {"random": "stratified random split",
+          "grouped": "grouped split: photos of a likely plant or session (near-duplicates too) kept on one side"}
 
 
 def _check_sizes(labels: np.ndarray, test_size: float) -> None:
@@ -77,7 +78,8 @@ def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, seed: int =
 
 
 def grouped_split(labels: np.ndarray, groups: np.ndarray, *, test_size: float = 0.25, seed: int = 0) -> Split:
-    """A seeded split that keeps every group (near-duplicates) on one side, each class's share as far as it can.
+    """A seeded split that keeps every group (``data.groups``: a likely plant or session) on one side, each class's
+    share as far as it can.
 
     Groups are visited in a seeded random order; a group is held out when
     every class it holds still has room in its held-out quota (``test_size``
@@ -103,11 +105,11 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, *, test_size: float = 
     for c, name in enumerate(classes):
         held = int(test[y == c].sum())
         if held == 0 or held == int((y == c).sum()):
-            raise DatasetError(f"Class '{name}' cannot be split without separating near-duplicate photos "
+            raise DatasetError(f"Class '{name}' cannot be split without separating photos of one session "
                                f"(its photos form too few groups); use the random split or add photos.")
     n_multi = sum(len(m) > 1 for m in members_of)
     return Split(np.flatnonzero(~test), np.flatnonzero(test),
-                 f"grouped stratified split ({n_multi} group(s) of near-duplicates kept on one side), "
+                 f"grouped stratified split ({n_multi} group(s) of photos of a likely plant or session kept on one side), "
                  f"{test_size:.0%} held out for testing, seed {seed}", seed, test_size, "grouped")
 
 
@@ -122,7 +124,7 @@ def split_for(dataset: Dataset, test_dataset: Optional[Dataset], ok_train: np.nd
               groups: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, Split]:
     """The split used by every method for this data: labels and paths of readable photos, and the split.
 
-    ``split``: "random" or "grouped" (``groups``: the near-duplicate group of each readable photo of
+    ``split``: "random" or "grouped" (``groups``: the session group of each readable photo of
     ``dataset``); a separate ``test_dataset`` always decides the split itself.
     """
     if split not in SPLITS:

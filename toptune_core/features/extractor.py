@@ -371,7 +371,11 @@ class FeatureExtractor:
             return self._run_views(engine, pixels)
 
     def _run_views(self, engine: engines.Engine, pixels: np.ndarray) -> np.ndarray:
-        features = engine.run(view_sets.cut(pixels, self.views))
+        """Every view of each photo through the engine: on a CPU in runs of at most ``CPU_BATCH_SIZE`` inputs (the
+        batch size that keeps a single-threaded model's activations in cache), on a GPU in one run."""
+        inputs = view_sets.cut(pixels, self.views)
+        step = len(inputs) if self.on_cuda() else CPU_BATCH_SIZE
+        features = np.concatenate([engine.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
         return features.reshape(len(pixels), self.n_views, features.shape[-1])
 
     def features_of_photos(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,

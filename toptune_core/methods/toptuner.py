@@ -102,6 +102,8 @@ class TopTuner(PhotoEstimator):
                                                    photos.groups)
         self.classes_ = [str(c) for c in classes]
         self.classifier_ = make_classifier(self.classifier, random_state=self.seed)
+        if "n_views" in self.classifier_.get_params():  # the automatic choice scores photos, not views
+            self.classifier_.set_params(n_views=extractor.n_views)
         self.fit_seconds_ = fit_classifier(self.classifier_, X, rows_y, groups=rows_groups,
                                            progress=progress, should_cancel=should_cancel)
         self.data_config_, self.views_ = extractor.data_config, extractor.views
