@@ -114,7 +114,8 @@ def test_no_photo_is_split_across_folds(planted, checked, label_home):
     near-twin) sit in the training folds of the photo itself. The same features cut into views-as-photos, or
     into twins without their group, show that the check can tell."""
     from toptune_core.features.views import flatten
-    from toptune_core.trust.labels import out_of_fold_proba, photo_folds
+    from toptune_core.model_selection import group_folds
+    from toptune_core.trust.labels import out_of_fold_proba
 
     F, _ = _planted_features(planted, label_home)
     assert F.ndim == 3 and F.shape[1] == 8
@@ -130,8 +131,8 @@ def test_no_photo_is_split_across_folds(planted, checked, label_home):
     assert accuracy(out_of_fold_proba(twins, twin_y, group, seed=0), twin_y) < 0.45
     assert accuracy(out_of_fold_proba(twins, twin_y, seed=0), twin_y) > 0.6  # twins apart leak
 
-    folds = photo_folds(twin_y, group, seed=0)
-    assert (folds[:150] == folds[150:]).all() and len(set(folds.tolist())) == 5
+    for train, test in group_folds(twin_y, group, seed=0):  # the folds out_of_fold_proba uses
+        assert not set(group[train]) & set(group[test])
 
 
 def test_nearest_photos_of_the_given_and_the_suggested_class(planted, checked, label_home):
@@ -155,3 +156,50 @@ def test_nearest_photos_of_the_given_and_the_suggested_class(planted, checked, l
         closer += np.mean([x for _, x in near[s.suggested]]) > np.mean([x for _, x in near[s.given]])
     print(f"{closer} of {len(caught)} caught planted photos are closer to their true class's photos")
     assert len(caught) >= 10 and closer >= 0.8 * len(caught)
+
+
+def test_data_page_photos_to_check(planted, checked, label_home, monkeypatch):
+    """The Data page's panel on the planted set: the suspects show with their evidence; "Leave out", "Keep as it
+    is" and "Move" edit the dataset version (never the folder) and the photo leaves the list; a new check on the
+    new version does not show the reviewed photos again."""
+    from tests.test_app import button, goto, new_app, no_problems, wait_for_job
+    from toptune_core.data.versions import DatasetVersions
+
+    root, truth = planted
+    monkeypatch.setenv("TOPTUNE_HOME", str(label_home))
+    files_before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    at = goto(new_app(), "data")
+    at.radio(key="data_source").set_value("Folder on this computer").run()
+    at.text_input(key="folder_path").input(str(root)).run()
+    button(at, "Use this folder").click().run()
+    button(at, "Check the labels").click().run()
+    wait_for_job(at)
+    no_problems(at)
+    first = [s["path"] for s in checked["suspects"][:3]]
+    assert any(f"{len(checked['suspects'])} photos to check" in m.value for m in at.markdown)
+    for path in first:
+        assert any(b.key == f"label_leave_out:{path}" for b in at.button), path
+    captions = [c.value for c in at.caption]
+    assert any("Most alike among the photos filed under" in c for c in captions)
+
+    versions = DatasetVersions.open(label_home, root)
+    at.button(key=f"label_leave_out:{first[0]}").click().run()
+    no_problems(at)
+    assert [(e.kind, e.path) for e in versions.edits] == [("leave_out", first[0])]
+    assert first[0] not in versions.dataset().relpaths
+    assert not any(b.key == f"label_leave_out:{first[0]}" for b in at.button)
+
+    at.button(key=f"label_keep:{first[1]}").click().run()
+    at.button(key=f"label_move:{first[2]}").click().run()  # to the suggested class, the default
+    no_problems(at)
+    assert [(e.kind, e.path, e.to) for e in versions.edits][1:] == [
+        ("keep", first[1], None), ("move", first[2], checked["suspects"][2]["suggested"])]
+    assert not any(b.key.startswith(tuple(f"label_keep:{p}" for p in first)) for b in at.button if b.key)
+    assert any(f"{len(checked['suspects']) - 3} photos to check" in m.value for m in at.markdown)
+
+    button(at, "Check again").click().run()
+    wait_for_job(at)
+    no_problems(at)
+    shown = {b.key.split(":", 1)[1] for b in at.button if b.key and b.key.startswith("label_leave_out:")}
+    assert shown and not shown & set(first)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg")) == files_before

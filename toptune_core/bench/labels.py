@@ -44,17 +44,16 @@ def _every_view_proba(F: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classe
 
     from toptune_core.features.views import average, flatten
     from toptune_core.system import one_blas_thread
-    from toptune_core.trust.labels import C, photo_folds
+    from toptune_core.model_selection import group_folds
+    from toptune_core.trust.labels import C
 
     unit = lambda X: X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    fold = photo_folds(y, groups, seed=seed)
     proba = np.zeros((len(y), n_classes))
     with one_blas_thread():
-        for f in range(int(fold.max()) + 1):
-            X, rows_y, _ = flatten(F[fold != f], y[fold != f])
+        for train, test in group_folds(y, groups, seed=seed):
+            X, rows_y, _ = flatten(F[train], y[train])
             model = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(unit(X), rows_y)
-            proba[np.ix_(fold == f, model.classes_)] = average(model.predict_proba(unit(flatten(F[fold == f])[0])),
-                                                               F.shape[1])
+            proba[np.ix_(test, model.classes_)] = average(model.predict_proba(unit(flatten(F[test])[0])), F.shape[1])
     return proba
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from toptune_core.errors import DatasetError
 from toptune_core.features.views import photo_embedding
+from toptune_core.model_selection import group_folds
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter, check_cancel
 from toptune_core.system import one_blas_thread
 
@@ -87,36 +88,13 @@ class LabelCheck:
                 "check_seconds": self.check_seconds, "cache_hit": self.cache_hit}
 
 
-def photo_folds(labels: Sequence[int], groups: Optional[Sequence[int]] = None, *, folds: int = FOLDS,
-                seed: int = 0) -> np.ndarray:
-    """The fold (0 .. k-1) of each photo: stratified by class, each group (None: each photo) in one fold.
-
-    k is ``folds``, fewer when the photos (or groups) are too few; a class with fewer photos than k is spread
-    over as many folds as it has photos."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    y = np.asarray(labels)
-    g = np.arange(len(y)) if groups is None else np.asarray(groups)
-    k = min(folds, len(np.unique(g)))
-    if k < 2 or len(np.unique(y)) < 2:
-        raise DatasetError("Checking labels needs at least two photos of two classes that are not near-duplicates "
-                           "of each other.")
-    out = np.empty(len(y), dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    import warnings
-
-    with warnings.catch_warnings():  # "the least populated class has only N members": handled as documented
-        warnings.simplefilter("ignore", UserWarning)
-        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, g)):
-            out[test] = fold
-    return out
-
-
 def out_of_fold_proba(features: np.ndarray, labels: Sequence[int], groups: Optional[Sequence[int]] = None, *,
                       n_classes: Optional[int] = None, folds: int = FOLDS, seed: int = 0,
                       progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None
                       ) -> np.ndarray:
-    """(n, n_classes) probabilities of each photo from a model trained on the other folds (``photo_folds``).
+    """(n, n_classes) probabilities of each photo from a model trained on the other folds: stratified, each group
+    of ``groups`` (None: each photo) in one fold (``model_selection.group_folds``; k lowered to what the smallest
+    class allows).
 
     ``features``: (n, dim) or (n, n_views, dim). Each photo is one row, ``photo_embedding`` (the mean of its
     L2-normalised views, normalised again), so a photo's views always travel together; on the full iBean set
@@ -129,15 +107,17 @@ def out_of_fold_proba(features: np.ndarray, labels: Sequence[int], groups: Optio
     y = np.asarray(labels, dtype=np.int64)
     if len(X) != len(y):
         raise ValueError(f"{len(X)} photos' features but {len(y)} labels")
+    counts = np.bincount(y)[np.unique(y)]
+    if len(counts) < 2 or counts.min() < 2:
+        raise DatasetError("Checking labels needs at least 2 readable photos of each of at least 2 classes; "
+                           "add photos.")
     n_classes = int(y.max()) + 1 if n_classes is None else n_classes
-    fold = photo_folds(y, groups, folds=folds, seed=seed)
-    k = int(fold.max()) + 1
+    splits = group_folds(y, groups, n_splits=folds, seed=seed)
     proba = np.zeros((len(y), n_classes))
-    meter = ProgressMeter("check labels", k, progress, unit="folds", should_cancel=should_cancel)
+    meter = ProgressMeter("check labels", len(splits), progress, unit="folds", should_cancel=should_cancel)
     with one_blas_thread():
-        for f in range(k):
+        for f, (train, test) in enumerate(splits):
             check_cancel(should_cancel, "The label check")
-            train, test = fold != f, fold == f
             model = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(X[train], y[train])
             proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
             meter.update(f + 1)
@@ -197,8 +177,6 @@ def check_labels(dataset, *, backbone: Optional[str] = None, views: Optional[str
                                    should_cancel=should_cancel)
     start = time.perf_counter()
     labels = dataset.labels[ok]
-    if len(np.unique(labels)) < 2:
-        raise DatasetError("Checking labels needs readable photos of at least two classes.")
     proba = out_of_fold_proba(entry.features, labels, duplicate_groups(reference), n_classes=len(dataset.classes),
                               seed=seed, progress=progress, should_cancel=should_cancel)
     paths = [p for p, good in zip(dataset.relpaths, ok) if good]
