@@ -82,8 +82,8 @@ class LabelCheck:
 
     def as_dict(self) -> dict:
         return {"suspects": [s.as_dict() for s in self.suspects], "n_photos": self.n_photos,
-                "n_checked": self.n_checked,
-                "n_likely_wrong": self.n_likely_wrong, "unreadable": [list(u) for u in self.unreadable],
+                "n_checked": self.n_checked, "n_likely_wrong": self.n_likely_wrong,
+                "unreadable": [list(u) for u in self.unreadable],
                 "backbone": self.backbone, "views": self.views, "extract_seconds": self.extract_seconds,
                 "check_seconds": self.check_seconds, "cache_hit": self.cache_hit}
 
