@@ -206,3 +206,22 @@ def test_runs_train_on_the_workspace_version_and_record_what_changed(versions, s
                                                   "previous": v2["id"]}
     assert third.params["version"]["summary"] == {"added": 4, "moved": 1, "left_out": 1}
     assert left.id in third.params["version"]["edit_ids"]
+
+
+def test_download_of_a_version_is_its_class_folders(versions, source, tmp_path):
+    import io
+    import zipfile
+
+    from toptune_core.data.version_export import version_zip
+
+    base = load_dataset(source)
+    versions.move(base.relpaths[0], "healthy")
+    versions.leave_out(base.relpaths[1])
+    versions.add_photos(other_photos(2), "field photos")
+    version = versions.dataset()
+    with zipfile.ZipFile(io.BytesIO(version_zip(version))) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    again = load_dataset(tmp_path / "unzipped")
+    assert again.class_counts() == version.class_counts()
+    assert (tmp_path / "unzipped" / "healthy" / Path(base.relpaths[0]).name).read_bytes() == base.paths[0].read_bytes()
+    assert not (tmp_path / "unzipped" / "angular_leaf_spot" / Path(base.relpaths[1]).name).exists()

@@ -20,7 +20,7 @@ from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.data.duplicates import leakage_report
 from toptune_core.data.groups import session_groups
 from toptune_core.data.split import load_data, split_for
-from toptune_core.data.versions import run_version
+from toptune_core.data.version_history import run_version
 from toptune_core.errors import Cancelled, JobInterrupted, ProcessStopped
 from toptune_core.evaluation import evaluate
 from toptune_core.leakage import run_reference

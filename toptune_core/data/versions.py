@@ -35,7 +35,9 @@ workspace), ``relpaths`` (an added photo's is ``+added/<sha16>-<name>``),
 class appears), ``fingerprint()`` (covers every edit; with no edit it equals the
 source's, so the feature cache is shared), ``version`` (``{"id", "source",
 "edit_ids", "summary": {"added", "moved", "left_out"}}``). Train on it by handing
-it to ``experiment.run_experiment`` / ``run_toptuning`` as ``data``.
+it to ``experiment.run_experiment`` / ``run_toptuning`` as ``data``, or hand them the folder: a run reads the
+folder through its workspace's edit list (``read_version``). What runs record about versions is
+``data.version_history``.
 
 Bad input raises a ``DatasetError`` / ``ImageError`` with one line and changes
 nothing: an unreadable added photo, a class name that is empty, too long or a
@@ -293,53 +295,6 @@ def read_version(home: str | Path, source: str | Path) -> Dataset:
     if not versions.path.is_file():
         return load_dataset(source)
     return versions.dataset()
-
-
-def version_of(dataset: Dataset) -> dict:
-    """What a run records of the data version it trains on: ``id`` (the fingerprint's first 12 characters, the
-    same for a folder and its unedited version), ``source``, ``edit_ids`` and ``summary`` (edits since the
-    original: added, moved, left out)."""
-    if isinstance(dataset, VersionedDataset):
-        return dict(dataset.version)
-    return {"id": dataset.fingerprint()[:12], "source": str(dataset.root), "edit_ids": [],
-            "summary": {"added": 0, "moved": 0, "left_out": 0}}
-
-
-def changes_between(previous: Optional[dict], current: dict, history: Sequence[Edit] = ()) -> dict:
-    """What changed from version ``previous`` to ``current`` (run records): photos added, moved, left out and
-    edits undone; ``history``: the edit list (all edits), to tell the kinds of edits apart. No previous: the
-    edits since the original."""
-    if previous is None:
-        return {**current.get("summary", {}), "undone": 0, "previous": None}
-    kinds = {e.id: e.kind for e in history}
-    new = set(current.get("edit_ids", [])) - set(previous.get("edit_ids", []))
-    gone = set(previous.get("edit_ids", [])) - set(current.get("edit_ids", []))
-    count = {k: sum(kinds.get(i) == k for i in new) for k in ("add", "move", "leave_out")}
-    return {"added": count["add"], "moved": count["move"], "left_out": count["leave_out"], "undone": len(gone),
-            "previous": previous.get("id")}
-
-
-def describe_changes(changes: dict) -> str:
-    """``+5 photos, 1 moved, 2 left out`` (or ``no change``) for a run's ``version.changes``."""
-    parts = [f"+{changes['added']} photo{'s' if changes['added'] != 1 else ''}" if changes.get("added") else "",
-             f"{changes['moved']} moved" if changes.get("moved") else "",
-             f"{changes['left_out']} left out" if changes.get("left_out") else "",
-             f"{changes['undone']} undone" if changes.get("undone") else ""]
-    return ", ".join(p for p in parts if p) or "no change"
-
-
-def run_version(dataset: Dataset, store) -> dict:
-    """``version_of(dataset)`` plus ``changes`` since the version of the newest earlier run on the same source in
-    ``store`` (a ``RunStore``): what ``experiment`` records in a run's params as ``version``."""
-    current = version_of(dataset)
-    previous = None
-    for run in store.list():
-        recorded = (run.params or {}).get("version")
-        if isinstance(recorded, dict) and recorded.get("source") == current["source"]:
-            previous = recorded
-            break
-    history = DatasetVersions(store.root, current["source"]).all_edits if current["edit_ids"] else []
-    return {**current, "changes": changes_between(previous, current, history)}
 
 
 def _suffix_of(data: bytes, name: str) -> str:
