@@ -173,3 +173,55 @@ def test_a_new_version_extracts_only_its_new_photos(versions, source, tmp_path, 
     versions.undo(versions.edits[-1].id)  # the move: no photo is new, nothing is extracted
     third = get_features(versions.dataset(), lite0_extractor, cache)
     assert third.entry.meta["n_extracted"] == 0 and third.entry.meta["n_reused"] == 29
+
+
+def test_runs_train_on_the_workspace_version_and_record_what_changed(versions, source, tmp_path, lite0_extractor):
+    from toptune_core.experiment import run_toptuning
+    from toptune_core.features.cache import FeatureCache
+    from toptune_core.runs.store import RunStore
+
+    store, cache = RunStore(versions.folder.parent.parent), FeatureCache(tmp_path / "features")
+
+    def train():
+        return run_toptuning(source, store=store, cache=cache, extractor=lite0_extractor, classifier="logreg")
+
+    first = train()
+    assert first.params["version"]["id"] == load_dataset(source).fingerprint()[:12]
+    assert first.params["version"]["changes"]["previous"] is None
+
+    added = versions.add_photos(other_photos(5), "healthy")
+    left = versions.leave_out(load_dataset(source).relpaths[0])
+    second = train()
+    v2 = second.params["version"]
+    assert v2["id"] == versions.dataset().fingerprint()[:12] != first.params["version"]["id"]
+    assert v2["changes"] == {"added": 5, "moved": 0, "left_out": 1, "undone": 0,
+                             "previous": first.params["version"]["id"]}
+    assert second.params["n_images"] == 24 + 5 - 1
+    assert second.split["n_train"] + second.split["n_test"] == 28
+
+    versions.undo(added[0].id)
+    versions.move(load_dataset(source).relpaths[1], "healthy")
+    third = train()
+    assert third.params["version"]["changes"] == {"added": 0, "moved": 1, "left_out": 0, "undone": 1,
+                                                  "previous": v2["id"]}
+    assert third.params["version"]["summary"] == {"added": 4, "moved": 1, "left_out": 1}
+    assert left.id in third.params["version"]["edit_ids"]
+
+
+def test_download_of_a_version_is_its_class_folders(versions, source, tmp_path):
+    import io
+    import zipfile
+
+    from toptune_core.data.version_export import version_zip
+
+    base = load_dataset(source)
+    versions.move(base.relpaths[0], "healthy")
+    versions.leave_out(base.relpaths[1])
+    versions.add_photos(other_photos(2), "field photos")
+    version = versions.dataset()
+    with zipfile.ZipFile(io.BytesIO(version_zip(version))) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    again = load_dataset(tmp_path / "unzipped")
+    assert again.class_counts() == version.class_counts()
+    assert (tmp_path / "unzipped" / "healthy" / Path(base.relpaths[0]).name).read_bytes() == base.paths[0].read_bytes()
+    assert not (tmp_path / "unzipped" / "angular_leaf_spot" / Path(base.relpaths[1]).name).exists()

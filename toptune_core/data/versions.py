@@ -35,7 +35,9 @@ workspace), ``relpaths`` (an added photo's is ``+added/<sha16>-<name>``),
 class appears), ``fingerprint()`` (covers every edit; with no edit it equals the
 source's, so the feature cache is shared), ``version`` (``{"id", "source",
 "edit_ids", "summary": {"added", "moved", "left_out"}}``). Train on it by handing
-it to ``experiment.run_experiment`` / ``run_toptuning`` as ``data``.
+it to ``experiment.run_experiment`` / ``run_toptuning`` as ``data``, or hand them the folder: a run reads the
+folder through its workspace's edit list (``read_version``). What runs record about versions is
+``data.version_history``.
 
 Bad input raises a ``DatasetError`` / ``ImageError`` with one line and changes
 nothing: an unreadable added photo, a class name that is empty, too long or a
@@ -284,6 +286,15 @@ class DatasetVersions:
         edits = self.edits if edits is None else edits
         base = load_dataset(self.source)
         return apply_edits(base, edits, self.photos_dir, str(self.source))
+
+
+def read_version(home: str | Path, source: str | Path) -> Dataset:
+    """The dataset in ``source`` as this workspace sees it: with its edit list applied when it has one (a
+    ``VersionedDataset``), else the folder as it is."""
+    versions = DatasetVersions(home, source)
+    if not versions.path.is_file():
+        return load_dataset(source)
+    return versions.dataset()
 
 
 def _suffix_of(data: bytes, name: str) -> str:
