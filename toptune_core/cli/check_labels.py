@@ -41,7 +41,7 @@ def cmd_check_labels(args: argparse.Namespace, settings: Settings) -> int:
     features = ("features from the cache" if result.cache_hit
                 else f"features extracted in {result.extract_seconds:.1f} s")
     print(f"\nchecked the labels of {result.n_checked} of {result.n_photos} photos ({result.backbone}, views "
-          f"{result.views}; {features}; out-of-fold check {result.check_seconds:.1f} s)")
+          f"{result.views} at {result.resolution} px; {features}; out-of-fold check {result.check_seconds:.1f} s)")
     for rel, reason in result.unreadable[:20]:
         print(f"  unreadable, not checked: {rel}: {reason}")
     if not result.suspects:
@@ -72,9 +72,11 @@ def cmd_bench_labels(args: argparse.Namespace, settings: Settings) -> int:
         dataset = dataset.subset([i for i, good in enumerate(entry.ok) if good])
     figures = bench_labels(dataset, entry.features, per_class=args.per_class, seeds=args.seeds,
                            progress=TextProgressBar())
-    figures.update(backbone=args.backbone, views_set=extractor.views, load_average=load_average())
+    figures.update(backbone=args.backbone, views_set=extractor.views, resolution=extractor.resolution,
+                   load_average=load_average())
     print(f"\n{figures['planted']} wrong labels planted in {figures['n_photos']} photos ({args.per_class} of each "
-          f"class given the next class), {args.seeds} seeds; {args.backbone}, views {extractor.views}; "
+          f"class given the next class), {args.seeds} seeds; {args.backbone}, views {extractor.views} at "
+          f"{extractor.resolution} px; "
           f"load average {figures['load_average']}")
     print(labels_table(figures))
     write_json(args.json, figures)

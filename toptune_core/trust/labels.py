@@ -63,6 +63,7 @@ class LabelCheck:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     backbone: str = ""
     views: str = ""
+    resolution: int = 0  # input side of the features, pixels
     extract_seconds: float = 0.0  # features: the extraction's cost (0 when they came from the cache)
     check_seconds: float = 0.0  # folds, fits and ranking
     cache_hit: Optional[bool] = None
@@ -84,7 +85,8 @@ class LabelCheck:
         return {"suspects": [s.as_dict() for s in self.suspects], "n_photos": self.n_photos,
                 "n_checked": self.n_checked, "n_likely_wrong": self.n_likely_wrong,
                 "unreadable": [list(u) for u in self.unreadable],
-                "backbone": self.backbone, "views": self.views, "extract_seconds": self.extract_seconds,
+                "backbone": self.backbone, "views": self.views, "resolution": self.resolution,
+                "extract_seconds": self.extract_seconds,
                 "check_seconds": self.check_seconds, "cache_hit": self.cache_hit}
 
 
@@ -182,6 +184,7 @@ def check_labels(dataset, *, backbone: Optional[str] = None, views: Optional[str
     paths = [p for p, good in zip(dataset.relpaths, ok) if good]
     suspects = rank_suspects(proba, labels, paths, dataset.classes, skip=skip)
     return LabelCheck(suspects, len(dataset), int(ok.sum()), likely_wrong(proba, labels), list(entry.errors),
-                      extractor.backbone, extractor.views, 0.0 if fs.cache_hit else entry.extract_seconds,
+                      extractor.backbone, extractor.views, extractor.resolution,
+                      0.0 if fs.cache_hit else entry.extract_seconds,
                       time.perf_counter() - start, fs.cache_hit, paths, labels, list(dataset.classes),
                       photo_embedding(entry.features))
