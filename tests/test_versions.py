@@ -287,3 +287,39 @@ def test_five_field_photos_of_a_new_class_teach_it_that_class(tmp_path, lite0_ex
     cup = io.BytesIO()
     Image.fromarray(skimage.data.coffee()).save(cup, "JPEG")
     assert not after.predict(io.BytesIO(cup.getvalue())).recognised
+
+
+def test_dashboard_lists_the_changes_undoes_one_and_compares_the_versions(source, toptune_home, lite0_extractor):
+    """Data page: the version's changes with Undo (through AppTest, the real pages); Compare: the versions side by
+    side once runs trained on two of them."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP, PAGE_TIMEOUT, button, goto, no_problems
+    from toptune_core.experiment import run_toptuning
+    from toptune_core.workspace import Workspace
+
+    Workspace(toptune_home).update(dataset={"kind": "folder", "path": str(source), "label": "beans"})
+    versions = DatasetVersions.open(toptune_home, source)
+    run_toptuning(source, extractor=lite0_extractor, views="1", classifier="logreg")
+    base = load_dataset(source)
+    versions.move(base.relpaths[0], "healthy")
+    versions.leave_out(base.relpaths[1])
+    added = versions.add_photos(other_photos(2), "healthy")
+    run_toptuning(source, extractor=lite0_extractor, views="1", classifier="logreg")
+
+    at = goto(AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT).run(), "data")
+    no_problems(at)
+    page_text = " ".join(str(m.value) for m in [*at.markdown, *at.caption])
+    assert "+2 photos, 1 moved, 1 left out since the original" in page_text
+    assert f"#{added[1].id} · added" in page_text and f"#1 · moved {base.relpaths[0]} to healthy" in page_text
+    assert at.metric[0].value == "25"  # 24 photos, one left out, two added
+    button(at, "Undo").click().run()  # the newest change first
+    no_problems(at)
+    assert [e.id for e in versions.edits] == [1, 2, added[0].id]
+    assert at.metric[0].value == "24"
+
+    at = goto(at, "compare")
+    no_problems(at)
+    table = next(d.value for d in at.dataframe if "version id" in d.value.columns)
+    assert table["version"].tolist() == ["v1", "v2"]
+    assert table["edits"].tolist() == ["no change", "+2 photos, 1 moved, 1 left out"]
