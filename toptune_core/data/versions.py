@@ -54,10 +54,8 @@ import fcntl
 import hashlib
 import io
 import json
-import os
 import re
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +65,7 @@ import numpy as np
 
 from toptune_core.data.dataset import Dataset, load_dataset
 from toptune_core.data.uploads import read_uploaded_photo
-from toptune_core.errors import DatasetError, ImageError
+from toptune_core.errors import DatasetError
 from toptune_core.files import file_sha256, write_atomic
 
 #: Longest class name accepted (characters).
