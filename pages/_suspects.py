@@ -13,7 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._state import extractor_for, feature_cache, home, job_for, job_is_running, start_job, visitor
+from pages._state import (dataset_versions, extractor_for, feature_cache, job_for, job_is_running, scan_dataset,
+                          start_job)
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.data.versions import DatasetVersions
@@ -21,11 +22,6 @@ from toptune_core.trust.labels import LabelCheck, Suspect, check_labels
 
 SUSPECTS_SHOWN = 8
 NEIGHBOURS = 3
-
-
-def dataset_versions(source: str) -> DatasetVersions:
-    """The edit list of the dataset at ``source`` in this visitor's workspace."""
-    return DatasetVersions.open(home(), source, check_room=visitor().check_room)
 
 
 def _check_target(versions: DatasetVersions, extractor, cache):
@@ -56,12 +52,12 @@ def photos_to_check(source: str) -> None:
     follow_job(job, lambda view: None if view.state == "completed" else draw_failure(view))
     view = job.view()
     if view.state == "completed":
-        show_suspects(view.result, versions)
+        show_suspects(view.result, versions, scan_dataset(source))
 
 
-def show_suspects(result: LabelCheck, versions: DatasetVersions) -> None:
-    """The suspects of ``result`` the current version still has under their given class, not yet reviewed."""
-    dataset = versions.dataset()
+def show_suspects(result: LabelCheck, versions: DatasetVersions, dataset) -> None:
+    """The suspects of ``result`` that the current version (``dataset``) still has under their given class, not
+    yet reviewed."""
     label_of = {rel: dataset.classes[i] for rel, i in zip(dataset.relpaths, dataset.labels.tolist())}
     path_of = dict(zip(dataset.relpaths, dataset.paths))
     reviewed = versions.reviewed

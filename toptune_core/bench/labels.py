@@ -4,11 +4,13 @@ For each seed, ``per_class`` photos of each class get the next class's label (in
 photo, so this is what moving the files does, without touching them). Out-of-fold probabilities
 (``trust.labels``: stratified group folds, near-duplicates together) are ranked four ways, and the table gives
 how many planted photos each puts among its first ``2 x planted`` (mean and worst over the seeds), how many of
-those get their true class as the suggestion, and the out-of-fold time:
+those get their true class as the suggestion, how long the list of suspects is and how many planted photos it
+holds, and the out-of-fold time:
 
 - the plain ranking: lowest out-of-fold probability of the given class first;
 - cleanlab's normalised-margin label quality (``cleanlab.rank``; what ``check-labels`` uses);
-- cleanlab's confident learning (``filter.find_label_issues``, ranked by self-confidence) first, then the rest;
+- cleanlab's confident learning (``filter.find_label_issues``, ranked by self-confidence) first, then the rest
+  (its list: the photos it flags);
 - with views, the plain ranking from a model that trains on every view and averages them (the alternative to
   one embedding per photo).
 """
@@ -57,51 +59,58 @@ def _every_view_proba(F: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classe
     return proba
 
 
-def _orders(proba: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+def _disagreements(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The photos whose given class is not the most probable: the suspects ``check-labels`` lists."""
+    return np.flatnonzero(proba.argmax(axis=1) != y)
+
+
+def _rankings(proba: np.ndarray, y: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each ranking's (order of all photos, the photos it lists as suspects)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     plain = np.argsort(proba[np.arange(len(y)), y], kind="stable")
     issues = find_label_issues(y, proba, return_indices_ranked_by="self_confidence", n_jobs=1)
     rest = plain[~np.isin(plain, issues)]
-    return {"plain: out-of-fold p(given class)": plain,
-            USED: np.argsort(get_label_quality_scores(y, proba, method="normalized_margin"), kind="stable"),
-            "cleanlab find_label_issues first": np.concatenate([issues, rest]).astype(int)}
+    listed = _disagreements(proba, y)
+    return {"plain: out-of-fold p(given class)": (plain, listed),
+            USED: (np.argsort(get_label_quality_scores(y, proba, method="normalized_margin"), kind="stable"), listed),
+            "cleanlab find_label_issues first": (np.concatenate([issues, rest]).astype(int), issues)}
 
 
-def bench_labels(dataset, features: np.ndarray, *, per_class: int, seeds: int,
+def bench_labels(dataset, features: np.ndarray, groups: np.ndarray, *, per_class: int, seeds: int,
                  progress: Optional[ProgressCallback] = None) -> dict:
-    """The figures (JSON-ready): per ranking, the planted photos found in the first 2 x planted, per seed."""
-    from toptune_core.data.duplicates import duplicate_groups
+    """The figures (JSON-ready): per ranking and seed, the planted photos among the first 2 x planted, their true
+    class suggested, the suspects listed and the planted ones among them. ``groups``: near-duplicate groups."""
     from toptune_core.progress import ProgressMeter
     from toptune_core.trust.labels import out_of_fold_proba
 
     k = len(dataset.classes)
-    groups = duplicate_groups(features)
     rows: dict[str, dict] = {}
     meter = ProgressMeter("planted trials", seeds, progress, unit="seeds")
     for seed in range(seeds):
         y, planted = plant(dataset.labels, per_class, k, seed)
         start = time.perf_counter()
         proba = out_of_fold_proba(features, y, groups, n_classes=k, seed=seed)
-        seconds = time.perf_counter() - start
-        orders = _orders(proba, y)
-        probas = {name: proba for name in orders}
+        timed = {name: (order, listed, proba, time.perf_counter() - start)
+                 for name, (order, listed) in _rankings(proba, y).items()}
         if features.ndim == 3 and features.shape[1] > 1:
-            start_views = time.perf_counter()
+            start = time.perf_counter()
             every = _every_view_proba(features, y, groups, k, seed)
-            name = "plain, model trained on every view"
-            orders[name], probas[name] = np.argsort(every[np.arange(len(y)), y], kind="stable"), every
-        for name, order in orders.items():
-            first = order[:2 * len(planted)]
-            found = planted[np.isin(planted, first)]
-            others = probas[name].copy()
+            timed["plain, model trained on every view"] = (np.argsort(every[np.arange(len(y)), y], kind="stable"),
+                                                           _disagreements(every, y), every,
+                                                           time.perf_counter() - start)
+        for name, (order, listed, p, seconds) in timed.items():
+            found = planted[np.isin(planted, order[:2 * len(planted)])]
+            others = p.copy()
             others[np.arange(len(y)), y] = -np.inf
-            right = int((others[found].argmax(axis=1) == dataset.labels[found]).sum())
-            row = rows.setdefault(name, {"found": [], "true_class_suggested": [], "seconds": []})
+            row = rows.setdefault(name, {"found": [], "true_class_suggested": [], "listed": [],
+                                         "planted_listed": [], "seconds": []})
             row["found"].append(int(len(found)))
-            row["true_class_suggested"].append(right)
-            row["seconds"].append(seconds if "every view" not in name else time.perf_counter() - start_views)
+            row["true_class_suggested"].append(int((others[found].argmax(axis=1) == dataset.labels[found]).sum()))
+            row["listed"].append(int(len(listed)))
+            row["planted_listed"].append(int(np.isin(planted, listed).sum()))
+            row["seconds"].append(seconds)
         meter.update(seed + 1)
     return {"n_photos": len(dataset), "n_classes": k, "planted": per_class * k, "first": 2 * per_class * k,
             "seeds": seeds, "views": int(features.shape[1]) if features.ndim == 3 else 1, "rankings": rows}
@@ -109,8 +118,9 @@ def bench_labels(dataset, features: np.ndarray, *, per_class: int, seeds: int,
 
 def labels_table(figures: dict) -> str:
     cells = [("ranking", f"planted in first {figures['first']} (mean)", "worst seed", "true class suggested (mean)",
-              "out-of-fold s (mean)")]
+              "suspects listed (mean)", "planted among them (mean)", "out-of-fold s (mean)")]
     for name, row in figures["rankings"].items():
         cells.append((name, f"{np.mean(row['found']):.1f} of {figures['planted']}", str(min(row["found"])),
-                      f"{np.mean(row['true_class_suggested']):.1f}", f"{np.mean(row['seconds']):.2f}"))
+                      f"{np.mean(row['true_class_suggested']):.1f}", f"{np.mean(row['listed']):.1f}",
+                      f"{np.mean(row['planted_listed']):.1f}", f"{np.mean(row['seconds']):.2f}"))
     return markdown_table(cells)

@@ -58,20 +58,26 @@ def cmd_check_labels(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_labels(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
     from toptune_core.bench.labels import bench_labels, labels_table
     from toptune_core.bench.measure import load_average
     from toptune_core.data.dataset import load_dataset
+    from toptune_core.data.duplicates import duplicate_groups
     from toptune_core.features.cache import get_features
     from toptune_core.features.extractor import FeatureExtractor
+    from toptune_core.leakage import reference_features
     from toptune_core.progress import TextProgressBar
 
     dataset = load_dataset(args.data)
     extractor = FeatureExtractor(args.backbone, settings=settings, **feature_settings(args))
-    entry = get_features(dataset, extractor, feature_cache(settings), progress=TextProgressBar()).entry
-    if not entry.ok.all():
-        dataset = dataset.subset([i for i, good in enumerate(entry.ok) if good])
-    figures = bench_labels(dataset, entry.features, per_class=args.per_class, seeds=args.seeds,
-                           progress=TextProgressBar())
+    cache = feature_cache(settings)
+    entry = get_features(dataset, extractor, cache, progress=TextProgressBar()).entry
+    ok = np.asarray(entry.ok, dtype=bool)
+    groups = duplicate_groups(reference_features(dataset, ok, cache=cache, extractor=extractor,
+                                                 progress=TextProgressBar()))
+    figures = bench_labels(dataset.subset(np.flatnonzero(ok)), entry.features, groups, per_class=args.per_class,
+                           seeds=args.seeds, progress=TextProgressBar())
     figures.update(backbone=args.backbone, views_set=extractor.views, resolution=extractor.resolution,
                    load_average=load_average())
     print(f"\n{figures['planted']} wrong labels planted in {figures['n_photos']} photos ({args.per_class} of each "
