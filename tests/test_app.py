@@ -155,7 +155,7 @@ def demo_run(shared_home):
                                     figures=plotly_figures(at), images=len(at.image), exception=list(at.exception))
         goto(at, "toptune")
         assert at.selectbox(key="tt_backbone").value == "tf_efficientnet_lite0"
-        assert at.radio(key="tt_classifier").value == "kernel"
+        assert at.radio(key="tt_classifier").value == "logreg"
         button(at, "Top-tune").click().run()
         progress_seen = [p.proto.text for p in at.get("progress")] + wait_for_job(at)
         runs = RunStore(shared_home).list()
@@ -275,7 +275,7 @@ def test_demo_toptune_shows_progress_then_result(demo_run):
     assert any(" of 300 photos · " in t and "photos/s · about" in t for t in extraction), demo_run.progress_seen
     no_problems(at)
     assert run is not None and run.status == "completed", [(r.status, r.error) for r in demo_run.runs]
-    assert (run.method, run.backbone, run.classifier) == ("toptune", "tf_efficientnet_lite0", "kernel")
+    assert (run.method, run.backbone, run.classifier) == ("toptune", "tf_efficientnet_lite0", "logreg")
     shown = metrics(at)
     assert shown["Accuracy"] == f"{100 * run.accuracy:.1f} %"
     assert set(shown) >= {"Balanced accuracy", "Macro F1", "Features", "Classifier training", "Total"}

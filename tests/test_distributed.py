@@ -56,27 +56,28 @@ def ray_address():
 
 # --- without a Ray runtime ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cpus", [1, 1.5, 2, 3, 4, 8, 16, 48, 200])
-@pytest.mark.parametrize("gpus", [0, 1, 4])
-def test_the_plan_leaves_cpus_for_decoding(cpus, gpus):
-    plan = plan_for(cpus, gpus)
-    # An actor pool holding every CPU starved the decoding tasks and the pipeline hung ("3/2 CPU").
-    assert plan.actors * plan.actor_cpus + plan.decode_cpus <= cpus + 1e-9
-    assert plan.decode_cpus > 0 and plan.actor_cpus > 0 and plan.actors >= 1
-    assert plan.actors * plan.actor_gpus <= gpus + 1e-9
-    assert plan.device == ("cuda" if gpus else "cpu")
-    if not gpus:
-        assert plan.threads >= 1 and plan.actors == min(int(cpus), 32)
+@pytest.mark.parametrize("nodes", [[(1, 0)], [(1.5, 0)], [(2, 0)], [(1, 0), (1, 0)], [(1, 0)] * 3,
+                                   [(2, 0), (1, 0), (1, 0)], [(0.5, 0), (1, 0)], [(8, 1)], [(16, 4)], [(48, 0)] * 5])
+def test_every_node_that_holds_an_actor_can_decode(nodes):
+    plan = plan_for(nodes)
+    gpus = sum(g for _, g in nodes)
+    if gpus:  # decoding tasks beside one actor per GPU, never more than the cluster has
+        assert plan.actors * plan.actor_cpus + plan.decode_cpus <= sum(c for c, _ in nodes) + 1e-9
+        assert plan.actors * plan.actor_gpus <= gpus + 1e-9 and plan.device == "cuda" and not plan.decode_in_actor
+    else:  # one whole CPU per actor, each decoding its own photos: no node left holding an actor it cannot feed
+        assert plan.decode_in_actor and plan.decode_cpus == 0 and plan.actor_cpus == 1.0 and plan.threads == 1
+        assert plan.actors == min(sum(int(c) for c, _ in nodes), 32)
+    assert plan.nodes == tuple((float(c), float(g)) for c, g in nodes)
 
 
 def test_plan_on_two_cpus_and_impossible_plans():
-    plan = plan_for(2, 0)
-    assert (plan.actors, plan.actor_cpus, plan.decode_cpus, plan.threads) == (2, 0.75, 0.5, 1)
-    assert plan_for(8, 2).actors == 2 and plan_for(8, 2).actor_gpus == 1
-    with pytest.raises(ToptuneError, match="at least 1"):
-        plan_for(0.5, 0)
+    plan = plan_for([(2, 0)])
+    assert (plan.actors, plan.actor_cpus, plan.decode_cpus, plan.threads) == (2, 1.0, 0.0, 1)
+    assert plan_for([(8, 2)]).actors == 2 and plan_for([(8, 2)]).actor_gpus == 1
+    with pytest.raises(ToptuneError, match="needs a node with at least 1 CPU"):
+        plan_for([(0.5, 0), (0.5, 0)])
     with pytest.raises(ToptuneError, match="fewer actors"):
-        plan_for(2, 0, actors=100_000)
+        plan_for([(2, 0)], actors=100_000)
 
 
 def test_only_the_distributed_module_imports_ray(subprocess_env):

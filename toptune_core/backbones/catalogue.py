@@ -64,7 +64,7 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 #: Top-tuning's input side (pixels) for a backbone where the estimate for new photos chose one other than the
 #: backbone's own (README, "Defaults"); a fine-tune always trains at the backbone's own.
-DEFAULT_RESOLUTION: dict[str, int] = {}
+DEFAULT_RESOLUTION: dict[str, int] = {"tf_efficientnet_lite0": 288}
 
 
 def offline_backbones() -> list[str]:

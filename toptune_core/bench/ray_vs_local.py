@@ -12,6 +12,7 @@ what a user waits. ``python -m toptune_core bench-ray`` prints the table.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from toptune_core.data.dataset import load_dataset
 from toptune_core.errors import ToptuneError
 from toptune_core.progress import Progress
 
-WHERE = ("local", "ray")
+WHERE = ("local", "ray", "ray-2x1")  # ray-2x1: a simulated cluster of two 1-CPU nodes on this machine
 
 
 @dataclass
@@ -62,14 +63,23 @@ def time_run(where: str, dataset, backbone: str, settings: Settings, address: Op
         if p.stage == "extract" and p.done and not first:
             first.append(time.perf_counter())
 
-    extractor = extractor_for(where, backbone, settings, address)
-    with tempfile.TemporaryDirectory(prefix="toptune-bench-ray-") as tmp:
+    extractor = extractor_for("ray" if where.startswith("ray") else where, backbone, settings, address)
+    with tempfile.TemporaryDirectory(prefix="toptune-bench-ray-") as tmp, _place(where):
         start = time.perf_counter()
         get_features(dataset, extractor, FeatureCache(Path(tmp)), progress=progress)
         end = time.perf_counter()
     plan = getattr(extractor, "last_plan_", None)
     setup = plan.describe() if plan else extractor.plan().describe()
     return WhereRun(where, len(dataset), end - start, first[0] - start, f"{setup}; {extractor.engine_name}")
+
+
+def _place(where: str):
+    """A simulated 2 x 1-CPU cluster for "ray-2x1" (started before the clock runs), else nothing."""
+    if where == "ray-2x1":
+        from toptune_core.features.distributed import simulated_cluster
+
+        return simulated_cluster([1, 1])
+    return contextlib.nullcontext()
 
 
 def compare_where(data: str | Path, backbone: str, where: list[str], *, repeats: int = 1,
@@ -93,10 +103,13 @@ def compare_where(data: str | Path, backbone: str, where: list[str], *, repeats:
 
 
 def where_table(runs: list[WhereRun]) -> str:
-    cells = [("where", "run", "photos", "wall s", "photos/s", "first features after s", "setup; inference engine")]
+    cells = [("where", "run", "photos", "wall s", "photos/s", "÷ local photos/s", "first features after s",
+              "setup; inference engine")]
     count: dict[str, int] = {}
+    local = [r.rate for r in runs if r.where == "local"]
     for run in runs:
         count[run.where] = count.get(run.where, 0) + 1
-        cells.append((run.where, str(count[run.where]), str(run.n), f"{run.wall_s:.1f}", f"{run.rate:.1f}",
+        ratio = f"{run.rate / max(local):.2f}" if local else "-"
+        cells.append((run.where, str(count[run.where]), str(run.n), f"{run.wall_s:.1f}", f"{run.rate:.1f}", ratio,
                       f"{run.startup_s:.1f}", run.setup))
     return markdown_table(cells)

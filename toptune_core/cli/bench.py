@@ -91,7 +91,9 @@ def add_parsers(sub) -> None:
                     "time feature extraction on this machine and on Ray, into fresh caches; prints a table")
     e.add_argument("--data", required=True, help="dataset folder")
     e.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
-    e.add_argument("--where", default="local,ray", help="comma-separated: local, ray (default both)")
+    e.add_argument("--where", default="local,ray,ray-2x1",
+                   help="comma-separated: local, ray (a local runtime or --address), ray-2x1 (a simulated cluster of two "
+                        "1-CPU nodes on this machine) (default all three)")
     e.add_argument("--address", help="Ray cluster (default $TOPTUNE_RAY_ADDRESS; else a local Ray runtime)")
     e.add_argument("--repeats", type=int, default=1, help="runs of each engine, alternating (default 1)")
     e.add_argument("--json", help="write the figures as JSON to this file")

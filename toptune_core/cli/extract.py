@@ -27,7 +27,8 @@ def make_extractor(args: argparse.Namespace, settings: Settings):
     from toptune_core.features.distributed import RayFeatureExtractor
 
     return RayFeatureExtractor(args.backbone, address=args.address or settings.ray_address, actors=args.actors,
-                               batch_size=args.batch_size, settings=settings, **feature_settings(args))
+                               batch_size=args.batch_size, settings=settings, stall_seconds=args.stall_timeout,
+                               **feature_settings(args))
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,6 +77,8 @@ def add_parsers(sub) -> None:
                    help="local: this process (default); ray: Ray Data tasks and an actor pool")
     p.add_argument("--address", help="Ray cluster to use: auto, host:port or ray://host:port (default "
                    "$TOPTUNE_RAY_ADDRESS; without one a local Ray runtime starts)")
+    p.add_argument("--stall-timeout", type=float, default=120.0,
+                   help="Ray: stop with one line when no batch has come back for this many seconds (default 120)")
     p.add_argument("--actors", type=int, help="Ray: number of model actors (default: one per GPU, else one per CPU)")
     p.add_argument("--batch-size", type=int, help="photos per batch (default: chosen for the device)")
     p.add_argument("--json", help="write the result as JSON to this file")

@@ -93,6 +93,20 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not result.failures else 1
 
 
+def cmd_grid(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.defaults_grid import defaults_grid, grid_table
+    from toptune_core.progress import TextProgressBar
+
+    grid = defaults_grid(args.data, args.backbone, classifiers=_names(args.classifiers),
+                         view_names=_names(args.views), seed=args.seed, test_size=args.test_size,
+                         resolutions=[None if r == "own" else int(r) for r in _names(args.resolutions)],
+                         cache=feature_cache(settings), progress=TextProgressBar())
+    print()
+    print(grid_table(grid))
+    write_json(args.json, grid)
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = add_command(sub, "sweep", cmd_sweep, "top-tune every backbone x classifier; one recorded run each, one table",
                     data=True, backbone=False)
@@ -102,6 +116,16 @@ def add_parsers(sub) -> None:
                                                      f"{','.join(CLASSIFIERS)})")
     p.add_argument("--seeds", default="", help="comma-separated seeds: repeat every combination on each seed's "
                                                "split and print means over them (default: --seed only)")
+    g = add_command(sub, "grid", cmd_grid, "classifier x views x resolution by the estimate for new photos and a "
+                    "random split; the cell the rule chooses (the defaults' evidence)")
+    g.add_argument("--data", required=True, help="dataset folder: one sub-folder of photos per class")
+    g.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
+    g.add_argument("--classifiers", default="logreg,rf,kernel", help="comma-separated (default logreg,rf,kernel)")
+    g.add_argument("--views", default="1,flip,dihedral", help="comma-separated view sets (default 1,flip,dihedral)")
+    g.add_argument("--resolutions", default="own", help="comma-separated input sides; 'own': the backbone's own")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split and the folds (default 0)")
+    g.add_argument("--test-size", type=float, default=0.25, help="share held out (default 0.25)")
+    g.add_argument("--json", help="write the grid as JSON to this file")
 
 
-COMMANDS = ("sweep",)
+COMMANDS = ("sweep", "grid")

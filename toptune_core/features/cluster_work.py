@@ -1,10 +1,10 @@
 """What a Ray extraction runs, and how big: the plan for a cluster, the decoding task and the model actor.
 
-``plan_for`` sizes the pipeline for a cluster's CPUs and GPUs (``RayPlan``).
-``decode_batch`` is the Ray task that turns photo paths into 8-bit pixels with
-the one pixel pipeline (``PixelPipeline``); ``BackboneActor`` is the Ray actor
-that holds one loaded backbone and turns pixels into features with the local
-extractor's own code. Nothing here imports ``ray``: the driver
+``plan_for`` sizes the pipeline from the cluster's nodes, each node's CPUs and
+GPUs (``RayPlan``). ``decode_batch`` turns photo paths into 8-bit pixels with
+the one pixel pipeline (``PixelPipeline``): a Ray task feeding GPU actors, or
+inside each CPU actor; ``BackboneActor`` is the Ray actor that holds one loaded
+backbone and turns pixels into features with the local extractor's own code. Nothing here imports ``ray``: the driver
 (``features.distributed``) hands these to Ray Data, which runs them on the
 workers.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -40,11 +40,11 @@ def _floor3(x: float) -> float:
 class RayPlan:
     """How a Ray extraction uses the cluster.
 
-    ``actors`` models, each asking Ray for ``actor_cpus`` CPUs and ``actor_gpus``
-    GPUs; decoding tasks ask for ``decode_cpus`` each. The actors never take
-    every CPU: an actor pool that took both CPUs of a 2-CPU machine starved the
-    decoding tasks and the pipeline hung, so ``actors * actor_cpus +
-    decode_cpus <= cpus`` always holds.
+    ``actors`` models, each asking Ray for ``actor_cpus`` CPUs and ``actor_gpus`` GPUs. With GPUs, decoding
+    tasks of ``decode_cpus`` each feed them; on CPUs each actor decodes its own batches (``decode_in_actor``),
+    one lane as on one machine, so no node ever holds an actor without room to decode: a plan that counted
+    the cluster's CPUs as one pool put a 0.75-CPU actor on each 1-CPU node and left no node room for a 0.5-CPU
+    decoding task, and the extraction waited forever.
     """
 
     cpus: float
@@ -56,6 +56,8 @@ class RayPlan:
     batch_size: int  # photos per Ray batch
     model_batch: int  # photos per forward pass in an actor
     threads: int  # torch threads per actor (0: torch's own choice, on a GPU)
+    nodes: tuple[tuple[float, float], ...] = ()  # (CPUs, GPUs) of each node the plan was made for
+    decode_in_actor: bool = False
 
     @property
     def device(self) -> str:
@@ -64,35 +66,42 @@ class RayPlan:
     def describe(self) -> str:
         per = f"{self.actor_gpus:g} GPU + {self.actor_cpus:g} CPU" if self.actor_gpus else \
             f"{self.actor_cpus:g} CPU, {self.threads} thread(s)"
-        return (f"Ray cluster of {self.cpus:g} CPU(s), {self.gpus:g} GPU(s): {self.actors} model actor(s) of {per}; "
-                f"decoding tasks of {self.decode_cpus:g} CPU; batches of {self.batch_size}")
+        decoding = "each actor decodes its own photos" if self.decode_in_actor else \
+            f"decoding tasks of {self.decode_cpus:g} CPU"
+        where = f"{len(self.nodes)} node(s), " if self.nodes else ""
+        return (f"Ray cluster of {where}{self.cpus:g} CPU(s), {self.gpus:g} GPU(s): {self.actors} model actor(s) "
+                f"of {per}; {decoding}; batches of {self.batch_size}")
 
 
-def plan_for(cpus: float, gpus: float, *, actors: Optional[int] = None, batch_size: Optional[int] = None) -> RayPlan:
-    """The plan for a cluster with ``cpus`` CPUs and ``gpus`` GPUs (explicit ``actors``/``batch_size`` win).
+def plan_for(nodes: Sequence[tuple[float, float]], *, actors: Optional[int] = None,
+             batch_size: Optional[int] = None) -> RayPlan:
+    """The plan for a cluster whose alive nodes have these (CPUs, GPUs) (explicit ``actors``/``batch_size`` win).
 
-    With GPUs: one actor per GPU with one CPU to feed it, the other CPUs decode.
-    CPUs only: one single-threaded model per CPU (as the local lanes), at most
-    ``MAX_CPU_ACTORS``, with a quarter of the CPUs (at least half a CPU) left
-    to the decoding tasks.
+    With GPUs: one actor per GPU with (up to) one CPU to feed it, decoding tasks on the other CPUs.
+    CPUs only: one single-threaded actor per whole CPU of each node (a node of 1.5 CPUs holds one), at most
+    ``MAX_CPU_ACTORS``, each decoding its own batches; no decoding tasks, so every node that can hold an actor
+    can also decode.
     """
-    if cpus < 2 * DECODE_CPUS:
-        raise ToptuneError(f"The Ray cluster has {cpus:g} CPU(s); a Ray extraction needs at least 1 (one for "
-                           "decoding photos, one for the model).")
+    nodes = tuple((float(c), float(g)) for c, g in nodes)
+    cpus, gpus = sum(c for c, _ in nodes), sum(g for _, g in nodes)
     if gpus >= 1:
+        if cpus < 2 * DECODE_CPUS:
+            raise ToptuneError(f"The Ray cluster has {cpus:g} CPU(s); a Ray extraction needs at least 1 (one for "
+                               "decoding photos, one for the model).")
         n = actors or int(gpus)
         per_cpu = _floor3(min(1.0, (cpus - DECODE_CPUS) / n))
         decode = _floor3(min(1.0, cpus - n * per_cpu))
         return RayPlan(cpus, gpus, n, per_cpu, _floor3(min(1.0, gpus / n)), decode,
-                       batch_size or GPU_RAY_BATCH, batch_size or GPU_RAY_BATCH, 0)
-    n = actors or max(1, min(int(cpus), MAX_CPU_ACTORS))
-    reserve = max(DECODE_CPUS, cpus / 4)
-    per_cpu = _floor3((cpus - reserve) / n)
-    if per_cpu <= 0:
-        raise ToptuneError(f"{n} model actors do not fit on a Ray cluster of {cpus:g} CPU(s) with room left to "
-                           "decode photos; ask for fewer actors.")
-    return RayPlan(cpus, gpus, n, per_cpu, 0.0, DECODE_CPUS, batch_size or CPU_RAY_BATCH, CPU_MODEL_BATCH,
-                   max(1, int(per_cpu)))
+                       batch_size or GPU_RAY_BATCH, batch_size or GPU_RAY_BATCH, 0, nodes)
+    slots = sum(int(math.floor(c)) for c, _ in nodes)
+    if slots < 1:
+        raise ToptuneError(f"The Ray cluster's nodes have {', '.join(f'{c:g}' for c, _ in nodes) or 'no'} CPU(s); "
+                           "a Ray extraction needs a node with at least 1 CPU.")
+    n = actors or min(slots, MAX_CPU_ACTORS)
+    if n > slots:
+        raise ToptuneError(f"{n} model actors do not fit on a Ray cluster whose nodes hold {slots} actor(s) of one "
+                           "CPU; ask for fewer actors.")
+    return RayPlan(cpus, gpus, n, 1.0, 0.0, 0.0, batch_size or CPU_RAY_BATCH, CPU_MODEL_BATCH, 1, nodes, True)
 
 
 # --- what runs on the workers ------------------------------------------------------------------------
@@ -128,16 +137,19 @@ class BackboneActor:
     """
 
     def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
-                 channels_last: bool, engine: str, views: str):
+                 channels_last: bool, engine: str, views: str, draft: Optional[bool] = None):
         if timm_version() != timm:
             raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
                                "would differ. Install the same requirements.txt on every node.")
         self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None, lanes=1,
                                           device=device, channels_last=channels_last, engine=engine, views=views)
         self.model_batch = model_batch
+        self.draft = draft  # not None: this actor decodes its batches of paths itself (``decode_in_actor``)
         self.extractor.load_engine()
 
     def __call__(self, batch: dict) -> dict:
+        if self.draft is not None:
+            batch = decode_batch(batch, self.extractor.data_config, self.draft)
         ok = np.asarray(batch["ok"], dtype=bool)
         pixels = batch["pixels"][ok]
         step = max(1, self.model_batch // self.extractor.n_views)  # photos per forward pass: all their views

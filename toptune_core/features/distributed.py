@@ -25,6 +25,7 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -40,6 +41,8 @@ from toptune_core.features.cluster_work import BackboneActor, RayPlan, decode_ba
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter, check_cancel
 
+#: Seconds without a batch back before a Ray extraction gives up (``--stall-timeout``).
+DEFAULT_STALL_SECONDS = 120.0
 _PACKAGE = Path(__file__).resolve().parent.parent  # toptune_core, shipped to the workers of a remote cluster
 _ONE_AT_A_TIME = threading.Lock()  # Ray extractions of this process share one Ray connection: one at a time
 
@@ -161,17 +164,22 @@ class RayFeatureExtractor(FeatureExtractor):
     ``address``: an existing cluster (``auto``, ``host:port``, ``ray://host:port``);
     None starts a local Ray runtime (or uses the one this process is connected
     to). ``actors`` and ``batch_size``: overrides of ``plan_for``'s choice; ``engine``: the inference
-    engine the actors run (``features.engines``; None: ``settings.engine``).
+    engine the actors run (``features.engines``; None: ``settings.engine``). ``stall_seconds``: when no batch
+    has come back for this long, the extraction stops with one line naming what Ray could not place.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, address: Optional[str] = None,
                  actors: Optional[int] = None, batch_size: Optional[int] = None, channels_last: bool = True,
                  draft: bool = True, engine: Optional[str] = None, settings: Optional[Settings] = None,
-                 views: Optional[str] = None, resolution: Optional[int] = None):
+                 views: Optional[str] = None, resolution: Optional[int] = None,
+                 stall_seconds: float = DEFAULT_STALL_SECONDS):
         super().__init__(backbone, batch_size=batch_size, channels_last=channels_last, draft=draft,
                          engine=engine, settings=settings, views=views, resolution=resolution)
         self.address = address
         self.actors = actors
+        if not stall_seconds > 0:
+            raise ToptuneError(f"The stall timeout must be above 0 seconds (got {stall_seconds:g}).")
+        self.stall_seconds = float(stall_seconds)
         self.last_plan_: Optional[RayPlan] = None  # what the last transform ran
         self.connected_to_: Optional[str] = None
         self.first_batch_seconds_: Optional[float] = None  # its start-up: connecting, starting the actors
@@ -192,12 +200,8 @@ class RayFeatureExtractor(FeatureExtractor):
         return {"engine": self.worker_engine_["engine"], "engine_note": f"{where}" + (f"; {note}" if note else "")}
 
     def cluster_plan(self) -> RayPlan:
-        """``plan_for`` the resources of the connected cluster."""
-        import ray
-
-        resources = ray.cluster_resources()
-        return plan_for(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), actors=self.actors,
-                        batch_size=self.batch_size)
+        """``plan_for`` the alive nodes of the connected cluster, each with its own CPUs and GPUs."""
+        return plan_for(node_resources(), actors=self.actors, batch_size=self.batch_size)
 
     def transform(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
                   should_cancel: Optional[CancelCheck] = None) -> ExtractionResult:
@@ -219,7 +223,7 @@ class RayFeatureExtractor(FeatureExtractor):
             self.last_plan_ = plan = replace(plan, actors=max(1, min(plan.actors,
                                                                    math.ceil(len(paths) / plan.batch_size))))
             meter.update(0, f"starting {plan.actors} model actor(s) on {self.connected_to_}")
-            batches = _Stream(self._dataset(paths, plan), slot)
+            batches = _Stream(self._dataset(paths, plan), slot, self.stall_seconds, plan)
             handed_over = True  # the stream's thread releases the slot once Ray has stopped
             features, ok, errors = self._collect(batches, len(paths), meter, start)
         finally:
@@ -241,11 +245,13 @@ class RayFeatureExtractor(FeatureExtractor):
         # task takes its block whole and the actor's batch size is the smallest block's.
         blocks = max(1, math.ceil(len(items) / plan.batch_size))
         ds = ray.data.from_items(items, override_num_blocks=blocks)
-        ds = ds.map_batches(decode_batch, fn_kwargs={"data_config": self.data_config, "draft": self.draft},
-                            batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus)
+        if not plan.decode_in_actor:
+            ds = ds.map_batches(decode_batch, fn_kwargs={"data_config": self.data_config, "draft": self.draft},
+                                batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus)
         args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
                 "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
-                "channels_last": self.channels_last, "engine": self.engine, "views": self.views}
+                "channels_last": self.channels_last, "engine": self.engine, "views": self.views,
+                "draft": self.draft if plan.decode_in_actor else None}
         return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=max(1, len(items) // blocks),
                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
                               num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
@@ -273,6 +279,68 @@ class RayFeatureExtractor(FeatureExtractor):
             batches.stop()
         features = full[ok] if full is not None else np.zeros((0, self.n_views, self.spec.feature_dim), np.float32)
         return features, ok, sorted(reasons.items())
+
+
+@contextmanager
+def simulated_cluster(node_cpus: Sequence[int]) -> Iterator[str]:
+    """A simulated multi-node cluster on this machine (``ray.cluster_utils.Cluster``: a raylet per node), this
+    process connected to it for the block; its address. For benchmarks and tests; a process already connected to
+    another runtime is disconnected first."""
+    import os
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    environ = dict(os.environ)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": node_cpus[0], "include_dashboard": False})
+    try:
+        for cpus in node_cpus[1:]:
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.clear()
+        os.environ.update(environ)  # ray.init sets variables of this process
+
+
+def node_resources() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each alive node of the connected cluster."""
+    import ray
+
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def stall_message(seconds: float, plan: RayPlan) -> str:
+    """One line: nothing came back for ``seconds``, what Ray could not place, what the nodes have free."""
+    import ray
+
+    pending = "unknown"
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        demand = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+        asks = [f"{r.count} x {_bundle(r.bundle)}" for d in demand.ray_task_actor_demand for r in d.bundles_by_count]
+        pending = ", ".join(asks) or "nothing (the work is placed but not answering)"
+    except Exception as e:  # an older or a remote cluster without that API: say so rather than fail
+        pending = f"not known ({type(e).__name__})"
+    try:
+        free = [_bundle({k: v for k, v in r.items() if k in ("CPU", "GPU")})
+                for r in ray._private.state.available_resources_per_node().values()]
+    except Exception:
+        free = []
+    return (f"The Ray extraction got no features for {seconds:g} s and was stopped (nothing was cached). Ray could "
+            f"not place: {pending}; free per node: {'; '.join(free) or 'unknown'}. The plan: {plan.describe()}. "
+            "Add nodes or CPUs, ask for fewer --actors, or raise --stall-timeout if the cluster is only slow.")
+
+
+def _bundle(resources: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}" if resources else "{}"
 
 
 class _Executors:
@@ -310,7 +378,8 @@ class _Stream:
 
     _END = object()
 
-    def __init__(self, dataset, slot: threading.Lock):
+    def __init__(self, dataset, slot: threading.Lock, stall_seconds: float, plan: RayPlan):
+        self._stall_seconds, self._plan = stall_seconds, plan
         self._queue: "queue.Queue" = queue.Queue(maxsize=4)
         self._stop = threading.Event()
         self._slot = slot
@@ -338,7 +407,9 @@ class _Stream:
                 continue
 
     def batches(self, should_cancel: Optional[CancelCheck]) -> Iterator[dict]:
-        """The batches as they arrive; ``should_cancel`` is polled while waiting (``Cancelled``)."""
+        """The batches as they arrive; ``should_cancel`` is polled while waiting (``Cancelled``); no batch for
+        ``stall_seconds`` is one ``ToptuneError`` naming what Ray could not place."""
+        last = time.monotonic()
         while True:
             try:
                 item = self._queue.get(timeout=0.1)
@@ -346,7 +417,10 @@ class _Stream:
                 check_cancel(should_cancel, "Extract")
                 if not self._thread.is_alive() and self._queue.empty():
                     raise ToptuneError("The Ray extraction stopped without an answer; see the Ray logs.")
+                if time.monotonic() - last > self._stall_seconds:
+                    raise ToptuneError(stall_message(self._stall_seconds, self._plan)) from None
                 continue
+            last = time.monotonic()
             if item is self._END:
                 return
             if isinstance(item, BaseException):
