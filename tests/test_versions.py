@@ -323,3 +323,23 @@ def test_dashboard_lists_the_changes_undoes_one_and_compares_the_versions(source
     table = next(d.value for d in at.dataframe if "version id" in d.value.columns)
     assert table["version"].tolist() == ["v1", "v2"]
     assert table["edits"].tolist() == ["no change", "+2 photos, 1 moved, 1 left out"]
+
+
+def test_shared_mode_versions_are_each_visitors_own_and_within_their_disk_limit(tmp_path, source):
+    from toptune_core.config import Limits, Settings
+    from toptune_core.errors import LimitReached
+    from toptune_core.shared.visitors import Visitors
+
+    settings = Settings(home=tmp_path / "server", shared=True, limits=Limits(disk_mb=0.5))
+    _, alice = Visitors(settings).create()
+    _, bob = Visitors(settings).create()
+    photos = other_photos(2)
+    mine = DatasetVersions.open(alice.home, source, check_room=alice.check_room)
+    mine.add_photos(photos[:1], "healthy")
+    assert DatasetVersions.open(bob.home, source).dataset().class_counts()["healthy"] == 8  # not Bob's
+    assert mine.dataset().class_counts()["healthy"] == 9
+
+    big = (photos[1][0], photos[1][1] + b"\0" * 600_000)  # a readable JPEG with trailing bytes: over the limit
+    with pytest.raises(LimitReached, match="MB"):
+        mine.add_photos([big], "healthy")
+    assert len(mine.edits) == 1 and len(list(mine.photos_dir.iterdir())) == 1
