@@ -205,3 +205,9 @@ def test_data_page_photos_to_check(planted, checked, label_home, monkeypatch):
     shown = {b.key.split(":", 1)[1] for b in at.button if b.key and b.key.startswith("label_leave_out:")}
     assert shown and not shown & set(first)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg")) == files_before
+
+    out = label_home / "after_edits.json"  # the command line reads the same workspace's version
+    assert main(["check-labels", "--data", str(root), "--json", str(out)],
+                settings=Settings.from_env({"TOPTUNE_HOME": str(label_home)})) == 0
+    after = json.loads(out.read_text())
+    assert after["n_checked"] == 299 and not {s["path"] for s in after["suspects"]} & set(first)

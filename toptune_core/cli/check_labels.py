@@ -1,10 +1,12 @@
 """Command-line command ``check-labels``: the training photos whose label looks wrong, most suspect first.
 
 ``python -m toptune_core check-labels --data DIR [--backbone NAME] [--views V] [--top N] [--json OUT]``
-reads the photos' features (from the cache, extracted with a progress bar on a miss), ranks the photos the
-out-of-fold model disagrees with (``trust.labels``) and prints them as a table: score, given class, suggested
-class, path. ``--json`` writes every suspect, ``{"suspects": [{"path", "given", "suggested", "score"}, ...]}``
-most suspect first, with what the check looked at.
+reads the folder as the workspace's dataset version (its edits applied, ``data.versions``, as ``toptune``
+reads it; photos reviewed there are not listed again) and the photos' features (from the cache, extracted with
+a progress bar on a miss), ranks the photos the out-of-fold model disagrees with (``trust.labels``) and prints
+them as a table: score, given class, suggested class, path. ``--json`` writes every suspect,
+``{"suspects": [{"path", "given", "suggested", "score"}, ...]}`` most suspect first, with what the check
+looked at.
 
 ``python -m toptune_core bench-labels --data DIR [--per-class 5] [--seeds 10]`` plants wrong labels (in memory)
 and prints how many of them each ranking puts first (``bench.labels``): the README's figures.
@@ -29,15 +31,16 @@ def suspects_table(suspects: list, top: int) -> str:
 
 
 def cmd_check_labels(args: argparse.Namespace, settings: Settings) -> int:
-    from toptune_core.data.dataset import load_dataset
+    from toptune_core.data.versions import DatasetVersions, read_version
     from toptune_core.features.extractor import FeatureExtractor
     from toptune_core.progress import TextProgressBar
     from toptune_core.trust.labels import check_labels
 
-    dataset = load_dataset(args.data)
+    dataset = read_version(settings.home, args.data)
+    reviewed = DatasetVersions(settings.home, args.data).reviewed
     extractor = FeatureExtractor(args.backbone, settings=settings, **feature_settings(args))
     result = check_labels(dataset, extractor=extractor, seed=args.seed, cache=feature_cache(settings),
-                          progress=TextProgressBar())
+                          skip=reviewed, progress=TextProgressBar())
     features = ("features from the cache" if result.cache_hit
                 else f"features extracted in {result.extract_seconds:.1f} s")
     print(f"\nchecked the labels of {result.n_checked} of {result.n_photos} photos ({result.backbone}, views "
