@@ -119,3 +119,17 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> go.Figure:
                       height=max(360, 70 * n + 160), margin=dict(t=20, b=10), clickmode="event+select",
                       dragmode=False)
     return fig
+
+
+def versions_chart(frame: pd.DataFrame) -> go.Figure:
+    """Held-out accuracy of each dataset version side by side: one group of bars per version (``v1 · edits``),
+    one bar per setting (backbone + classifier), the newest run of each; from ``version_history.versions_frame``."""
+    newest = frame.groupby(["source", "version", "setting"], sort=False).tail(1).copy()
+    newest["version shown"] = newest["source"] + " · " + newest["version"] + " · " + newest["edits"]
+    fig = px.bar(newest, x="version shown", y="accuracy", color="setting", barmode="group",
+                 text=newest["accuracy"].map("{:.1%}".format), hover_data=["version id", "photos", "run"],
+                 labels={"version shown": "dataset version (edits since the original)", "accuracy": "held-out accuracy"},
+                 color_discrete_sequence=[GREEN, ORANGE, BROWN, "#1565C0", "#6A1B9A"])
+    fig.update_layout(height=360, margin=dict(t=20, b=10), yaxis=dict(range=[0, 1.05], tickformat=".0%"),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -22,7 +22,8 @@ import streamlit as st
 from pages import _visitor
 from toptune_core.config import Settings
 from toptune_core.data import storage
-from toptune_core.data.dataset import Dataset, load_dataset
+from toptune_core.data.dataset import Dataset
+from toptune_core.data.versions import DatasetVersions, read_version
 from toptune_core.features.cache import FeatureCache
 from toptune_core.jobs.process import FinetuneJob
 from toptune_core.jobs.thread import Job, JobTarget, registry
@@ -187,27 +188,46 @@ def _folder_signature(path: str) -> tuple:
         return ()
 
 
+def _edits_signature(path: str) -> tuple:
+    """Changes when this visitor's edit list of the folder changes (``data.versions``)."""
+    try:
+        st_ = DatasetVersions(home(), path).path.stat()
+        return (st_.st_mtime_ns, st_.st_size)
+    except OSError:
+        return ()
+
+
 @st.cache_resource(show_spinner=False, max_entries=8, ttl=3600)
-def _scan(path: str, signature: tuple) -> Dataset:
-    return load_dataset(path)
+def _scan(path: str, signature: tuple, home_dir: str, edits: tuple) -> Dataset:
+    return read_version(home_dir, path)
 
 
 def scan_dataset(path: str) -> Dataset:
-    """The dataset in ``path``, scanned once until its folders change. Do not modify the result.
+    """The dataset in ``path`` as this visitor's version of it (their edit list applied, ``data.versions``), read
+    once until its folders or the edits change. Do not modify the result.
 
     Shared mode: only a folder (and photos) inside what this visitor may use (``PathNotAllowed`` otherwise)."""
     if not visitor().shared:
-        return _scan(path, _folder_signature(path))
+        return _scan(path, _folder_signature(path), str(home()), _edits_signature(path))
     roots = visitor().dataset_roots(settings())
     real = str(resolve_inside(path, roots))
-    return _scan_inside(real, _folder_signature(real), tuple(str(r) for r in roots))
+    return _scan_inside(real, _folder_signature(real), tuple(str(r) for r in roots), str(home()),
+                        _edits_signature(real))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
-def _scan_inside(path: str, signature: tuple, roots: tuple[str, ...]) -> Dataset:
-    ds = load_dataset(path)
+def _scan_inside(path: str, signature: tuple, roots: tuple[str, ...], home_dir: str, edits: tuple) -> Dataset:
+    ds = read_version(home_dir, path)
     check_photos_inside(ds, [storage.location(r) for r in roots])
     return ds
+
+
+def dataset_versions(path: str) -> DatasetVersions:
+    """This visitor's edit list of the dataset folder ``path`` (shared mode: within their disk limit)."""
+    me = visitor()
+    if me.shared:
+        path = str(resolve_inside(path, me.dataset_roots(settings())))
+    return DatasetVersions(me.home, path, check_room=me.check_room)
 
 
 @st.cache_resource(show_spinner="Preparing the backbone…")

@@ -63,7 +63,9 @@ def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
     ds = scan_dataset(choice["path"])
     seed, test_size = split_settings()
     how = " (near-duplicates kept on one side)" if split_kind() == "grouped" else ""
-    st.write(f"**Data:** {choice['label']} · {len(ds):,} photos · {len(ds.classes)} classes · "
+    from pages._versions import version_note
+
+    st.write(f"**Data:** {choice['label']}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
              f"{test_size:.0%} held out for testing{how} (seed {seed}){note}.")
     return choice, ds, seed, test_size
 
@@ -230,6 +232,10 @@ def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: 
     by_id = {r.id: r for r in runs}
     labels = {r.id: run_label(r) for r in runs}  # made now: the labels need this session's visitor
     index = ids.index(default_id) if default_id in ids else 0
+    wanted = st.session_state.pop(f"{key}:use", None)  # asked for elsewhere on the page ("Use the new model")
+    if wanted in ids:
+        st.session_state[key] = wanted  # set before the widget is drawn, so this run shows it
+        index = 0  # the Session State value wins; another default beside it would draw a warning
     chosen = st.selectbox(label, ids, index=index, format_func=labels.__getitem__, key=key)
     return by_id.get(chosen)
 

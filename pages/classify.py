@@ -14,6 +14,7 @@ from pages._charts import probabilities_chart
 from pages._download import model_download_button
 from pages._router import through_router
 from pages._state import predictor_for, settings
+from pages._versions import teach_photos
 from pages._widgets import friendly_errors, need_runs, percent, pick_run, run_in_url, seconds, thumbnail
 from toptune_core.data.uploads import photo_source, read_uploaded_photo
 from toptune_core.errors import ImageError
@@ -178,6 +179,9 @@ def page() -> None:
             show_single(*photos[0], predictor, strictness, run)
         else:
             show_combined(photos, predictor, strictness)
+    st.divider()
+    with friendly_errors():
+        teach_photos(photos, run, "cls_teach", picker="cls_run")
 
 
 with friendly_errors():

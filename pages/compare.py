@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._charts import compare_scatter
+from pages._charts import compare_scatter, versions_chart
 from pages._router import through_router
-from pages._state import store
+from pages._state import completed_runs, store
 from pages._widgets import friendly_errors, need_runs, run_label
+from toptune_core.data.version_history import versions_frame
 from toptune_core.reports import runs_frame
 
 through_router()
@@ -52,6 +53,22 @@ def page() -> None:
                        mime="text/csv", icon=":material/download:")
 
 
+def versions_section() -> None:
+    """The accuracies of the dataset versions side by side (once runs were trained on two versions of a folder)."""
+    runs = completed_runs()
+    frame = versions_frame(runs)
+    if frame.empty or frame.groupby("source")["version"].nunique().max() < 2:
+        return
+    st.markdown("##### Dataset versions")
+    st.caption("Each version is the folder with your changes (photos added, labels fixed, photos left out) as "
+               "they were when a run trained on it; v1 is the first one trained on. Bars: the newest run of each "
+               "setting on each version. Versions differ in their held-out photos too, so a small difference "
+               "may be the photos tested rather than the model.")
+    st.plotly_chart(versions_chart(frame), key="versions_chart")
+    st.dataframe(frame, hide_index=True, key="versions_table",
+                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f")})
+
+
 def delete_runs() -> None:
     """Delete some of this visitor's own finished runs (showcase runs are not theirs to delete)."""
     runs = store()
@@ -69,5 +86,7 @@ def delete_runs() -> None:
 
 with friendly_errors():
     page()
+with friendly_errors():
+    versions_section()
 with friendly_errors():
     delete_runs()

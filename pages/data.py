@@ -14,9 +14,11 @@ import streamlit as st
 from pages._charts import class_counts_chart
 from pages._router import PAGES, through_router
 from pages._eden import choose_eden
+from pages._suspects import photos_to_check
 from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
                           scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
                           visitor, workspace)
+from pages._versions import edits_section
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
 from toptune_core.data import storage
@@ -169,6 +171,8 @@ def show_dataset() -> None:
         st.warning(warning)
 
     st.plotly_chart(class_counts_chart(counts), key="class_counts")
+    with friendly_errors():
+        edits_section(choice["path"], choice["label"])
 
     st.markdown("##### A few photos of each class")
     shown = ds.classes[:MAX_CLASSES_SHOWN]
@@ -214,6 +218,8 @@ def show_dataset() -> None:
         set_split_kind(kind)
     with friendly_errors():  # e.g. a grouped split a class's photos cannot make: said here, the rest still shows
         near_duplicates(ds, int(new_seed), share / 100, kind)
+    with friendly_errors():
+        photos_to_check(choice["path"])
     st.page_link(PAGES["toptune"], label="Next: top-tune a model on these photos →", icon=":material/bolt:")
 
 
@@ -251,10 +257,11 @@ def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
     if report["pairs_across"] and kind == "random":
         st.info("Choose the grouped split above to keep near-duplicates on one side; comparing a run on each "
                 "split shows how much they flatter the score.", icon=":material/info:")
+    path_of = dict(zip(ds.relpaths, ds.paths))  # a version's added photos lie in the workspace
     for pair in report["examples"][:PAIRS_SHOWN]:
         cols = st.columns(2)
         for col, side in zip(cols, ("test", "train")):
-            thumb = thumbnail(ds.root / pair[side])
+            thumb = thumbnail(path_of.get(pair[side], ds.root / pair[side]))
             if thumb is not None:
                 col.image(thumb, caption=f"{'held out' if side == 'test' else 'trains'}: {pair[side]}", width=200)
         st.caption(f"cosine similarity {pair['similarity']:.3f}")

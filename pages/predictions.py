@@ -11,6 +11,7 @@ import streamlit as st
 from pages._charts import confusion_figure
 from pages._router import through_router
 from pages._state import remembered_run
+from pages._versions import fix_photos
 from pages._widgets import friendly_errors, need_runs, percent, pick_run, run_in_url, thumbnail
 
 through_router()
@@ -98,6 +99,9 @@ def page() -> None:
                 col.caption(f"{Path(row.path).name} (photo no longer available) · {caption}")
             else:
                 col.image(thumb, caption=caption, width="stretch")
+    teachable = [r for r in rows if not bool(r.correct) or (checked and not bool(r.recognised))]
+    with friendly_errors():
+        fix_photos(teachable, run, "pred_teach", picker="pred_run")
 
 
 with friendly_errors():

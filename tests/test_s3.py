@@ -108,6 +108,26 @@ def test_the_fingerprint_is_stable_and_changes_with_an_object(s3, tmp_path):
     assert load_dataset(url).fingerprint() not in (first, changed)
 
 
+def test_an_edited_version_of_a_bucket_and_its_zip(s3, tmp_path):
+    import io
+    import zipfile
+
+    from toptune_core.data.version_export import version_zip
+    from toptune_core.data.versions import DatasetVersions, read_version
+
+    upload(s3, copy_subset(DEMO_DATASET, tmp_path / "edited", 3), BUCKET, "edited")
+    url, home = f"s3://{BUCKET}/edited", tmp_path / "home"
+    base = load_dataset(url)
+    DatasetVersions(home, url + "/").move(base.relpaths[0], "healthy")  # the same prefix, written another way
+    edited = read_version(home, url)
+    moved = edited.relpaths.index(base.relpaths[0])
+    assert edited.classes[edited.labels[moved]] == "healthy" and str(edited.paths[moved]) == str(base.paths[0])
+    assert edited.fingerprint() not in (base.fingerprint(), load_dataset(url).subset(range(9)).fingerprint())
+    with zipfile.ZipFile(io.BytesIO(version_zip(edited))) as zf:
+        assert len(zf.namelist()) == 9
+        assert any(n.startswith("healthy/") and base.paths[0].name in n for n in zf.namelist())
+
+
 # --- top-tuning from the store -------------------------------------------------------------------------
 
 def test_the_demo_bucket_top_tunes_as_the_folder_and_the_second_run_is_a_cache_hit(s3, tmp_path, lite0_extractor):

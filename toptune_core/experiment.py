@@ -20,6 +20,7 @@ from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.data.duplicates import leakage_report
 from toptune_core.data.groups import session_groups
 from toptune_core.data.split import load_data, split_for
+from toptune_core.data.version_history import run_version
 from toptune_core.errors import Cancelled, JobInterrupted, ProcessStopped
 from toptune_core.evaluation import evaluate
 from toptune_core.leakage import run_reference
@@ -68,7 +69,8 @@ def _start_run(store: RunStore, estimator: PhotoEstimator, dataset, test_dataset
                seed: int, test_size: float, split: str) -> RunRecord:
     params = {"data": str(dataset.root), "test_data": str(test_dataset.root) if test_dataset else None,
               "seed": seed, "test_size": test_size, "split": split, "classes": dataset.classes,
-              "n_images": len(dataset) + (len(test_dataset) if test_dataset else 0), **estimator.record()}
+              "n_images": len(dataset) + (len(test_dataset) if test_dataset else 0), **estimator.record(),
+              "version": run_version(dataset, store)}
     if run_id is None:
         return store.start(method=estimator.method, backbone=estimator.backbone, dataset=str(dataset.root),
                            classifier=getattr(estimator, "record_classifier", None), params=params)
@@ -93,7 +95,7 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
     curve: list[dict] = []
     try:
         estimator.check_params()
-        dataset, test_dataset = load_data(data, test_data)
+        dataset, test_dataset = load_data(data, test_data, home=store.root)
         run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size, split)
         run_id = run.id
         return _train_and_test(estimator, store, run, dataset, test_dataset, (seed, test_size, split), curve,

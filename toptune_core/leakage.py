@@ -11,7 +11,6 @@ run, both methods) and for the Data page (before any run).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -82,7 +81,8 @@ def data_leakage(dataset, *, seed: int, test_size: float, split: str = "random",
     features = features[ok]
     groups = session_groups(features) if split == "grouped" else None
     _, paths, chosen = split_for(dataset, None, ok, None, seed=seed, test_size=test_size, split=split, groups=groups)
-    names = [Path(p).relative_to(dataset.root).as_posix() for p in paths]
+    relpath_of = dict(zip(map(str, dataset.paths), dataset.relpaths))  # a version's added photos lie elsewhere
+    names = [relpath_of[str(p)] for p in paths]
     report = leakage_report(features, chosen.train_idx, chosen.test_idx, names, examples=48)
     report["split"] = chosen.method
     return report

@@ -58,8 +58,21 @@ def cmd_bench_views(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.versions import bench_versions, versions_table
+
+    start = time.perf_counter()
+    figs = bench_versions(args.data, args.backbone, views=args.views, classifier=args.classifier,
+                          repeats=args.repeats, add=args.add,
+                          log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}", file=sys.stderr,
+                                                 flush=True))
+    print(versions_table(figs))
+    write_json(args.json, figs)
+    return 0
+
+
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
-COMMANDS = ("bench", "bench-ray", "bench-views")
+COMMANDS = ("bench", "bench-ray", "bench-views", "bench-versions")
 
 
 def add_parsers(sub) -> None:
@@ -94,3 +107,13 @@ def add_parsers(sub) -> None:
                                                         "(default own)")
     v.add_argument("--repeats", type=int, default=3, help="timed runs of each process; the best is kept (default 3)")
     v.add_argument("--json", help="write the figures as JSON to this file")
+
+    w = add_command(sub, "bench-versions", cmd_bench_versions,
+                    "time adding 5 photos to a dataset and training again (only new photos are read); a table")
+    w.add_argument("--data", required=True, help="dataset folder")
+    w.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
+    w.add_argument("--views", help="view set (default: the default, as the Top-tune page)")
+    w.add_argument("--classifier", help="top classifier (default: the default)")
+    w.add_argument("--repeats", type=int, default=3, help="rounds of 5 photos added (default 3)")
+    w.add_argument("--add", help="a folder of class folders with the new photos (default: mirrored dataset photos)")
+    w.add_argument("--json", help="write the figures as JSON to this file")

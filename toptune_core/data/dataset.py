@@ -59,7 +59,7 @@ class Dataset:
     not used, as ``(path relative to root, reason)``; ``warnings`` are plain-word
     notes for the user (empty class folders, small or unbalanced classes).
     ``versions[i]``: what the listing said of photo ``i`` (an object's size and
-    ETag); None for a folder, whose files are looked at when fingerprinted.
+    ETag); None (the list, or one entry) for a file, looked at when fingerprinted.
     """
 
     root: Location
@@ -87,17 +87,16 @@ class Dataset:
         or size in the listing the dataset was read from)."""
         h = hashlib.sha256()
         h.update("\n".join(self.classes).encode())
-        if self.versions is not None:
-            for rel, version, label in zip(self.relpaths, self.versions, self.labels.tolist()):
-                h.update(f"\n{rel}\t{label}\t{version}".encode())
-            return h.hexdigest()[:32]
-        for rel, path, label in zip(self.relpaths, self.paths, self.labels.tolist()):
-            try:
-                st = path.stat()
-            except OSError as e:
-                raise DatasetError(f"'{rel}' disappeared or became unreadable while the dataset was being read "
-                                   f"({e.strerror}). Check the folder and try again.") from None
-            h.update(f"\n{rel}\t{label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        listed = self.versions or [None] * len(self.paths)
+        for rel, path, label, version in zip(self.relpaths, self.paths, self.labels.tolist(), listed):
+            if version is None:  # a file: looked at now
+                try:
+                    st = Path(path).stat()
+                except OSError as e:
+                    raise DatasetError(f"'{rel}' disappeared or became unreadable while the dataset was being read "
+                                       f"({e.strerror}). Check the folder and try again.") from None
+                version = f"{st.st_size}\t{st.st_mtime_ns}"
+            h.update(f"\n{rel}\t{label}\t{version}".encode())
         return h.hexdigest()[:32]
 
     def subset(self, indices: Sequence[int]) -> "Dataset":

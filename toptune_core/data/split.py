@@ -22,9 +22,18 @@ from toptune_core.data.dataset import Dataset, load_dataset
 from toptune_core.errors import DatasetError
 
 
-def load_data(data: str | Path, test_data: Optional[str | Path] = None) -> tuple[Dataset, Optional[Dataset]]:
-    """The dataset and, when given, the separate test folder (which must have the same classes)."""
-    dataset = load_dataset(data)
+def load_data(data: str | Path | Dataset, test_data: Optional[str | Path] = None, *,
+              home: Optional[str | Path] = None) -> tuple[Dataset, Optional[Dataset]]:
+    """The dataset and, when given, the separate test folder (which must have the same classes).
+
+    ``data``: a folder, or a ``Dataset`` already read; ``home``: the workspace whose edit list of the folder
+    (``data.versions``) applies."""
+    from toptune_core.data.versions import read_version
+
+    if isinstance(data, Dataset):
+        dataset = data
+    else:
+        dataset = read_version(home, data) if home is not None else load_dataset(data)
     test_dataset = load_dataset(test_data, classes=dataset.classes) if test_data else None
     return dataset, test_dataset
 

@@ -237,6 +237,11 @@ def read_object(url: str) -> BinaryIO:
     return _NamedBytes(data, url.name)
 
 
+def read_bytes(source) -> bytes:
+    """All the bytes of a photo, a file (``OSError`` if unreadable) or an object (``ImageError``)."""
+    return read_object(source).read() if is_url(source) else Path(source).read_bytes()
+
+
 def open_file(source) -> BinaryIO:
     """A binary file object of a photo, for reading its header: a local file, or an object read in blocks.
 

@@ -5,6 +5,13 @@ interrupted extraction never leaves an entry that reads as complete; a lock
 file makes two sessions extracting the same entry do the work once.
 ``get_features`` is what a run calls: the cache entry, or an extraction
 that fills it.
+
+Per-photo content reuse: every entry's meta lists each photo's content SHA-256
+(``sha256``, in dataset order). On a miss, rows of existing entries with the
+same extractor identity whose photos have the same content are reused, and only
+the other photos are extracted (``n_extracted``, ``n_reused`` in the new entry's
+meta): a dataset version with 5 photos added, moved or renamed costs 5
+extractions, not the whole set.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 from toptune_core.config import Settings
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import Cancelled, ToptuneError
+from toptune_core.files import file_sha256
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
 from toptune_core.features.views import as_views, n_views
 from toptune_core.progress import CancelCheck, ProgressCallback
@@ -150,8 +158,8 @@ class FeatureCache:
         for path in metas:
             try:
                 meta = json.loads(path.read_text())
-                if meta.get("backbone") != backbone or not meta.get("extract_seconds"):
-                    continue
+                if meta.get("backbone") != backbone or not meta.get("extract_seconds") or meta.get("n_reused"):
+                    continue  # (an entry that reused rows extracted only a few photos: no estimate of a rate)
                 side = int(meta["data_config"]["input_size"][-1])
                 passes = sum(meta["ok"]) * n_views(meta.get("views", "1")) * (side / own) ** 2
                 return passes / float(meta["extract_seconds"])
@@ -186,7 +194,8 @@ class FeatureSet:
 def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache, *,
                  progress: Optional[ProgressCallback] = None,
                  should_cancel: Optional[CancelCheck] = None) -> FeatureSet:
-    """Features for every photo of ``dataset``: from the cache when present, else extracted and cached."""
+    """Features for every photo of ``dataset``: from the cache when present, else made and cached (extracting
+    only the photos whose content no entry of the same extractor has, see the module docstring)."""
     start = time.perf_counter()
     key = cache.key(dataset.fingerprint(), extractor.cache_identity)
     entry = cache.load(key)
@@ -194,12 +203,78 @@ def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCa
         with cache.lock(key, should_cancel):
             entry = cache.load(key)  # someone else may have made it while we waited
             if entry is None:
-                result = extractor.transform(dataset.paths, progress=progress, should_cancel=should_cancel)
+                result, reuse = _extract_new_photos(dataset, extractor, cache, progress, should_cancel)
                 if not result.ok.any():
                     raise ToptuneError(f"None of the {len(dataset)} photos could be read; the first problem: "
                                        f"{result.errors[0][1] if result.errors else 'unknown'}")
                 entry = cache.save(key, result, dataset.relpaths,
                                    {**extractor.cache_identity, **extractor.engine_record,
-                                    "dataset_root": str(dataset.root)})
+                                    "dataset_root": str(dataset.root), **reuse})
                 return FeatureSet(entry, False, time.perf_counter() - start)
     return FeatureSet(entry, True, time.perf_counter() - start)
+
+
+def _content_hashes(paths: list[Path], should_cancel: Optional[CancelCheck]) -> list[Optional[str]]:
+    """Each photo's SHA-256 (None for a file that cannot be read: the extractor reports it)."""
+    hashes: list[Optional[str]] = []
+    for i, path in enumerate(paths):
+        if should_cancel is not None and i % 64 == 0 and should_cancel():
+            raise Cancelled("Feature extraction was cancelled.")
+        try:
+            hashes.append(file_sha256(path))
+        except OSError:
+            hashes.append(None)
+    return hashes
+
+
+def _same_identity(meta: dict, identity: dict) -> bool:
+    return all(json.dumps(meta.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
+               for k, v in json.loads(json.dumps(identity)).items())
+
+
+def _reusable_rows(cache: FeatureCache, identity: dict, wanted: set[str]) -> dict[str, np.ndarray]:
+    """Features (n_views, dim) of photos whose content hash is in ``wanted``, from entries with ``identity``
+    (newest entries first)."""
+    found: dict[str, np.ndarray] = {}
+    metas = sorted(cache.root.glob("*/meta.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in metas:
+        if len(found) == len(wanted):
+            break
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        hashes = meta.get("sha256")
+        if not isinstance(hashes, list) or not _same_identity(meta, identity):
+            continue
+        ok = meta.get("ok") or []
+        rows = {h: r for r, h in enumerate(h for h, good in zip(hashes, ok) if good)
+                if h in wanted and h not in found}
+        if not rows:
+            continue
+        entry = cache.load(path.parent.name)
+        if entry is not None:
+            found.update({h: entry.features[r] for h, r in rows.items()})
+    return found
+
+
+def _extract_new_photos(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache,
+                        progress: Optional[ProgressCallback], should_cancel: Optional[CancelCheck]
+                        ) -> tuple[ExtractionResult, dict]:
+    """The features of ``dataset``: rows reused by content hash, the rest extracted; and the meta to record."""
+    start = time.perf_counter()
+    hashes = _content_hashes(list(dataset.paths), should_cancel)
+    reused = _reusable_rows(cache, extractor.cache_identity, {h for h in hashes if h is not None})
+    todo = [i for i, h in enumerate(hashes) if h not in reused]
+    if todo:
+        fresh = extractor.transform([dataset.paths[i] for i in todo], progress=progress, should_cancel=should_cancel)
+    else:  # every photo's features are in the cache already: the model is not even loaded
+        fresh = ExtractionResult(np.zeros((0, 1, 1), np.float32), np.zeros(0, dtype=bool), [])
+    ok = np.ones(len(hashes), dtype=bool)
+    ok[todo] = fresh.ok
+    rows: dict[int, np.ndarray] = {i: reused[h] for i, h in enumerate(hashes) if h in reused}
+    rows.update(zip([i for i, good in zip(todo, fresh.ok) if good], fresh.features))
+    features = np.stack([rows[i] for i in np.flatnonzero(ok)]) if ok.any() else fresh.features
+    errors = [(todo[j], reason) for j, reason in fresh.errors]
+    result = ExtractionResult(features.astype(np.float32), ok, errors, time.perf_counter() - start)
+    return result, {"sha256": hashes, "n_extracted": len(todo), "n_reused": len(hashes) - len(todo)}

@@ -94,12 +94,15 @@ class FamiliarityCheck:
         for c in np.unique(labels):  # stratified: each class spread over the folds
             members = rng.permutation(np.flatnonzero(labels == c))
             fold_of[members] = np.arange(len(members)) % folds
+        # A class with fewer training photos than k could never be recognised (its photos' k-th nearest training
+        # photo would be of another kind): k is at most the smallest class's count (5 field photos of a new class).
+        self.k_ = max(1, min(self.k, int(np.unique(labels, return_counts=True)[1].min())))
         calibration = np.empty(len(Z), dtype=np.float32)
         for f in range(folds):
             inside = fold_of == f
             if inside.all() or not inside.any():
                 continue
-            calibration[inside] = _kth_distances(Z[inside], Z[~inside], self.k)[0]
+            calibration[inside] = _kth_distances(Z[inside], Z[~inside], self.k_)[0]
         self.reference_ = Z
         self.labels_ = labels
         self.paths_ = [str(p) for p in paths]
@@ -120,7 +123,7 @@ class FamiliarityCheck:
     def check(self, X: np.ndarray, *, accept: Optional[float] = None, n_nearest: int = 5) -> list[Familiarity]:
         """The familiarity, verdict and nearest training photos of each row of ``X``."""
         threshold = self.threshold(self.accept if accept is None else accept)
-        dist, idx, near_d = _kth_distances(l2_normalise(X), self.reference_, self.k, n_nearest)
+        dist, idx, near_d = _kth_distances(l2_normalise(X), self.reference_, self.k_, n_nearest)
         fam = self.familiarity(dist)
         return [Familiarity(float(fam[j]), float(dist[j]), bool(dist[j] <= threshold),
                             [(self.paths_[i], self.classes_[self.labels_[i]], float(d))
@@ -128,11 +131,11 @@ class FamiliarityCheck:
 
     def recognised(self, X: np.ndarray, accept: Optional[float] = None) -> np.ndarray:
         threshold = self.threshold(self.accept if accept is None else accept)
-        return _kth_distances(l2_normalise(X), self.reference_, self.k)[0] <= threshold
+        return _kth_distances(l2_normalise(X), self.reference_, self.k_)[0] <= threshold
 
     def describe(self) -> dict:
         """What the run record says about the check."""
-        return {"k": self.k, "accept": self.accept, "threshold": self.threshold_,
+        return {"k": self.k_, "accept": self.accept, "threshold": self.threshold_,
                 "thresholds": {name: self.threshold(a) for name, a in STRICTNESS.items()},
                 "calibration": (f"{self.folds}-fold cross-validation on the {len(self.reference_)} training photos "
                                 "only (each scored against the other folds); held-out photos never used"),
@@ -141,7 +144,7 @@ class FamiliarityCheck:
     def save(self, folder: Path) -> list[str]:
         np.savez(Path(folder) / FILE, reference=self.reference_.astype(np.float32), labels=self.labels_,
                  paths=np.asarray(self.paths_, dtype=str), classes=np.asarray(self.classes_, dtype=str),
-                 calibration=self.calibration_, params=np.asarray([self.k, self.accept, self.folds, self.seed]))
+                 calibration=self.calibration_, params=np.asarray([self.k_, self.accept, self.folds, self.seed]))
         return [FILE]
 
     @classmethod
@@ -149,6 +152,7 @@ class FamiliarityCheck:
         with np.load(path, allow_pickle=False) as z:
             k, accept, folds, seed = z["params"].tolist()
             check = cls(int(k), float(accept), int(folds), int(seed))
+            check.k_ = check.k
             check.reference_, check.labels_ = z["reference"], z["labels"]
             check.paths_, check.classes_ = z["paths"].tolist(), z["classes"].tolist()
             check.calibration_ = z["calibration"]

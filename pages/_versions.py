@@ -1,0 +1,205 @@
+"""Dataset versions in the dashboard (layout only; the work is ``toptune_core.data.versions``).
+
+* The Data page's "Your changes" section: the version's id and edits since the original, each edit with
+  an Undo button, and "Download this dataset version" (a zip of class folders).
+* "Teach it" on Classify and Predictions: add photos to the training photos as a class (a new one may be
+  typed), or fix the label of a photo of the dataset; then "Train again": the run's settings on the new
+  version, in the same background job as the Top-tune page (job kind ``toptune``).
+
+The user's folder is never changed: every edit lives in the visitor's own workspace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import streamlit as st
+
+from pages._state import (dataset_versions, feature_cache, find_run, job_for, remember, scan_dataset, start_job,
+                          store, visitor)
+from pages._widgets import chosen_extractor_for, draw_failure, follow_job, friendly_errors, percent
+from toptune_core.data import storage
+from toptune_core.data.dataset import Dataset
+from toptune_core.data.version_export import version_zip
+from toptune_core.data.version_history import describe_changes, retrain_settings
+from toptune_core.data.versions import VersionedDataset
+from toptune_core.experiment import run_toptuning
+from toptune_core.jobs.view import JobView
+from toptune_core.runs.store import RunRecord
+
+NEW_CLASS = "A new class…"
+EDITS_SHOWN = 50
+
+
+def version_note(ds: Dataset) -> str:
+    """`` · your version: +5 photos, 1 moved`` for a dataset with edits, else empty."""
+    if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
+        return f" · your version: {describe_changes(ds.version['summary'])}"
+    return ""
+
+
+# --- the Data page ------------------------------------------------------------------------------------
+
+def edits_section(path: str, label: str) -> None:
+    """The edits of this visitor's version of ``path``, each undoable, and the version's download."""
+    st.markdown("##### Your changes to these photos (dataset version)")
+    versions = dataset_versions(path)
+    ds = scan_dataset(path)
+    edits = versions.edits
+    version_id = ds.version["id"] if isinstance(ds, VersionedDataset) else ds.fingerprint()[:12]
+    if not edits:
+        st.caption(f"Version {version_id}: the photos as they are. Photos added on the Classify or Predictions page "
+                   "and labels fixed appear here; your folder itself is never changed.")
+    else:
+        st.caption(f"Version {version_id}: {describe_changes(ds.version['summary'])} since the original. Your folder "
+                   "itself is never changed; every change is kept in your workspace and can be undone.")
+        for edit in list(reversed(edits))[:EDITS_SHOWN]:
+            c1, c2 = st.columns([5, 1])
+            c1.write(f"#{edit.id} · {edit.describe()}")
+            if c2.button("Undo", key=f"undo_edit_{edit.id}", icon=":material/undo:"):
+                with friendly_errors():
+                    versions.undo(edit.id)
+                    st.rerun()
+        if len(edits) > EDITS_SHOWN:
+            st.caption(f"… and {len(edits) - EDITS_SHOWN} older change(s).")
+    name = Path(path).name or "dataset"
+
+    def make_zip() -> bytes:  # runs in Streamlit's download thread, on click
+        return version_zip(ds)
+
+    st.download_button("Download this dataset version (zip of class folders)", data=make_zip,
+                       file_name=f"{name}-{version_id}.zip", mime="application/zip", on_click="ignore",
+                       icon=":material/download:", key="download_version",
+                       help=f"{len(ds):,} photos of {label}, one folder per class as this version has them.")
+
+
+# --- Classify and Predictions -------------------------------------------------------------------------
+
+def class_choice(classes: list[str], key: str, default: Optional[str] = None) -> Optional[str]:
+    """A class of the run, or a new one typed here (None until typed)."""
+    options = [*classes, NEW_CLASS]
+    index = options.index(default) if default in options else 0
+    chosen = st.selectbox("Their class", options, index=index, key=f"{key}_class")
+    if chosen != NEW_CLASS:
+        return chosen
+    typed = st.text_input("Name of the new class", key=f"{key}_new_class", max_chars=80,
+                          placeholder="e.g. bean_anthracnose")
+    return typed if typed.strip() else None
+
+
+def teach_photos(photos: list[tuple[str, bytes]], run: RunRecord, key: str, picker: str) -> None:
+    """'Add to the training photos as [class]' for uploaded photos, then 'Train again'."""
+    st.markdown("##### Teach the model")
+    data = (run.params or {}).get("data") or run.dataset
+    st.caption(f"Not recognised, or wrong? Add these photos to the training photos of "
+               f"'{Path(data).name}' with their right class (a new class may be typed), then train again with "
+               "the same settings. Your folder is not changed: the photos are kept in your workspace, as a new "
+               "version of the dataset, and each addition can be undone on the Data page.")
+    names = [name for name, _ in photos]
+    chosen = st.multiselect("Photos to add", names, default=names, key=f"{key}_photos")
+    classes = list(run.params.get("classes") or [])
+    label = class_choice(classes, key)
+    if st.button(f"Add to the training photos as {label or '…'}", key=f"{key}_add", icon=":material/add_a_photo:",
+                 disabled=not chosen or label is None):
+        with friendly_errors():
+            added = dataset_versions(data).add_photos([p for p in photos if p[0] in chosen], label)
+            st.session_state[f"{key}_added"] = (len(added), label)
+    done = st.session_state.get(f"{key}_added")
+    if done:
+        st.success(f"Added {done[0]} photo(s) as {done[1]}. Train again to teach the model.")
+    train_again(run, key, picker)
+
+
+def fix_photos(rows: list, run: RunRecord, key: str, picker: str) -> None:
+    """Predictions: give held-out photos their right class. A photo of the run's dataset is moved (its label is
+    fixed); a photo of a separate test folder is added to the training photos."""
+    if not rows:
+        return
+    st.markdown("##### Teach the model")
+    data = (run.params or {}).get("data") or run.dataset
+    st.caption("Wrong, or not recognised, because the photo's label is wrong or because the model never saw "
+               "photos like it? Fix the label of a photo of the dataset, or add a photo of the test folder to "
+               "the training photos; then train again with the same settings. Your folder is not changed.")
+    by_name = {f"{Path(r.path).name} (true: {r.true}, predicted: {r.predicted})": r for r in rows}
+    chosen = st.multiselect("Photos", list(by_name), key=f"{key}_photos")
+    label = class_choice(list(run.params.get("classes") or []), key)
+    if st.button(f"Give them the class {label or '…'}", key=f"{key}_fix", icon=":material/label:",
+                 disabled=not chosen or label is None):
+        with friendly_errors():
+            versions = dataset_versions(data)
+            version = scan_dataset(data)
+            relpath_of = dict(zip(map(str, version.paths), version.relpaths))
+            inside = [relpath_of[r.path] for n, r in by_name.items() if n in chosen and r.path in relpath_of]
+            outside = [r.path for n, r in by_name.items() if n in chosen and r.path not in relpath_of]
+            if inside and label not in version.classes:
+                raise_new_class(label)
+            added = versions.add_photos([(Path(p).name, storage.read_bytes(p)) for p in outside], label) \
+                if outside else []
+            moved = [versions.move(rel, label) for rel in inside]
+            st.session_state[f"{key}_added"] = (len(added) + len(moved), label)
+    done = st.session_state.get(f"{key}_added")
+    if done:
+        st.success(f"{done[0]} photo(s) now have the class {done[1]}. Train again to teach the model.")
+    train_again(run, key, picker)
+
+
+def raise_new_class(label: str) -> None:
+    from toptune_core.errors import DatasetError
+
+    raise DatasetError(f"A photo of the dataset can only get a class it has; '{label[:60]}' is new. Add new photos "
+                       "as a new class on the Classify page.")
+
+
+def train_again(run: RunRecord, key: str, picker: str) -> None:
+    """'Train again': the run's settings, top-tuned on the current version of its folder, in a background job;
+    then "Use the new model" selects it in the page's run picker (``picker``: its widget key)."""
+    job = job_for("toptune")
+    busy = job is not None and job.view().active
+    if st.button("Train again", key=f"{key}_train_again", icon=":material/bolt:", disabled=busy,
+                 help="The same backbone, classifier, views, input size and split as this model, on the photos "
+                      "with your changes. Only new photos are read by the backbone."):
+        with friendly_errors():
+            visitor().check_new_run()
+            job = start_retraining(run)
+            st.session_state[f"{key}_retrained"] = job.id
+    if job is not None and st.session_state.get(f"{key}_retrained") == job.id:
+        follow_job(job, lambda view: retrained(view, key, picker))
+
+
+def start_retraining(run: RunRecord):
+    """The Top-tune page's job, with the settings of ``run`` (everything the worker needs is passed in)."""
+    settings = retrain_settings(run)
+    run_store, cache = store(), feature_cache()
+    extractor = chosen_extractor_for(settings["backbone"], settings["views"], settings["resolution"])
+
+    def target(progress, should_cancel):
+        return run_toptuning(**settings, store=run_store, cache=cache, extractor=extractor, progress=progress,
+                             should_cancel=should_cancel).id
+
+    return start_job("toptune", f"Training again: {settings['backbone']} + {settings['classifier']}", target,
+                     {"home": str(run_store.root), "backbone": settings["backbone"],
+                      "classifier": settings["classifier"]})
+
+
+def retrained(view: JobView, key: str, picker: str) -> None:
+    if view.state != "completed":
+        draw_failure(view)
+        return
+    job = job_for("toptune")
+    if job is not None and job.claim("remembered"):
+        remember("last_run", view.result)
+    new = find_run(view.result)
+    version = new.params.get("version") or {}
+    st.success(f"Trained again: run {new.id}, held-out accuracy {percent(new.accuracy)}, on version "
+               f"{version.get('id')} ({describe_changes(version.get('changes') or {})} since the previous run; "
+               f"{new.params.get('n_images')} photos, classes {', '.join(new.params.get('classes') or [])}).")
+    if st.session_state.get(picker) != new.id:  # not the model the page uses yet
+        if st.button("Use the new model", key=f"{key}_use_new", type="primary", icon=":material/eco:",
+                     on_click=use_run, args=(picker, new.id)):
+            st.rerun()  # the whole page: this button is drawn inside the job's fragment
+
+
+def use_run(picker: str, run_id: str) -> None:
+    """Ask the run picker ``picker`` (``pick_run``'s key) to select ``run_id`` when the page is drawn again."""
+    st.session_state[f"{picker}:use"] = run_id
