@@ -153,6 +153,9 @@ def test_the_command_line_extracts_top_tunes_and_predicts_from_the_store(s3, sub
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "t.json").read_text())
     assert result["cache_hit"] is True and result["n_train"] + result["n_test"] == 24
+    checked = cli(["check-labels", "--data", url, "--views", "1", "--json", str(tmp_path / "c.json")], subprocess_env)
+    assert checked.returncode == 0, checked.stderr
+    assert "features from the cache" in checked.stdout and "of 24 photos" in checked.stdout
     s3.put_object(Bucket=BUCKET, Key="cli-new/leaf.jpg", Body=(DEMO_DATASET / "bean_rust" / "bean_rust_0002.jpg").read_bytes())
     s3.put_object(Bucket=BUCKET, Key="cli-new/notes.jpg", Body=b"field notes, not a photo")
     done = cli(["predict", "--run", result["run_id"], f"s3://{BUCKET}/cli-new", "--json", str(tmp_path / "p.json")],

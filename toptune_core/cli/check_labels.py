@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from toptune_core.cli.common import add_command, feature_args, feature_cache, feature_settings, write_json
+from toptune_core.cli.common import DATA_HELP, add_command, feature_args, feature_cache, feature_settings, write_json
 from toptune_core.config import Settings
 
 
@@ -101,7 +101,7 @@ def add_parsers(sub) -> None:
 
     p = add_command(sub, "check-labels", cmd_check_labels,
                     "list the training photos whose label looks wrong, most suspect first")
-    p.add_argument("--data", required=True, help="dataset folder: one sub-folder of photos per class")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
     feature_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
