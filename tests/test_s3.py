@@ -156,7 +156,8 @@ def test_the_command_line_extracts_top_tunes_and_predicts_from_the_store(s3, sub
     checked = cli(["check-labels", "--data", url, "--views", "1", "--json", str(tmp_path / "c.json")], subprocess_env)
     assert checked.returncode == 0, checked.stderr
     assert "features from the cache" in checked.stdout and "of 24 photos" in checked.stdout
-    s3.put_object(Bucket=BUCKET, Key="cli-new/leaf.jpg", Body=(DEMO_DATASET / "bean_rust" / "bean_rust_0002.jpg").read_bytes())
+    leaf = (DEMO_DATASET / "bean_rust" / "bean_rust_0002.jpg").read_bytes()
+    s3.put_object(Bucket=BUCKET, Key="cli-new/leaf.jpg", Body=leaf)
     s3.put_object(Bucket=BUCKET, Key="cli-new/notes.jpg", Body=b"field notes, not a photo")
     done = cli(["predict", "--run", result["run_id"], f"s3://{BUCKET}/cli-new", "--json", str(tmp_path / "p.json")],
                subprocess_env)
@@ -193,8 +194,9 @@ def test_no_access_and_wrong_credentials_are_one_line(s3, monkeypatch):
     iam = boto3.client("iam")
     iam.create_user(UserName="reader")
     key = iam.create_access_key(UserName="reader")["AccessKey"]
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
-                                                      "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}
+    allow = {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
+             "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}
+    policy = {"Version": "2012-10-17", "Statement": [allow]}
     iam.put_user_policy(UserName="reader", PolicyName="leaves-only", PolicyDocument=json.dumps(policy))
     auth = f"{os.environ['AWS_ENDPOINT_URL']}/moto-api/reset-auth"
     requests.post(auth, data=b"0", timeout=10).raise_for_status()
@@ -310,5 +312,6 @@ def test_the_data_page_reads_a_bucket_and_shows_its_photos(s3):
     assert metrics(at)["Photos"] == "300" and metrics(at)["Files skipped"] == "0"
     assert len(at.image) == 12, "four thumbnails per class, read from the store"
     sizes = [m.value for m in at.markdown if m.value.startswith("Checked ")]
-    assert sizes and "Checked 150 photos: most common size 256×256 px (150 photos)" in sizes[0], "photo sizes read from object headers"
+    assert sizes and "Checked 150 photos: most common size 256×256 px (150 photos)" in sizes[0], \
+        "photo sizes read from object headers"
     assert not at.warning
