@@ -49,7 +49,8 @@ def lite0_extractor():
     """One loaded tf_efficientnet_lite0 feature extractor (real offline ImageNet weights) for the session."""
     from toptune_core.features.extractor import FeatureExtractor
 
-    extractor = FeatureExtractor("tf_efficientnet_lite0", views="1")
+    # one view at lite0's own 224 px: the near-duplicate check's reference, so a run with it makes one cache entry
+    extractor = FeatureExtractor("tf_efficientnet_lite0", views="1", resolution=224)
     _ = extractor.model
     return extractor
 

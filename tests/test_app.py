@@ -514,7 +514,7 @@ def test_two_tabs_top_tune_at_once_without_clashing(fresh_home, beans30):
     assert sorted(r.timings["cache_hit"] for r in runs) == [False, True], "one extraction, shared through the cache"
     assert runs[0].metrics["confusion_matrix"] == runs[1].metrics["confusion_matrix"]
     entries = [p for p in (fresh_home / "features").iterdir() if not p.name.startswith(".")]
-    assert len(entries) == 1
+    assert len(entries) == 2  # the run's features, and the near-duplicate check's (lite0 at 224 px, one view)
     for at, run_id in zip(tabs, [r.id for r in sorted(runs, key=lambda r: r.created)]):
         assert any(c.startswith(f"Run {run_id}") for c in captions(at)), "each tab shows its own run"
 
@@ -690,8 +690,8 @@ def test_sweep_and_automatic_choice_from_the_top_tune_page(fresh_home, beans30):
     no_problems(tab)
     run = RunStore(fresh_home).list()[0]
     assert run.classifier == "auto" and run.status == "completed"
-    (cv,) = [d.value for d in tab.dataframe if "CV accuracy (mean)" in d.value.columns]
-    assert list(cv["classifier"].str.split().str[0]) == ["Kernel", "Logistic", "Random"] and cv["chosen"].sum() == 1
+    (cv,) = [d.value for d in tab.dataframe if "estimated accuracy" in d.value.columns]
+    assert list(cv["classifier"].str.split().str[0]) == ["Logistic", "Random", "Kernel"] and cv["chosen"].sum() == 1
     assert any(m.startswith("**Automatic choice: ") for m in texts(tab.markdown))
     (figure,) = plotly_figures(goto(tab, "compare"))
     assert len([y for t in run_traces(figure) for y in values(t["y"])]) == 3

@@ -163,7 +163,7 @@ def test_a_cancelled_ray_extraction_leaves_no_cache_entry(ray_address, toptune_h
 
     dataset = load_dataset(DEMO_DATASET)
     cache = FeatureCache(toptune_home / "features")
-    extractor = RayFeatureExtractor(BACKBONE, views="1")
+    extractor = RayFeatureExtractor(BACKBONE, views="1", resolution=224)
     computing, asked = threading.Event(), []
     seen = []
 
@@ -202,7 +202,7 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     root = copy_subset(DEMO_DATASET, tmp_path / "beans", 16)
     (root / "healthy" / "broken.jpg").write_bytes(b"not a jpeg at all")
     store, cache = RunStore(tmp_path / "runs"), FeatureCache(tmp_path / "features")
-    on_ray = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache, extractor=RayFeatureExtractor(BACKBONE, views="1"))
+    on_ray = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache, extractor=RayFeatureExtractor(BACKBONE, views="1", resolution=224))
     assert on_ray.status == "completed" and on_ray.timings["cache_hit"] is False
     assert on_ray.timings["feature_extraction_seconds"] > 0 and on_ray.metrics["accuracy"] > 0.5
     assert [path for path, _ in on_ray.split["unreadable"]] == ["healthy/broken.jpg"]
@@ -214,7 +214,7 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     assert entry.errors == [(dataset.relpaths[i], reason) for i, reason in local.errors]
     np.testing.assert_allclose(entry.features, local.features, rtol=0, atol=1e-4)
     here = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache,
-                         extractor=FeatureExtractor(BACKBONE, views="1"))  # its model is never loaded: a cache hit
+                         extractor=FeatureExtractor(BACKBONE, views="1", resolution=224))  # its model is never loaded: a cache hit
     assert here.timings["cache_hit"] is True and here.metrics == on_ray.metrics
 
 

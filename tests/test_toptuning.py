@@ -28,7 +28,7 @@ def test_cache_hit_skips_extraction(small_dataset, lite0_extractor):
     first = get_features(ds, lite0_extractor, cache)
     assert not first.cache_hit and first.entry.features.shape == (60, 1, 1280) and first.entry.ok.all()
     # A fresh extractor that has never loaded its model: a hit must not load it.
-    fresh = FeatureExtractor("tf_efficientnet_lite0", views="1")
+    fresh = FeatureExtractor("tf_efficientnet_lite0", views="1", resolution=224)
     second = get_features(load_dataset(small_dataset), fresh, cache)
     assert second.cache_hit and fresh._model is None
     np.testing.assert_array_equal(second.entry.features, first.entry.features)

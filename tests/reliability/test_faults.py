@@ -256,7 +256,8 @@ def test_two_processes_extracting_the_same_dataset_make_one_entry(toptune_home: 
         assert c.wait() == 0, c.text()
     a, b = (json.loads(o.read_text()) for o in outs)
     assert sorted([a["cache_hit"], b["cache_hit"]]) == [False, True]  # one extracted, the other waited and reused
-    (entry,) = Snapshot(toptune_home).entries
+    entries = Snapshot(toptune_home).entries
+    assert len(entries) == 2  # the run's features and the near-duplicate check's (lite0, one view, 224 px), once each
     assert_cache_has_no_half_entry(toptune_home)
     assert a["accuracy"] == b["accuracy"] and a["n_test"] == b["n_test"]
     assert [r.status for r in RunStore(toptune_home).list()] == ["completed", "completed"]
