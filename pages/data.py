@@ -13,6 +13,7 @@ import streamlit as st
 from pages._charts import class_counts_chart
 from pages._router import PAGES, through_router
 from pages._eden import choose_eden
+from pages._suspects import photos_to_check
 from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
                           scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
                           visitor, workspace)
@@ -200,6 +201,8 @@ def show_dataset() -> None:
         set_split_kind(kind)
     with friendly_errors():  # e.g. a grouped split a class's photos cannot make: said here, the rest still shows
         near_duplicates(ds, int(new_seed), share / 100, kind)
+    with friendly_errors():
+        photos_to_check(choice["path"])
     st.page_link(PAGES["toptune"], label="Next: top-tune a model on these photos →", icon=":material/bolt:")
 
 

@@ -28,7 +28,7 @@ def test_the_rule_keeps_the_cheaper_model_unless_another_is_better_beyond_the_no
     assert choose([cheap, clearly_better]) == 1
     assert choose([cheap, within_noise, clearly_better]) == 2
     rows = [cheap, dict(cheap)]  # a tie is no reason to pay more
-    assert choose(rows) == 0 and rows[1]["margin_over_choice"] == 0.0
+    assert choose(rows) == 0 and rows[1]["gap_to_best"] == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ resolution asked for, makes the usual seeded random split (``data.split``), and 
   run does (``held_out_accuracy``), and its fit seconds;
 * what extracting the features cost when they were extracted (``extract_seconds``, from the cache entry).
 
-``choose`` (the estimate's rule) then picks the cell: cells ordered by their cost for a new dataset, the
-backbone work of extraction (views x (resolution / the backbone's own)^2 passes per photo: a model, not a clock,
-so a busy machine cannot reorder the cells), then the classifier's fit seconds; the cheapest is kept unless a
-costlier one is better by more than the noise of the paired fold differences. The held-out photos take no part
-in the choice.
+``choose`` (the estimate's rule) then picks the cell: the cheapest cell within the noise of the best one. Cells
+are ordered by what every later run pays, the classifier's fit seconds on all the training photos (training
+again after each change of the photos; extraction is paid once per photo, then cached), then by the backbone
+work of that one extraction (views x (resolution / the backbone's own)^2 passes per photo). The held-out photos
+take no part in the choice.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def defaults_grid(data: str | Path, backbone: str, *, classifiers: Sequence[str]
                              "passes_per_photo": round(work, 3),
                              "held_out_accuracy": held_out, "fit_seconds_all_training": fit_seconds,
                              "extract_seconds": table.cost_seconds})
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["passes_per_photo"], rows[i]["fit_seconds_all_training"]))
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["fit_seconds_all_training"], rows[i]["passes_per_photo"]))
     chosen = order[choose([rows[i] for i in order])]
     for i, r in enumerate(rows):
         r["chosen"] = i == chosen
@@ -98,7 +98,8 @@ def defaults_grid(data: str | Path, backbone: str, *, classifiers: Sequence[str]
     return {"backbone": backbone, "dataset": str(dataset.root), "seed": seed, "split": split.method,
             "n_train": int(len(split.train_idx)), "n_test": int(len(split.test_idx)),
             "n_session_groups": int(len(set(groups.tolist()))), "n_folds": len(folds), "rule": RULE,
-            "order": "cells by backbone passes per photo (views x (resolution / own)^2), then classifier fit seconds",
+            "order": "cells ordered by classifier fit seconds (paid by every later run), then backbone passes per "
+                     "photo (views x (resolution / own)^2, paid once)",
             "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M")}
 

@@ -6,10 +6,11 @@ scikit-learn's ``model_selection`` is the anchor: splitters take the groups, the
   and therefore all views of one photo, are always in one fold.
 * ``estimate``: a candidate's accuracy on the left-out folds, photo by photo (the probabilities averaged over
   each photo's views, as every prediction does), with the per-fold scores and their standard error.
-* ``choose``: candidates are listed cheapest first; the cheapest is kept unless a costlier one is better by more
-  than the estimate's noise, the standard error of the paired per-fold differences (the same folds for every
-  candidate, so fold difficulty cancels). A difference within the noise is no reason to pay for the costlier
-  model.
+* ``choose``: the one-standard-error rule (Hastie, Tibshirani and Friedman, ESL 7.10) with paired folds:
+  candidates are listed cheapest first, and the cheapest whose mean accuracy is within the noise of the best
+  one's is chosen, the noise being the standard error of their paired per-fold differences (the same folds for
+  every candidate, so fold difficulty cancels). A difference within the noise is no reason to pay for the
+  costlier model.
 
 The estimate runs on the photos it is given; the experiment gives it training photos only, so the held-out
 photos never take part in a choice.
@@ -26,8 +27,8 @@ from toptune_core.errors import ToptuneError
 from toptune_core.features import views as view_sets
 
 N_SPLITS = 5
-RULE = ("cheapest first; a costlier candidate is chosen only when its mean fold accuracy beats the current choice "
-        "by more than one standard error of their paired per-fold differences")
+RULE = ("the cheapest candidate whose mean fold accuracy is within one standard error of the paired per-fold "
+        "differences of the best candidate's")
 
 
 def group_folds(y: np.ndarray, groups: Optional[Sequence], n_splits: int = N_SPLITS, seed: int = 0) -> list[tuple]:
@@ -85,14 +86,17 @@ def _sem(x: np.ndarray) -> float:
 
 def choose(rows: Sequence[dict]) -> int:
     """The index of the chosen row by ``RULE``; ``rows`` are ordered cheapest first, each with ``fold_accuracies``
-    over the same folds. Marks each row's ``margin_over_choice`` and ``noise`` as it goes."""
+    over the same folds. Marks each row's ``gap_to_best`` and ``noise`` (the standard error of the paired gaps)."""
     if not rows:
         raise ToptuneError("Nothing to choose from.")
-    chosen = 0
-    for i in range(1, len(rows)):
-        diff = np.asarray(rows[i]["fold_accuracies"]) - np.asarray(rows[chosen]["fold_accuracies"])
-        noise = _sem(diff) if len(diff) > 1 else 0.0
-        rows[i]["margin_over_choice"], rows[i]["noise"] = float(diff.mean()), float(noise)
-        if diff.mean() > (noise if np.isfinite(noise) else 0.0):
+    best = max(range(len(rows)), key=lambda i: (rows[i]["mean_accuracy"] if "mean_accuracy" in rows[i]
+                                                 else float(np.mean(rows[i]["fold_accuracies"])), -i))
+    top = np.asarray(rows[best]["fold_accuracies"])
+    chosen = None
+    for i, row in enumerate(rows):
+        gap = top - np.asarray(row["fold_accuracies"])
+        noise = _sem(gap) if len(gap) > 1 else 0.0
+        row["gap_to_best"], row["noise"] = float(gap.mean()), float(noise)
+        if chosen is None and gap.mean() <= (noise if np.isfinite(noise) else 0.0) + 1e-12:
             chosen = i
-    return chosen
+    return best if chosen is None else chosen

@@ -3,7 +3,8 @@
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
 ``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep), ``cli.bench`` (bench,
 bench-ray), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
-``cli.showcase`` (showcase, visitors: a shared server's operator). The
+``cli.showcase`` (showcase, visitors: a shared server's operator) and ``cli.check_labels``
+(check-labels: the photos whose label looks wrong). The
 environment is read here, once (``Settings.from_env()``), and passed to the
 command. Errors a user can act on print one line (``error: ...``) and exit
 with status 2; there is no traceback.
@@ -15,12 +16,13 @@ import argparse
 import sys
 from typing import Optional
 
-from toptune_core.cli import bench, eden, export, extract, finetune, predict, showcase, sweep, toptune
+from toptune_core.cli import (bench, check_labels, eden, export, extract, finetune, predict, showcase, sweep,
+                              toptune)
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
 
-MODULES = (toptune, predict, export, finetune, sweep, bench, extract, eden, showcase)
+MODULES = (toptune, predict, export, finetune, sweep, bench, extract, eden, showcase, check_labels)
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:

@@ -4,8 +4,8 @@
 training photos (the experiment never hands it a held-out photo): stratified k folds over the groups it is given
 (the session groups of ``data.groups``: photos of one plant or session, and all views of a photo, in one fold),
 each left-out photo scored by its view-averaged probabilities. Candidates are listed cheapest first and the rule
-of ``model_selection.choose`` keeps the cheapest unless a costlier one is better by more than the estimate's
-noise; the winner is refitted on all the photos. A candidate with its own internal choice (the kernel's width and
+of ``model_selection.choose`` takes the cheapest within the estimate's noise of the best; it is refitted on all
+the photos. A candidate with its own internal choice (the kernel's width and
 penalty) makes it inside each fold's training part: the scores are of the whole procedure, nested.
 
 It is fitted on training rows (``features.views.flatten``: each photo's ``n_views`` views, consecutive, sharing
