@@ -129,11 +129,13 @@ def fix_photos(rows: list, run: RunRecord, key: str, picker: str) -> None:
         with friendly_errors():
             versions = dataset_versions(data)
             version = scan_dataset(data)
-            relpath_of = dict(zip(map(str, version.paths), version.relpaths))
-            inside = [relpath_of[r.path] for n, r in by_name.items() if n in chosen and r.path in relpath_of]
-            outside = [r.path for n, r in by_name.items() if n in chosen and r.path not in relpath_of]
+            class_of = {str(p): (rel, version.classes[i]) for p, rel, i in zip(version.paths, version.relpaths,
+                                                                              version.labels.tolist())}
+            picked = [r.path for n, r in by_name.items() if n in chosen]
+            inside = [class_of[p][0] for p in picked if p in class_of and class_of[p][1] != label]
+            outside = [p for p in picked if p not in class_of]
             if inside and label not in version.classes:
-                raise_new_class(label)
+                raise_new_class(label)  # checked before anything changes
             added = versions.add_photos([(Path(p).name, storage.read_bytes(p)) for p in outside], label) \
                 if outside else []
             moved = [versions.move(rel, label) for rel in inside]

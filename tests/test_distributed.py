@@ -202,7 +202,8 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     root = copy_subset(DEMO_DATASET, tmp_path / "beans", 16)
     (root / "healthy" / "broken.jpg").write_bytes(b"not a jpeg at all")
     store, cache = RunStore(tmp_path / "runs"), FeatureCache(tmp_path / "features")
-    on_ray = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache, extractor=RayFeatureExtractor(BACKBONE, views="1", resolution=224))
+    on_ray = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache,
+                           extractor=RayFeatureExtractor(BACKBONE, views="1", resolution=224))
     assert on_ray.status == "completed" and on_ray.timings["cache_hit"] is False
     assert on_ray.timings["feature_extraction_seconds"] > 0 and on_ray.metrics["accuracy"] > 0.5
     assert [path for path, _ in on_ray.split["unreadable"]] == ["healthy/broken.jpg"]
@@ -214,7 +215,7 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     assert entry.errors == [(dataset.relpaths[i], reason) for i, reason in local.errors]
     np.testing.assert_allclose(entry.features, local.features, rtol=0, atol=1e-4)
     here = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache,
-                         extractor=FeatureExtractor(BACKBONE, views="1", resolution=224))  # its model is never loaded: a cache hit
+                         extractor=FeatureExtractor(BACKBONE, views="1", resolution=224))  # a cache hit: no model loaded
     assert here.timings["cache_hit"] is True and here.metrics == on_ray.metrics
 
 

@@ -343,3 +343,35 @@ def test_shared_mode_versions_are_each_visitors_own_and_within_their_disk_limit(
     with pytest.raises(LimitReached, match="MB"):
         mine.add_photos([big], "healthy")
     assert len(mine.edits) == 1 and len(list(mine.photos_dir.iterdir())) == 1
+
+
+def test_predictions_page_adds_a_wrongly_labelled_test_folder_photo_with_its_right_class(source, tmp_path,
+                                                                                          toptune_home,
+                                                                                          lite0_extractor):
+    """A rust leaf filed under 'healthy' in a separate test folder: the model says bean_rust (wrong, by the label);
+    on the Predictions page it is given the class bean_rust, which adds it to the training photos."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP, PAGE_TIMEOUT, button, goto, no_problems
+    from toptune_core.experiment import run_toptuning
+
+    rust = sorted((DEMO_DATASET / "bean_rust").glob("*.jpg"))
+    test_folder = copy_subset(DEMO_DATASET, tmp_path / "test", 2, skip=40)
+    shutil.copy2(rust[60], test_folder / "healthy" / rust[60].name)
+    run = run_toptuning(source, test_data=test_folder, extractor=lite0_extractor, views="1", classifier="logreg")
+    wrong = run.predictions().set_index("path").loc[str(test_folder / "healthy" / rust[60].name)]
+    assert (wrong["true"], wrong["predicted"]) == ("healthy", "bean_rust")
+
+    at = goto(AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT).run(), "predictions")
+    no_problems(at)
+    option = next(o for o in at.multiselect(key="pred_teach_photos").options if o.startswith(rust[60].name))
+    at.multiselect(key="pred_teach_photos").set_value([option]).run()
+    at.selectbox(key="pred_teach_class").set_value("bean_rust").run()
+    button(at, "Give them the class bean_rust").click().run()
+    no_problems(at)
+    edits = DatasetVersions.open(toptune_home, source).edits
+    assert [(e.kind, e.to) for e in edits] == [("add", "bean_rust")]
+    assert edits[0].sha256 == hashlib.sha256(rust[60].read_bytes()).hexdigest()
+    assert any("1 photo(s) now have the class bean_rust" in s.value for s in at.success)

@@ -62,9 +62,11 @@ def _from_folder(folder: str, start: int) -> list[tuple[str, bytes, str]]:
 
 
 def bench_versions(data: str, backbone: str, *, views: Optional[str] = None, classifier: Optional[str] = None,
-                   repeats: int = 3, add: Optional[str] = None,
+                   repeats: int = 3, add: Optional[str] = None, home: Optional[str] = None,
                    log: Callable[[str], None] = lambda line: None) -> dict:
-    """The figures (JSON-ready): the first run, and one row per "add 5 photos + train again" round."""
+    """The figures (JSON-ready): the first run, and one row per "add 5 photos + train again" round. ``home``: a
+    data folder kept between benchmarks (the first extraction is then done once; every round still adds photos
+    new to its cache); default a temporary one."""
     from toptune_core.data.dataset import load_dataset
     from toptune_core.data.versions import DatasetVersions
     from toptune_core.experiment import run_toptuning
@@ -73,7 +75,8 @@ def bench_versions(data: str, backbone: str, *, views: Optional[str] = None, cla
     from toptune_core.runs.store import RunStore
 
     dataset = load_dataset(data)
-    home = Path(tempfile.mkdtemp(prefix="toptune-bench-versions-"))
+    kept = home is not None
+    home = Path(home).expanduser() if kept else Path(tempfile.mkdtemp(prefix="toptune-bench-versions-"))
     try:
         settings = Settings.from_env({**os.environ, "TOPTUNE_HOME": str(home)})
         extractor = FeatureExtractor(backbone, views=views, settings=settings)
@@ -88,7 +91,8 @@ def bench_versions(data: str, backbone: str, *, views: Optional[str] = None, cla
         versions = DatasetVersions(home, dataset.root)
         rounds = []
         for r in range(max(1, repeats)):
-            photos = _from_folder(add, r * PHOTOS_PER_ROUND) if add else _mirrored(dataset, 7 * r + 1)
+            done = len(versions.all_edits)  # photos added by earlier rounds (of earlier benchmarks too, in ``home``)
+            photos = _from_folder(add, r * PHOTOS_PER_ROUND) if add else _mirrored(dataset, done + 1)
             log(f"round {r + 1}: add {len(photos)} photos, train again")
             start = time.perf_counter()
             for name, blob, label in photos:
@@ -104,10 +108,12 @@ def bench_versions(data: str, backbone: str, *, views: Optional[str] = None, cla
                            "changes": run.params["version"]["changes"]})
         return {"backbone": backbone, "views": extractor.views, "classifier": first.classifier,
                 "engine": extractor.engine_name, "dataset": str(dataset.root), "n_photos": len(dataset),
-                "first_run_s": first_s, "first_accuracy": first.accuracy, "rounds": rounds,
+                "first_run_s": first_s, "first_accuracy": first.accuracy,
+                "first_cache_hit": bool(first.timings.get("cache_hit")), "rounds": rounds,
                 "load_average": load_average(), "cpus": os.cpu_count()}
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def versions_table(figs: dict) -> str:
@@ -115,7 +121,8 @@ def versions_table(figs: dict) -> str:
     header = [f"bench-versions: {figs['backbone']} ({figs['engine']}), views {figs['views']}, classifier "
               f"{figs['classifier']}; {figs['n_photos']} photos in {figs['dataset']}; {figs['cpus']} CPU(s), load "
               f"average after: {figs['load_average']}",
-              f"first run (extracts every photo): {figs['first_run_s']:.1f} s, accuracy {figs['first_accuracy']:.3f}"]
+              f"first run ({'features from the kept cache' if figs.get('first_cache_hit') else 'extracts every photo'}"
+              f"): {figs['first_run_s']:.1f} s, accuracy {figs['first_accuracy']:.3f}"]
     cells = [("round", "photos", "read by the backbone", "features (s)", "classifier fit (s)",
               "add 5 + train again (s)", f"target < {TARGET_TRAIN_AGAIN_S:g} s", "accuracy")]
     for i, r in enumerate(figs["rounds"], 1):

@@ -63,7 +63,7 @@ def cmd_bench_versions(args: argparse.Namespace, settings: Settings) -> int:
 
     start = time.perf_counter()
     figs = bench_versions(args.data, args.backbone, views=args.views, classifier=args.classifier,
-                          repeats=args.repeats, add=args.add,
+                          repeats=args.repeats, add=args.add, home=args.home,
                           log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}", file=sys.stderr,
                                                  flush=True))
     print(versions_table(figs))
@@ -116,4 +116,6 @@ def add_parsers(sub) -> None:
     w.add_argument("--classifier", help="top classifier (default: the default)")
     w.add_argument("--repeats", type=int, default=3, help="rounds of 5 photos added (default 3)")
     w.add_argument("--add", help="a folder of class folders with the new photos (default: mirrored dataset photos)")
+    w.add_argument("--home", help="a data folder to keep between benchmarks: the first extraction is done once "
+                                  "(default: a temporary one)")
     w.add_argument("--json", help="write the figures as JSON to this file")

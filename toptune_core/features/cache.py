@@ -214,6 +214,12 @@ def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCa
     return FeatureSet(entry, True, time.perf_counter() - start)
 
 
+#: Content hashes already computed in this process, by (path, device, inode, size, mtime): a dashboard's second
+#: version of a dataset, or the near-duplicate reference after a run's own features, does not read every photo again.
+_HASHES: dict[tuple, str] = {}
+_MAX_HASHES = 500_000
+
+
 def _content_hashes(paths: list[Path], should_cancel: Optional[CancelCheck]) -> list[Optional[str]]:
     """Each photo's SHA-256 (None for a file that cannot be read: the extractor reports it)."""
     hashes: list[Optional[str]] = []
@@ -221,7 +227,13 @@ def _content_hashes(paths: list[Path], should_cancel: Optional[CancelCheck]) -> 
         if should_cancel is not None and i % 64 == 0 and should_cancel():
             raise Cancelled("Feature extraction was cancelled.")
         try:
-            hashes.append(file_sha256(path))
+            st = os.stat(path)
+            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key not in _HASHES:
+                if len(_HASHES) >= _MAX_HASHES:
+                    _HASHES.clear()
+                _HASHES[key] = file_sha256(path)
+            hashes.append(_HASHES[key])
         except OSError:
             hashes.append(None)
     return hashes
@@ -274,7 +286,8 @@ def _extract_new_photos(dataset: Dataset, extractor: FeatureExtractor, cache: Fe
     ok[todo] = fresh.ok
     rows: dict[int, np.ndarray] = {i: reused[h] for i, h in enumerate(hashes) if h in reused}
     rows.update(zip([i for i, good in zip(todo, fresh.ok) if good], fresh.features))
-    features = np.stack([rows[i] for i in np.flatnonzero(ok)]) if ok.any() else fresh.features
+    features = np.stack([rows[i] for i in np.flatnonzero(ok)]).astype(np.float32, copy=False) if ok.any() \
+        else fresh.features
     errors = [(todo[j], reason) for j, reason in fresh.errors]
-    result = ExtractionResult(features.astype(np.float32), ok, errors, time.perf_counter() - start)
+    result = ExtractionResult(features, ok, errors, time.perf_counter() - start)
     return result, {"sha256": hashes, "n_extracted": len(todo), "n_reused": len(hashes) - len(todo)}
