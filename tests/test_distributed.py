@@ -131,8 +131,8 @@ def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_a
     from toptune_core.experiment import run_toptuning
     from toptune_core.runs.store import RunStore
 
-    out = cli(["extract", "--data", str(DEMO_DATASET), "--backbone", BACKBONE, "--engine", "ray",
-               "--address", ray_address, "--json", str(tmp_path / "extract.json")], subprocess_env)
+    out = cli(["extract", "--data", str(DEMO_DATASET), "--backbone", BACKBONE, "--views", "1", "--resolution", "224",
+               "--engine", "ray", "--address", ray_address, "--json", str(tmp_path / "extract.json")], subprocess_env)
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "extract.json").read_text())
     assert report["cache_hit"] is False and report["n_features"] == 300 and "2 model actor(s)" in report["plan"]
@@ -144,12 +144,12 @@ def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_a
     on_ray = FeatureCache(toptune_home / "features").load(report["cache_key"])
     assert on_ray.relpaths == local.entry.relpaths and on_ray.ok.all()
     assert on_ray.meta["engine"] == local.entry.meta["engine"], "the actors ran the same inference engine"
-    assert on_ray.meta["engine_note"].startswith("on Ray: Ray cluster of 2 CPU(s)")
+    assert on_ray.meta["engine_note"].startswith("on Ray: Ray cluster of 1 node(s), 2 CPU(s)")
     np.testing.assert_allclose(on_ray.features, local.entry.features, rtol=0, atol=1e-4)
     assert np.abs(local.entry.features[0] - local.entry.features[1]).max() > 0.1, "not a vacuous comparison"
 
-    toptune = cli(["toptune", "--data", str(DEMO_DATASET), "--backbone", BACKBONE, "--json",
-                   str(tmp_path / "run.json")], subprocess_env)
+    toptune = cli(["toptune", "--data", str(DEMO_DATASET), "--backbone", BACKBONE, "--views", "1", "--resolution",
+                   "224", "--json", str(tmp_path / "run.json")], subprocess_env)
     assert toptune.returncode == 0, toptune.stderr
     run = json.loads((tmp_path / "run.json").read_text())
     here = run_toptuning(DEMO_DATASET, backbone=BACKBONE, store=RunStore(tmp_path / "runs"),
