@@ -89,7 +89,7 @@ def test_grouped_split_stratifies_and_is_seeded():
         assert len(set(np.isin(members, a.test_idx))) == 1  # all held out or all training
     other = grouped_split(labels, groups, test_size=0.25, seed=1)
     assert not np.array_equal(a.test_idx, other.test_idx)
-    with pytest.raises(DatasetError, match="near-duplicate"):
+    with pytest.raises(DatasetError, match="separating photos of one session"):
         grouped_split(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 0, 1, 2, 3]), test_size=0.3, seed=0)
 
 
