@@ -250,7 +250,7 @@ def test_a_ray_extraction_from_the_store_gives_the_local_features(s3, tmp_path, 
     upload(s3, copy_subset(DEMO_DATASET, tmp_path / "ray", 8), BUCKET, "ray")
     dataset = load_dataset(f"s3://{BUCKET}/ray")
     environ = dict(os.environ)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         on_ray = RayFeatureExtractor("tf_efficientnet_lite0", views="1",
                                      resolution=lite0_extractor.resolution).transform(dataset.paths)

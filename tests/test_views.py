@@ -136,7 +136,8 @@ def test_every_prediction_path_gives_the_same_probabilities(small_dataset, subpr
     assert result.returncode == 0, result.stderr
     exported = [dict(json.loads(line)["top"]) for line in result.stdout.splitlines()]
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    # a runtime of its own ("local"): a bare ray.init() would join a cluster an earlier test left recorded
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         on_ray = RayFeatureExtractor(BACKBONE, views="flip", resolution=256).transform(photos)
     finally:
