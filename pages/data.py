@@ -237,7 +237,7 @@ def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
                "held-out photo whose near-twin was trained on flatters the score; every run reports how many there "
                "were.")
     cache, extractor = feature_cache(), extractor_for(REFERENCE_BACKBONE)
-    if not cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir():
+    if not cache.views_in(cache.key(ds.fingerprint(), extractor.cache_identity)):
         st.write(f"The check needs the photos read once with {REFERENCE_BACKBONE} (kept in the cache; top-tuning "
                  "with it does the same).")
         if st.button("Check for near-duplicates", icon=":material/content_copy:", disabled=job_is_running("duplicates")):

@@ -3,6 +3,8 @@ of every backbone x classifier."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import pandas as pd
 import streamlit as st
 
@@ -12,7 +14,8 @@ from pages._widgets import (choose_extractor, chosen_extractor_for, draw_failure
                             need_dataset, percent, seconds)
 from toptune_core.backbones.catalogue import CATALOGUE, DEFAULT_BACKBONE, DEFAULT_RESOLUTION, describe
 from toptune_core.backbones.pixels import RESOLUTIONS
-from toptune_core.features.views import DEFAULT_VIEWS, n_views
+from toptune_core.features.estimate import estimate_extraction
+from toptune_core.features.views import DEFAULT_VIEWS
 from toptune_core.features.views import LABELS as VIEW_LABELS
 from toptune_core.data.duplicates import describe_leakage
 from toptune_core.experiment import run_toptuning
@@ -56,6 +59,8 @@ def show_run(run: RunRecord) -> None:
     c2.metric("Classifier training", seconds(t.get("fit_seconds")))
     c3.metric("Total", seconds(t.get("total_seconds")))
     show_choice(run)
+    if stages_line(run):
+        st.info(stages_line(run), icon=":material/layers:")
     st.caption(":material/content_copy: " + describe_leakage(s.get("near_duplicates") or {}))
     if s.get("unreadable"):
         with st.expander(f"{len(s['unreadable'])} photo(s) could not be read and were skipped"):
@@ -119,20 +124,53 @@ def feature_choices(backbone: str) -> tuple[str, int]:
     return views, resolution
 
 
-def extraction_cost(n_photos: int, backbone: str, views: str, resolution: int, cache) -> str:
-    """The first extraction's cost in plain words: model passes, their size against the backbone's own, and the
-    time they take at the rate of the last extraction with this backbone on this machine (when there was one)."""
-    native = CATALOGUE[backbone].input_size
-    passes = n_photos * n_views(views)
-    relative = (resolution / native) ** 2
-    size = "" if resolution == native else f", each about {relative:.1f}× the work of one at {native} px"
-    line = (f"each of the {n_photos:,} photos goes through the backbone {n_views(views)} time(s) "
-            f"({passes:,} passes{size}).")
-    rate = cache.pass_rate(backbone)
-    if rate:
-        line += (f" At this machine's last measured rate ({rate:,.0f} passes/s at {native} px) that is about "
-                 f"{seconds(passes * relative / rate)}.")
-    return line
+def extraction_cost(ds, extractor, cache) -> str:
+    """What this run will extract, in plain words: the photos and views not yet in the cache, and when the first
+    and the final model should be ready at this machine's measured rate (``features.estimate``)."""
+    est = estimate_extraction(ds, extractor, cache)
+    if est.final_passes == 0:
+        return "every feature is in the cache: training takes a second or two."
+    line = (f"{est.photos_to_extract:,} of the {len(ds):,} photos need {extractor.n_views} view(s) each read by the "
+            "backbone (the others' features are in the cache).")
+    if est.rate is None:
+        return line + (" This machine's speed is not measured yet: the first run measures it."
+                       + (" A first model on one view comes first, then the final one." if est.staged else ""))
+    if est.staged:
+        return line + (f" First model (one view) in about {seconds(est.first_seconds)}, final model "
+                       f"({extractor.n_views} views) in about {seconds(est.final_seconds)}, at this machine's "
+                       f"measured rate ({est.rate:,.0f} backbone passes/s).")
+    return line + f" About {seconds(est.final_seconds)} at this machine's measured rate."
+
+
+def stages_line(run: RunRecord) -> Optional[str]:
+    """What changed between a progressive run's first and final model, in plain words (None: one stage)."""
+    stages = (run.metrics or {}).get("stages") or []
+    if len(stages) < 2:
+        return None
+    first, last = stages[0], stages[-1]
+    if last.get("status") == "cancelled":
+        return (f"The final stage was cancelled: this is the first model ({first['n_views']} view of each photo, "
+                f"accuracy {percent(first['accuracy'])}). Its features are kept: the next run extracts only the "
+                "other views.")
+    change = last["accuracy"] - first["accuracy"]
+    return (f"First model ({first['n_views']} view of each photo) after {seconds(first['seconds'])}: accuracy "
+            f"{percent(first['accuracy'])}. Final model ({last['n_views']} views) after {seconds(last['seconds'])}: "
+            f"{percent(last['accuracy'])} ({change * 100:+.1f} points on the same held-out photos). The final "
+            "model replaced the first.")
+
+
+def draw_first_model(view: JobView) -> None:
+    """While the final model is on its way: the first model's result, already usable."""
+    ids = view.params.get("stage_runs") or []
+    if not ids:
+        return
+    run = find_run(ids[-1])
+    stage = ((run.metrics or {}).get("stages") or [{}])[-1]
+    if stage.get("status") == "first":
+        st.success(f"First model ready after {seconds(stage['seconds'])}: accuracy {percent(stage['accuracy'])} on "
+                   f"{run.split.get('n_test')} held-out photos, with one view of each photo. It can classify photos "
+                   f"now; the final model ({view.params.get('n_views')} views) replaces it when the other views "
+                   "are read.", icon=":material/bolt:")
 
 
 def start_toptune(data: str, backbone: str, classifier: str, seed: int, test_size: float, extractor, cache):
@@ -141,14 +179,18 @@ def start_toptune(data: str, backbone: str, classifier: str, seed: int, test_siz
     run_store = store()
     how = split_kind()
 
+    stage_runs: list[str] = []  # shared with the job's params: the page shows the first model while it runs
+
     def target(progress, should_cancel):
         run = run_toptuning(data, backbone=backbone, classifier=classifier, seed=seed, test_size=test_size,
                             split=how, store=run_store, cache=cache, extractor=extractor, progress=progress,
-                            should_cancel=should_cancel, views=extractor.views, resolution=extractor.resolution)
+                            should_cancel=should_cancel, views=extractor.views, resolution=extractor.resolution,
+                            on_stage=lambda run: stage_runs.append(run.id))
         return run.id
 
     return start_job("toptune", f"Top-tuning {backbone} + {CLASSIFIERS[classifier].label}", target,
-                     {"home": str(run_store.root), "backbone": backbone, "classifier": classifier})
+                     {"home": str(run_store.root), "backbone": backbone, "classifier": classifier,
+                      "stage_runs": stage_runs, "n_views": extractor.n_views})
 
 
 def page() -> None:
@@ -171,13 +213,13 @@ def page() -> None:
     views, resolution = feature_choices(backbone)
     extractor = choose_extractor(backbone, views, resolution)
     cache = feature_cache()
-    cached = cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir()
+    cached = cache.views_in(cache.key(ds.fingerprint(), extractor.cache_identity)) >= extractor.n_views
     if cached:
         st.caption(":material/bolt: The features of these photos with these settings are in the cache: training "
                    "takes a second or two.")
     else:
-        st.caption(f":material/schedule: First run: {extraction_cost(len(ds), backbone, views, resolution, cache)} "
-                   "After that the features come from the cache and every run takes a second or two.")
+        st.caption(f":material/schedule: This run: {extraction_cost(ds, extractor, cache)} After that the features "
+                   "come from the cache and every run takes a second or two.")
 
     job = job_for("toptune")
     busy = job is not None and job.view().active
@@ -186,7 +228,7 @@ def page() -> None:
             visitor().check_new_run()
             job = start_toptune(choice["path"], backbone, classifier, seed, test_size, extractor, cache)
     if job is not None:
-        follow_job(job, toptune_finished)
+        follow_job(job, toptune_finished, draw_running=draw_first_model)
     st.divider()
     sweep_section(choice["path"], seed, test_size)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -81,8 +81,12 @@ def _start_run(store: RunStore, estimator: PhotoEstimator, dataset, test_dataset
 def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Optional[str | Path] = None,
                    seed: int = 0, test_size: float = 0.25, split: str = "random", store: Optional[RunStore] = None,
                    progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
-                   run_id: Optional[str] = None) -> RunRecord:
+                   run_id: Optional[str] = None, on_stage: Optional[Callable[[RunRecord], None]] = None
+                   ) -> RunRecord:
     """Train ``estimator`` on ``data`` and test it on held-out photos; returns the recorded run.
+
+    ``on_stage(run)`` is called after each stage's model is recorded (a progressive top-tune: the first model,
+    then the final one; see ``_train_and_test``).
 
     ``split``: "random" (stratified) or "grouped" (near-duplicates kept on one side), see ``data.split``.
 
@@ -99,7 +103,7 @@ def run_experiment(estimator: PhotoEstimator, data: str | Path, *, test_data: Op
         run = _start_run(store, estimator, dataset, test_dataset, run_id, seed, test_size, split)
         run_id = run.id
         return _train_and_test(estimator, store, run, dataset, test_dataset, (seed, test_size, split), curve,
-                               start, progress, should_cancel)
+                               start, progress, should_cancel, on_stage)
     except BaseException as e:
         if run_id is not None:
             record_end(store, run_id, e, curve)
@@ -145,12 +149,44 @@ def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, prog
 
 
 def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, how: tuple,
-                    curve: list, start: float, progress, should_cancel) -> RunRecord:
+                    curve: list, start: float, progress, should_cancel, on_stage=None) -> RunRecord:
+    """Every stage of ``estimator`` (``PhotoEstimator.stages``: for a first top-tune, the first view, then all) on
+    one split: each stage's model replaces the one before as the run's model, and the run record lists every
+    stage (``metrics["stages"]``). A cancel after a finished stage keeps that stage's model (the run stays
+    completed, its last stage marked cancelled)."""
     check_cancel(should_cancel, "The run")
     datasets = [dataset] + ([test_dataset] if test_dataset else [])
-    tables = [estimator.read(ds, progress=progress, should_cancel=should_cancel) for ds in datasets]
-    labels, photos, split, reference, duplicate_seconds = _split(estimator, datasets, tables, how, progress,
-                                                                 should_cancel)
+    stages, done, record, fixed = estimator.stages(datasets), [], None, None
+    for k, stage in enumerate(stages):
+        try:
+            tables = [stage.read(ds, progress=progress, should_cancel=should_cancel) for ds in datasets]
+            fixed = fixed or _split(stage, datasets, tables, how, progress, should_cancel)
+            record = _fit_and_record(stage, store, run, datasets, tables, fixed, curve, start, progress,
+                                     should_cancel, done, final=k == len(stages) - 1)
+        except (Cancelled, KeyboardInterrupt) as e:
+            if record is None:
+                raise
+            done.append({**_stage_entry(stage, start), "status": "cancelled", "message": str(e) or "Cancelled."})
+            store.update(run.id, metrics={**record.metrics, "stages": done})
+            return store.get(run.id)
+        if on_stage is not None:
+            on_stage(record)
+    return record
+
+
+def _stage_entry(estimator, start: float) -> dict:
+    views = (estimator.record() or {}).get("views") if estimator.method == "toptune" else None
+    return {"views": views, "n_views": (estimator.record() or {}).get("n_views"),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _fit_and_record(estimator, store: RunStore, run: RunRecord, datasets: list, tables: list, fixed: tuple,
+                    curve: list, start: float, progress, should_cancel, done: list, final: bool) -> RunRecord:
+    """Fit one stage on the training photos, test it on the held-out ones, save its model and record the run."""
+    labels, photos, split, reference, duplicate_seconds = fixed
+    dataset = datasets[0]
+    features = np.concatenate([t.features for t in tables]) if tables[0].features is not None else None
+    photos = Photos(photos.paths, features, photos.groups)
 
     def on_epoch(entry: dict) -> None:
         curve.append(entry)
@@ -164,15 +200,15 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
     proba = estimator.predict_proba(test, progress=progress, should_cancel=should_cancel)
     predict_seconds = time.perf_counter() - t0
     result = evaluate(y_test, proba, dataset.classes, test.paths)
-    check, familiarity_seconds = _familiarity(estimator, train, y_train, dataset.classes, how[0], progress,
+    check, familiarity_seconds = _familiarity(estimator, train, y_train, dataset.classes, fixed_seed(run), progress,
                                               should_cancel)
     report = held_out_report(check, test.features, y_test, proba.argmax(axis=1))
     result.metrics["familiarity"] = report
     verdicts = check.check(test.features, n_nearest=0)
     result.predictions["familiarity"] = [v.familiarity for v in verdicts]
     result.predictions["recognised"] = [v.recognised for v in verdicts]
-    store.update(run.id, params={**run.params, **estimator.record(), "familiarity": check.describe()})
     check_cancel(should_cancel, "The run")
+    store.update(run.id, params={**run.params, **estimator.record(), "familiarity": check.describe()})
     store.save_model_files(run.id, lambda folder: estimator.save(folder) + check.save(folder))
     roots = [ds.root for ds in datasets]
     notes = dict(estimator.split_notes())
@@ -184,8 +220,17 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
                     "unreadable": _unreadable(datasets, tables), "near_duplicates": leakage}
     fitted = {**estimator.timings(), "familiarity_seconds": familiarity_seconds,
               "duplicate_check_seconds": duplicate_seconds}
+    done.append({**_stage_entry(estimator, start), "status": "final" if final else "first",
+                 "accuracy": result.metrics.get("accuracy"),
+                 "balanced_accuracy": result.metrics.get("balanced_accuracy")})
+    result.metrics["stages"] = list(done)
     return store.complete(run.id, metrics=result.metrics, split=split_record, predictions=result.predictions,
                           timings=_timings(tables, fitted, predict_seconds, start), curve=curve or None)
+
+
+def fixed_seed(run: RunRecord) -> int:
+    """The run's seed (the familiarity check's folds use it)."""
+    return int((run.params or {}).get("seed", 0))
 
 
 def _familiarity(estimator, train: Photos, y_train, classes, seed: int, progress, should_cancel
@@ -202,7 +247,8 @@ def run_toptuning(data: str | Path, *, test_data: Optional[str | Path] = None, b
                   views: Optional[str] = None, resolution: Optional[int] = None,
                   store: Optional[RunStore] = None, cache=None, extractor=None,
                   progress: Optional[ProgressCallback] = None,
-                  should_cancel: Optional[CancelCheck] = None) -> RunRecord:
+                  should_cancel: Optional[CancelCheck] = None,
+                  on_stage: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
     """Top-tune ``backbone`` + ``classifier`` (default: ``DEFAULT_CLASSIFIER``) on ``data`` with ``views`` of each
     photo at ``resolution`` (None: the defaults): ``run_experiment`` with a ``TopTuner``."""
     from toptune_core.methods.classifiers import DEFAULT_CLASSIFIER
@@ -211,7 +257,7 @@ def run_toptuning(data: str | Path, *, test_data: Optional[str | Path] = None, b
     tuner = TopTuner(backbone, classifier or DEFAULT_CLASSIFIER, seed, views=views, resolution=resolution,
                      extractor=extractor, cache=cache)
     return run_experiment(tuner, data, test_data=test_data, seed=seed, test_size=test_size, split=split, store=store,
-                          progress=progress, should_cancel=should_cancel)
+                          progress=progress, should_cancel=should_cancel, on_stage=on_stage)
 
 
 def summary(run: RunRecord) -> dict:
@@ -234,4 +280,5 @@ def summary(run: RunRecord) -> dict:
     familiarity = m.get("familiarity") or {}
     out["coverage"] = familiarity.get("coverage")  # held-out photos the unknown-photo check recognises
     out["accuracy_recognised"] = familiarity.get("accuracy_recognised")
+    out["stages"] = m.get("stages") or []  # each stage's views, seconds since the run started, accuracy
     return out

@@ -29,31 +29,31 @@ def reference_features(dataset, ok: np.ndarray, *, table: Optional[PhotoTable] =
     which the near-duplicate rule reads the first view (the photo as it is, in every view set).
 
     A top-tuning ``table`` already read by ``extractor`` at the reference backbone's own input size is used as
-    it is; otherwise the features come from ``cache``: an entry of the reference model with any view set (each
-    starts with the photo as it is), else one view extracted into it. A photo the reference could not read gets
+    it is; otherwise the features come from ``cache``: the reference model's entry (whatever views it holds, the
+    first is the photo as it is), else one view extracted into it. A photo the reference could not read gets
     NaN (nobody's near-duplicate).
     """
-    from toptune_core.backbones.catalogue import get_backbone
-    from toptune_core.features.extractor import FeatureExtractor
-
-    # at the backbone's own input size, where the near-duplicate threshold was measured
-    reference = FeatureExtractor(REFERENCE_BACKBONE, views="1", resolution=get_backbone(REFERENCE_BACKBONE).input_size)
+    reference = reference_extractor()
     same_model = extractor is not None and extractor.model_identity == reference.model_identity
     if table is not None and table.features is not None and backbone == REFERENCE_BACKBONE and same_model:
         return table.features
     from toptune_core.features.cache import FeatureCache, get_features
-    from toptune_core.features.views import VIEW_SETS
 
     cache = cache or FeatureCache()
-    if extractor is not None and extractor.backbone == REFERENCE_BACKBONE:  # its loaded model, at the reference size
-        reference = extractor.reconfigured(views="1", data_config=reference.data_config)
-    fingerprint = dataset.fingerprint()
-    for views in VIEW_SETS:  # features the cache already has
-        entry = cache.load(cache.key(fingerprint, reference.reconfigured(views=views).cache_identity))
-        if entry is not None:
-            return entry.full_matrix()[np.asarray(ok, dtype=bool)]
-    fs = get_features(dataset, reference, cache, progress=progress, should_cancel=should_cancel)
+    fs = get_features(dataset, reference_extractor(extractor), cache, progress=progress, should_cancel=should_cancel)
     return fs.entry.full_matrix()[np.asarray(ok, dtype=bool)]
+
+
+def reference_extractor(extractor=None):
+    """The extractor of the near-duplicate reference: ``REFERENCE_BACKBONE``, one view, at the backbone's own input
+    size, where the near-duplicate threshold was measured (``extractor``'s loaded model when it is that backbone)."""
+    from toptune_core.backbones.catalogue import get_backbone
+    from toptune_core.features.extractor import FeatureExtractor
+
+    reference = FeatureExtractor(REFERENCE_BACKBONE, views="1", resolution=get_backbone(REFERENCE_BACKBONE).input_size)
+    if extractor is not None and extractor.backbone == REFERENCE_BACKBONE:
+        reference = extractor.reconfigured(views="1", data_config=reference.data_config)
+    return reference
 
 
 def run_reference(estimator, datasets: list, tables: list[PhotoTable], progress=None, should_cancel=None

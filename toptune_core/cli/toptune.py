@@ -23,6 +23,7 @@ def print_report(run) -> None:
     print(f"  held-out accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
           f"macro F1 {m['macro_f1']:.3f}")
     print_choice(run)
+    print_stages(run)
     print("  " + describe_leakage(s.get("near_duplicates") or {}))
     fam = m.get("familiarity")
     if fam:
@@ -43,6 +44,28 @@ def print_report(run) -> None:
             print(f"    {path}: {reason}")
         if len(s["unreadable"]) > 20:
             print(f"    ... and {len(s['unreadable']) - 20} more (all are listed in the run's split record)")
+
+
+def print_stage(run) -> None:
+    """One line as each stage's model is ready (a progressive top-tune: the first model, then the final one)."""
+    stage = ((run.metrics or {}).get("stages") or [{}])[-1]
+    if stage.get("status") == "first":
+        print(f"first model ready after {stage['seconds']:.1f} s: held-out accuracy {stage['accuracy']:.3f} with "
+              f"{stage['n_views']} view(s) of each photo; extracting the other views for the final model", flush=True)
+
+
+def print_stages(run) -> None:
+    """What changed between the stages of a progressive run."""
+    stages = (run.metrics or {}).get("stages") or []
+    if len(stages) < 2:
+        return
+    first, last = stages[0], stages[-1]
+    if last.get("status") == "cancelled":
+        print(f"  final stage cancelled: the first model ({first['n_views']} view(s), accuracy "
+              f"{first['accuracy']:.3f}) is the run's model")
+        return
+    print(f"  stages: first model {first['accuracy']:.3f} at {first['seconds']:.1f} s ({first['n_views']} view(s)), "
+          f"final model {last['accuracy']:.3f} at {last['seconds']:.1f} s ({last['n_views']} views)")
 
 
 def print_choice(run) -> None:
@@ -67,7 +90,8 @@ def cmd_toptune(args: argparse.Namespace, settings: Settings) -> int:
 
     run = run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=args.classifier,
                         seed=args.seed, test_size=args.test_size, split=args.split, store=run_store(settings),
-                        cache=feature_cache(settings), progress=TextProgressBar(), **feature_settings(args))
+                        cache=feature_cache(settings), progress=TextProgressBar(), on_stage=print_stage,
+                        **feature_settings(args))
     print_report(run)
     write_json(args.json, summary(run))
     return 0

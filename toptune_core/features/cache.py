@@ -1,4 +1,13 @@
-"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm, views).
+"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm).
+
+**Views in stages.** Every view set is the start of one order of views
+(``features.views.ORDER``), so an entry holds the first k views of each photo,
+whatever set asked for them, and says how many (``n_views``). A request for
+more views than an entry has extracts only the views it lacks and writes the
+entry again with them (``get_features``); a request for fewer reads the first
+ones. So a progressive run's first stage (the photo as it is) and its final
+stage (all views) share one entry, a run cancelled between them keeps the first
+stage's views, and the next run extracts only the rest.
 
 Entries are written to a temporary folder and renamed into place, so an
 interrupted extraction never leaves an entry that reads as complete; a lock
@@ -51,6 +60,21 @@ class CachedFeatures:
     extract_seconds: float  # how long the extraction took when it was made
     meta: dict = field(default_factory=dict)
 
+    @property
+    def n_views(self) -> int:
+        """How many views of each photo the entry holds (the first ones of ``views.ORDER``)."""
+        return int(self.features.shape[1])
+
+    def first_views(self, n: int) -> "CachedFeatures":
+        """The entry as a request for ``n`` views sees it: itself when it holds exactly ``n``, else a view of
+        its first ``n`` (no copy)."""
+        if n == self.n_views:
+            return self
+        if n > self.n_views:
+            raise ToptuneError(f"The feature cache entry holds {self.n_views} view(s) of each photo, not {n}.")
+        return CachedFeatures(self.key, self.features[:, :n], self.relpaths, self.ok, self.errors,
+                              self.extract_seconds, {**self.meta, "n_views": n})
+
     def full_matrix(self) -> np.ndarray:
         """(n, n_views, dim) features in dataset order, NaN for unreadable photos."""
         out = np.full((len(self.relpaths),) + self.features.shape[1:], np.nan, dtype=np.float32)
@@ -93,8 +117,17 @@ class FeatureCache:
         return CachedFeatures(key, features, meta["relpaths"], ok, [tuple(e) for e in meta["errors"]],
                               meta["extract_seconds"], meta)
 
+    def views_in(self, key: str) -> int:
+        """How many views of each photo the entry ``key`` holds (0: no entry), from its meta alone."""
+        try:
+            meta = json.loads((self.path(key) / "meta.json").read_text())
+            return int(meta.get("n_views") or n_views(meta.get("views", "1")))
+        except (OSError, ValueError, TypeError):
+            return 0
+
     def save(self, key: str, result: ExtractionResult, relpaths: list[str], meta: dict) -> CachedFeatures:
-        """Write an entry atomically: to a temporary folder, then one rename."""
+        """Write an entry atomically: to a temporary folder, then one rename (an entry with fewer views that it
+        replaces is moved aside first, then removed)."""
         tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir(parents=True)
@@ -102,17 +135,15 @@ class FeatureCache:
             raise _cache_error(self.root, e) from None
         try:
             np.save(tmp / "features.npy", result.features.astype(np.float32), allow_pickle=False)
-            record = {**meta, "relpaths": relpaths, "ok": result.ok.tolist(),
+            record = {**meta, "n_views": int(as_views(result.features).shape[1]), "relpaths": relpaths,
+                      "ok": result.ok.tolist(),
                       "errors": [(relpaths[i], reason) for i, reason in result.errors],
                       "extract_seconds": result.seconds, "created": time.time()}
             (tmp / "meta.json").write_text(json.dumps(record))
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            try:
-                os.rename(tmp, self.path(key))
-            except OSError:  # another process finished the same entry first: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
+            self._put_in_place(tmp, key)
         except OSError as e:  # disk full, read-only: nothing half-written is left
             shutil.rmtree(tmp, ignore_errors=True)
             raise _cache_error(self.root, e) from None
@@ -124,6 +155,23 @@ class FeatureCache:
             raise ToptuneError("The feature cache could not be written; check free disk space in "
                                f"'{self.root}'.")
         return entry
+
+    def _put_in_place(self, tmp: Path, key: str) -> None:
+        """Rename the written folder ``tmp`` to the entry's place. An entry already there with fewer views is
+        replaced (moved aside, then removed); one with as many or more is kept (another process was faster)."""
+        target = self.path(key)
+        held = self.views_in(key) if target.exists() else 0
+        if target.exists() and held >= int(json.loads((tmp / "meta.json").read_text())["n_views"]):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = self.root / f".old-{key}-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished the same entry first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
     @contextmanager
     def lock(self, key: str, should_cancel: Optional[CancelCheck] = None) -> Iterator[None]:
@@ -158,10 +206,12 @@ class FeatureCache:
         for path in metas:
             try:
                 meta = json.loads(path.read_text())
-                if meta.get("backbone") != backbone or not meta.get("extract_seconds") or meta.get("n_reused"):
+                if meta.get("backbone") != backbone or not meta.get("extract_seconds") or meta.get("n_reused") \
+                        or meta.get("n_extended", sum(meta["ok"])) != sum(meta["ok"]):
                     continue  # (an entry that reused rows extracted only a few photos: no estimate of a rate)
                 side = int(meta["data_config"]["input_size"][-1])
-                passes = sum(meta["ok"]) * n_views(meta.get("views", "1")) * (side / own) ** 2
+                views = int(meta.get("n_views") or n_views(meta.get("views", "1")))
+                passes = sum(meta["ok"]) * views * (side / own) ** 2
                 return passes / float(meta["extract_seconds"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
@@ -170,7 +220,7 @@ class FeatureCache:
     def clean_stale_temporaries(self, older_than_s: float = 3600) -> int:
         """Remove leftovers of interrupted writes; returns how many were removed."""
         removed = 0
-        for p in self.root.glob(".tmp-*"):
+        for p in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
             if time.time() - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
@@ -194,24 +244,70 @@ class FeatureSet:
 def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache, *,
                  progress: Optional[ProgressCallback] = None,
                  should_cancel: Optional[CancelCheck] = None) -> FeatureSet:
-    """Features for every photo of ``dataset``: from the cache when present, else made and cached (extracting
-    only the photos whose content no entry of the same extractor has, see the module docstring)."""
+    """Features of every photo of ``dataset`` in the extractor's view set: from the cache when its entry holds
+    that many views, else made and cached: the views an entry lacks are added to it (see the module docstring);
+    without an entry, only the photos whose content no entry of the same extractor has are extracted."""
     start = time.perf_counter()
+    need = extractor.n_views
     key = cache.key(dataset.fingerprint(), extractor.cache_identity)
     entry = cache.load(key)
-    if entry is None:
+    if entry is None or entry.n_views < need:
         with cache.lock(key, should_cancel):
             entry = cache.load(key)  # someone else may have made it while we waited
-            if entry is None:
-                result, reuse = _extract_new_photos(dataset, extractor, cache, progress, should_cancel)
-                if not result.ok.any():
-                    raise ToptuneError(f"None of the {len(dataset)} photos could be read; the first problem: "
-                                       f"{result.errors[0][1] if result.errors else 'unknown'}")
-                entry = cache.save(key, result, dataset.relpaths,
-                                   {**extractor.cache_identity, **extractor.engine_record,
-                                    "dataset_root": str(dataset.root), **reuse})
-                return FeatureSet(entry, False, time.perf_counter() - start)
-    return FeatureSet(entry, True, time.perf_counter() - start)
+            if entry is None or entry.n_views < need:
+                entry = _make_entry(dataset, extractor, cache, key, entry, progress, should_cancel)
+                return FeatureSet(entry.first_views(need), False, time.perf_counter() - start)
+    return FeatureSet(entry.first_views(need), True, time.perf_counter() - start)
+
+
+def _make_entry(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache, key: str,
+                entry: Optional[CachedFeatures], progress, should_cancel) -> CachedFeatures:
+    """Write the entry ``key`` with the extractor's views: a new one, or ``entry`` with the views it lacks."""
+    if entry is None:
+        result, meta = _extract_new_photos(dataset, extractor, cache, progress, should_cancel)
+        if not result.ok.any():
+            raise ToptuneError(f"None of the {len(dataset)} photos could be read; the first problem: "
+                               f"{result.errors[0][1] if result.errors else 'unknown'}")
+        meta["stage_seconds"] = [[extractor.n_views, result.seconds]]
+    else:
+        result, meta = _add_views(dataset, extractor, cache, entry, progress, should_cancel)
+    return cache.save(key, result, dataset.relpaths,
+                      {**extractor.cache_identity, **extractor.engine_record, "views": extractor.views,
+                       "dataset_root": str(dataset.root), **meta})
+
+
+def _add_views(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache, entry: CachedFeatures,
+               progress, should_cancel) -> tuple[ExtractionResult, dict]:
+    """``entry``'s features with the views from its ``n_views``-th to the extractor's last added, for the photos
+    it could read: the rows of photos whose content another entry holds with all these views are reused, the
+    missing views of the others extracted."""
+    need, have = extractor.n_views, entry.n_views
+    readable = np.flatnonzero(entry.ok)
+    hashes = entry.meta.get("sha256") or [None] * len(entry.relpaths)
+    reused = _reusable_rows(cache, extractor.cache_identity, {hashes[i] for i in readable if hashes[i]}, need)
+    todo = [r for r, i in enumerate(readable) if hashes[i] not in reused]
+    if todo:
+        more = extractor.reconfigured(first_view=have)
+        fresh = more.transform([dataset.paths[readable[r]] for r in todo], progress=progress,
+                               should_cancel=should_cancel)
+    else:  # every photo's views are in other entries: the model is not even loaded
+        fresh = ExtractionResult(np.zeros((0, need - have, 1), np.float32), np.zeros(0, dtype=bool), [])
+    if not fresh.ok.all():
+        raise ToptuneError(f"A photo read a moment ago could not be read again: {fresh.errors[0][1]}")
+    features = np.empty((len(readable), need, entry.features.shape[-1]), dtype=np.float32)
+    features[:, :have] = entry.features
+    if todo:
+        features[todo, have:] = fresh.features
+    for r, i in enumerate(readable):
+        if hashes[i] in reused:
+            features[r] = reused[hashes[i]]
+    index = {rel: i for i, rel in enumerate(entry.relpaths)}
+    result = ExtractionResult(features, entry.ok, [(index[rel], reason) for rel, reason in entry.errors],
+                              entry.extract_seconds + fresh.seconds)
+    meta = {k: entry.meta[k] for k in ("sha256", "n_extracted", "n_reused") if k in entry.meta}
+    meta["stage_seconds"] = [*entry.meta.get("stage_seconds", []), [need, fresh.seconds]]
+    meta["n_extended"] = len(todo)
+    return result, meta
 
 
 #: Content hashes already computed in this process, by (path, device, inode, size, mtime): a dashboard's second
@@ -244,9 +340,9 @@ def _same_identity(meta: dict, identity: dict) -> bool:
                for k, v in json.loads(json.dumps(identity)).items())
 
 
-def _reusable_rows(cache: FeatureCache, identity: dict, wanted: set[str]) -> dict[str, np.ndarray]:
-    """Features (n_views, dim) of photos whose content hash is in ``wanted``, from entries with ``identity``
-    (newest entries first)."""
+def _reusable_rows(cache: FeatureCache, identity: dict, wanted: set[str], views: int) -> dict[str, np.ndarray]:
+    """Features (views, dim) of photos whose content hash is in ``wanted``, from entries with ``identity`` that
+    hold at least ``views`` views (newest entries first)."""
     found: dict[str, np.ndarray] = {}
     metas = sorted(cache.root.glob("*/meta.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in metas:
@@ -257,7 +353,8 @@ def _reusable_rows(cache: FeatureCache, identity: dict, wanted: set[str]) -> dic
         except (OSError, ValueError):
             continue
         hashes = meta.get("sha256")
-        if not isinstance(hashes, list) or not _same_identity(meta, identity):
+        if not isinstance(hashes, list) or not _same_identity(meta, identity) or \
+                int(meta.get("n_views") or 0) < views:
             continue
         ok = meta.get("ok") or []
         rows = {h: r for r, h in enumerate(h for h, good in zip(hashes, ok) if good)
@@ -266,7 +363,7 @@ def _reusable_rows(cache: FeatureCache, identity: dict, wanted: set[str]) -> dic
             continue
         entry = cache.load(path.parent.name)
         if entry is not None:
-            found.update({h: entry.features[r] for h, r in rows.items()})
+            found.update({h: entry.features[r, :views] for h, r in rows.items()})
     return found
 
 
@@ -276,7 +373,8 @@ def _extract_new_photos(dataset: Dataset, extractor: FeatureExtractor, cache: Fe
     """The features of ``dataset``: rows reused by content hash, the rest extracted; and the meta to record."""
     start = time.perf_counter()
     hashes = _content_hashes(list(dataset.paths), should_cancel)
-    reused = _reusable_rows(cache, extractor.cache_identity, {h for h in hashes if h is not None})
+    reused = _reusable_rows(cache, extractor.cache_identity, {h for h in hashes if h is not None},
+                            extractor.n_views)
     todo = [i for i, h in enumerate(hashes) if h not in reused]
     if todo:
         fresh = extractor.transform([dataset.paths[i] for i in todo], progress=progress, should_cancel=should_cancel)

@@ -129,7 +129,7 @@ def decode_batch(batch: dict, data_config: dict, draft: bool) -> dict:
 
 class BackboneActor:
     """Ray actor: one loaded backbone; a batch of pixels -> the features of every view of each photo,
-    (n, n_views, dim) (zeros for unreadable photos).
+    (n, n_views, dim) from the driver's ``first_view`` on (zeros for unreadable photos).
 
     The backbone runs on the inference engine the driver asked for (``features.engines``; "auto": ONNX
     Runtime on a CPU, PyTorch on a GPU), as a single lane: a graph engine's checked graph is found in the
@@ -137,12 +137,13 @@ class BackboneActor:
     """
 
     def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
-                 channels_last: bool, engine: str, views: str, draft: Optional[bool] = None):
+                 channels_last: bool, engine: str, views: str, draft: Optional[bool] = None,
+                 first_view: int = 0):
         if timm_version() != timm:
             raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
                                "would differ. Install the same requirements.txt on every node.")
         self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None, lanes=1,
-                                          device=device, channels_last=channels_last, engine=engine, views=views)
+                                          device=device, channels_last=channels_last, engine=engine, views=views).reconfigured(first_view=first_view)
         self.model_batch = model_batch
         self.draft = draft  # not None: this actor decodes its batches of paths itself (``decode_in_actor``)
         self.extractor.load_engine()
@@ -152,10 +153,10 @@ class BackboneActor:
             batch = decode_batch(batch, self.extractor.data_config, self.draft)
         ok = np.asarray(batch["ok"], dtype=bool)
         pixels = batch["pixels"][ok]
-        step = max(1, self.model_batch // self.extractor.n_views)  # photos per forward pass: all their views
+        step = max(1, self.model_batch // self.extractor.n_extracted_views)  # photos per forward pass: all their views
         chunks = [self.extractor.features_of_views(pixels[i:i + step]) for i in range(0, len(pixels), step)]
         dim = chunks[0].shape[-1] if chunks else self.extractor.spec.feature_dim
-        features = np.zeros((len(ok), self.extractor.n_views, dim), dtype=np.float32)
+        features = np.zeros((len(ok), self.extractor.n_extracted_views, dim), dtype=np.float32)
         if chunks:
             features[ok] = np.concatenate(chunks)
         engine = self.extractor.engine_record

@@ -253,6 +253,7 @@ class RayFeatureExtractor(FeatureExtractor):
         args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
                 "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
                 "channels_last": self.channels_last, "engine": self.engine, "views": self.views,
+                "first_view": self.first_view,
                 "draft": self.draft if plan.decode_in_actor else None}
         return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=max(1, len(items) // blocks),
                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
@@ -279,7 +280,7 @@ class RayFeatureExtractor(FeatureExtractor):
                 meter.update(done)
         finally:
             batches.stop()
-        features = full[ok] if full is not None else np.zeros((0, self.n_views, self.spec.feature_dim), np.float32)
+        features = full[ok] if full is not None else np.zeros((0, self.n_extracted_views, self.spec.feature_dim), np.float32)
         return features, ok, sorted(reasons.items())
 
 

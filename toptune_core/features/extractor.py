@@ -160,14 +160,22 @@ class FeatureExtractor:
         self.engine = engines.check_name(engine or self.settings.engine)
         self.spec = get_backbone(backbone)
         self.views = view_sets.check_views(views or self.settings.views)
+        self.first_view = 0  # views before this one are in the cache already (``reconfigured``)
         if resolution is None:
             resolution = DEFAULT_RESOLUTION.get(backbone)
         self.data_config = data_config or eval_data_config(backbone, self.settings, resolution)
         self.pixels = PixelPipeline(self.data_config, draft=draft)
         self._model: Optional["torch.nn.Module"] = None
+        self._slot: dict = {}  # the loaded engine and its note, shared by the copies ``reconfigured`` makes
         self._engine: Optional[engines.Engine] = None
         self._engine_lock = threading.Lock()
         self.engine_note = ""  # why the engine in use is not the one asked for, or how its graph was checked
+
+    # The engine, its lock and its note live in ``_slot``, so a copy for other views (a progressive run's stages)
+    # loads nothing again.
+    _engine = property(lambda self: self._slot.get("engine"), lambda self, v: self._slot.__setitem__("engine", v))
+    _engine_lock = property(lambda self: self._slot["lock"], lambda self, v: self._slot.__setitem__("lock", v))
+    engine_note = property(lambda self: self._slot.get("note", ""), lambda self, v: self._slot.__setitem__("note", v))
 
     @property
     def model(self) -> "torch.nn.Module":
@@ -189,7 +197,13 @@ class FeatureExtractor:
 
     @property
     def n_views(self) -> int:
+        """The view set's number of views."""
         return view_sets.n_views(self.views)
+
+    @property
+    def n_extracted_views(self) -> int:
+        """Views this extractor computes of each photo: its set's from ``first_view`` on."""
+        return self.n_views - self.first_view
 
     @property
     def model_identity(self) -> dict:
@@ -199,25 +213,28 @@ class FeatureExtractor:
 
     @property
     def cache_identity(self) -> dict:
-        """Everything that determines the features, for the cache key: the model and the view set. Not the
-        engine: every engine's features agree with PyTorch's within ``graph.TOLERANCE`` (checked when its graph
-        is built)."""
-        return {**self.model_identity, "views": self.views}
+        """Everything that determines the features, for the cache key: the model, and the order its views come
+        in (``views.ORDER``: an entry holds the first k of them, whichever view set asked; see ``features.cache``).
+        Not the engine: every engine's features agree with PyTorch's within ``graph.TOLERANCE`` (checked when its
+        graph is built)."""
+        return {**self.model_identity, "view_order": "dihedral"}
 
     def reconfigured(self, *, views: Optional[str] = None, data_config: Optional[dict] = None,
-                     resolution: Optional[int] = None) -> "FeatureExtractor":
-        """This extractor (of whatever kind, a Ray one too) for another view set and/or input size: itself when
-        nothing changes; else a copy, which shares the loaded model and engine when only the views change."""
+                     resolution: Optional[int] = None, first_view: int = 0) -> "FeatureExtractor":
+        """This extractor (of whatever kind, a Ray one too) for another view set and/or input size, computing
+        the set's views from ``first_view`` on: itself when nothing changes; else a copy, which shares the loaded
+        model and engine when only the views change."""
         views = view_sets.check_views(views or self.views)
         if data_config is None:
             data_config = self.data_config if resolution in (None, self.resolution) else \
                 eval_data_config(self.backbone, self.settings, resolution)
-        if data_config == self.data_config and views == self.views:
+        if data_config == self.data_config and views == self.views and first_view == self.first_view:
             return self
         twin = copy.copy(self)
-        twin.views = views
+        twin.views, twin.first_view = views, first_view
         if data_config != self.data_config:  # another input size: another exported graph, loaded on first use
             twin.data_config, twin.pixels = data_config, PixelPipeline(data_config, draft=self.draft)
+            twin._slot = {}
             twin._engine, twin._engine_lock, twin.engine_note = None, threading.Lock(), ""
         return twin
 
@@ -271,7 +288,7 @@ class FeatureExtractor:
 
     def _photos_per_batch(self, inputs: int) -> int:
         """Photos per batch so that a batch holds about ``inputs`` model inputs (all views of each photo)."""
-        return max(1, inputs // self.n_views)
+        return max(1, inputs // self.n_extracted_views)
 
     # --- the engine ----------------------------------------------------------------------------------
 
@@ -373,10 +390,10 @@ class FeatureExtractor:
     def _run_views(self, engine: engines.Engine, pixels: np.ndarray) -> np.ndarray:
         """Every view of each photo through the engine: on a CPU in runs of at most ``CPU_BATCH_SIZE`` inputs (the
         batch size that keeps a single-threaded model's activations in cache), on a GPU in one run."""
-        inputs = view_sets.cut(pixels, self.views)
+        inputs = view_sets.cut(pixels, self.views, self.first_view)
         step = len(inputs) if self.on_cuda() else CPU_BATCH_SIZE
         features = np.concatenate([engine.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
-        return features.reshape(len(pixels), self.n_views, features.shape[-1])
+        return features.reshape(len(pixels), self.n_extracted_views, features.shape[-1])
 
     def features_of_photos(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
                            should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
@@ -430,7 +447,7 @@ class FeatureExtractor:
             finally:
                 stream.close()  # on cancel or error: stops and joins the threads
         dim = chunks[0].shape[-1] if chunks else self.spec.feature_dim
-        features = np.concatenate(chunks) if chunks else np.zeros((0, self.n_views, dim), dtype=np.float32)
+        features = np.concatenate(chunks) if chunks else np.zeros((0, self.n_extracted_views, dim), dtype=np.float32)
         return ExtractionResult(features, ok, errors, time.perf_counter() - start)
 
     def _with_features(self, batch: PixelBatch) -> PixelBatch:
@@ -472,9 +489,8 @@ class FeatureExtractor:
             feats = None
             if tensors:
                 batch = torch.stack(tensors)
-                turned = [torch.rot90(batch, turns, dims=(2, 3)) if turns else batch
-                          for turns, _ in view_sets.VIEW_SETS[self.views]]
-                cut = torch.stack([t.flip(3) if mirror else t
-                                   for t, (_, mirror) in zip(turned, view_sets.VIEW_SETS[self.views])], dim=1)
-                feats = self.features_of(cut.flatten(0, 1)).reshape(len(tensors), self.n_views, -1)
+                steps = view_sets.VIEW_SETS[self.views][self.first_view:]
+                turned = [torch.rot90(batch, turns, dims=(2, 3)) if turns else batch for turns, _ in steps]
+                cut = torch.stack([t.flip(3) if mirror else t for t, (_, mirror) in zip(turned, steps)], dim=1)
+                feats = self.features_of(cut.flatten(0, 1)).reshape(len(tensors), len(steps), -1)
             yield PixelBatch(b, np.zeros((0, 0, 0, 3), dtype=np.uint8), ok, errors, feats)

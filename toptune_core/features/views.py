@@ -45,6 +45,14 @@ LABELS = {"1": "the photo as it is (1 view)", "flip": "the photo and its mirror 
 #: The view set of the dashboard and the command line (chosen by the estimate for new photos; see README).
 DEFAULT_VIEWS = "dihedral"
 
+#: Every view set is the start of this one, so a photo's first k views are the same views whatever the set: the
+#: feature cache stores the first k views of ``ORDER`` and a larger set only adds the views it lacks (stages).
+ORDER = VIEW_SETS["dihedral"]
+assert all(ORDER[:len(steps)] == steps for steps in VIEW_SETS.values()), "a view set must be a prefix of ORDER"
+
+#: The stages of a progressive extraction (``stages_for``): the photo as it is first, then the rest.
+FIRST_STAGE = "1"
+
 
 def check_views(name: Optional[str]) -> str:
     """``name`` if it is a view set (None: ``DEFAULT_VIEWS``), else a one-line error."""
@@ -58,11 +66,21 @@ def n_views(name: str) -> int:
     return len(VIEW_SETS[check_views(name)])
 
 
-def cut(pixels: np.ndarray, name: str) -> np.ndarray:
-    """(N, S, S, 3) uint8 square crops -> (N * n_views, S, S, 3): each photo's views together, in the set's
-    order (photo-major), contiguous for the engine. View set "1" returns ``pixels`` itself."""
-    steps = VIEW_SETS[check_views(name)]
-    if len(steps) == 1:
+def stages_for(name: str) -> list[str]:
+    """The view sets a progressive extraction of ``name`` fits a model on, in order: the first view alone (when
+    ``name`` has more), then ``name``."""
+    name = check_views(name)
+    return [FIRST_STAGE, name] if n_views(name) > 1 else [name]
+
+
+def cut(pixels: np.ndarray, name: str, start: int = 0) -> np.ndarray:
+    """(N, S, S, 3) uint8 square crops -> (N * (n_views - start), S, S, 3): each photo's views from the
+    ``start``-th on together, in the set's order (photo-major), contiguous for the engine. All views of set
+    "1" return ``pixels`` itself."""
+    steps = VIEW_SETS[check_views(name)][start:]
+    if not steps:
+        raise ToptuneError(f"View set '{name}' has no view number {start + 1}.")
+    if steps == ((0, False),):
         return pixels
     n, h, w = pixels.shape[:3]
     if h != w:

@@ -74,6 +74,11 @@ class PhotoEstimator(BaseEstimator):
         """Settings for the run record's params (JSON-ready)."""
         raise NotImplementedError
 
+    def stages(self, datasets: list) -> list["PhotoEstimator"]:
+        """The estimators a run fits one after the other on the same split, each replacing the one before as the
+        run's model: a first model fast, then the final one (the last, ``self``). One stage by default."""
+        return [self]
+
     def split_notes(self) -> dict:
         """Extra facts for the run record's split (e.g. the fine-tune's validation photos)."""
         return {}

@@ -89,6 +89,24 @@ class TopTuner(PhotoEstimator):
         errors = [(index.get(rel, -1), reason) for rel, reason in fs.entry.errors]
         return PhotoTable(fs.entry.ok, errors, fs.entry.features, fs.seconds, fs.entry.extract_seconds, fs.cache_hit)
 
+    def stages(self, datasets: list) -> list["TopTuner"]:
+        """Progressive top-tuning: when many photos' features are still to extract (``features.estimate``), first
+        a model on the photo as it is (one view: the first of every view set, so no work is wasted), then the
+        final one on every view (``features.views.stages_for``); else the final model alone."""
+        from toptune_core.features.cache import FeatureCache
+        from toptune_core.features.estimate import estimate_extraction
+        from toptune_core.features.views import stages_for
+
+        self.check_params()
+        self.cache = self.cache or FeatureCache()
+        extractor = self._extractor()
+        if not any(estimate_extraction(ds, extractor, self.cache).staged for ds in datasets):
+            return [self]
+        return [self if views == extractor.views else
+                TopTuner(self.backbone, self.classifier, self.seed, views=views, resolution=self.resolution,
+                         extractor=extractor.reconfigured(views=views), cache=self.cache)
+                for views in stages_for(extractor.views)]
+
     def _features(self, photos: Photos, progress=None, should_cancel=None) -> np.ndarray:
         if photos.features is not None:
             return photos.features
