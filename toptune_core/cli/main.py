@@ -16,13 +16,13 @@ import argparse
 import sys
 from typing import Optional
 
-from toptune_core.cli import (bench, check_labels, eden, export, extract, finetune, predict, showcase, sweep,
-                              toptune)
+from toptune_core.cli import (bench, bench_first, check_labels, eden, export, extract, finetune, predict, showcase,
+                              sweep, toptune)
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
 
-MODULES = (toptune, predict, export, finetune, sweep, bench, extract, eden, showcase, check_labels)
+MODULES = (toptune, predict, export, finetune, sweep, bench, bench_first, extract, eden, showcase, check_labels)
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
