@@ -4,7 +4,8 @@
 #   make test  - create .venv if needed, install, run the whole test suite
 # And for a demo or field server that several people reach:
 #   make serve - the dashboard in shared mode (TOPTUNE_SHARED=1) on every interface: private workspaces, no server
-#                paths, limits (see README, "Shared mode")
+#                paths, limits (see README, "Shared mode"); it reads the demo photos in the background as it
+#                starts (warm-demo), so the first visitor's top-tune of the demo takes seconds
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +28,7 @@ run: install
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 serve: install
+	TOPTUNE_SHARED=1 $(PY) -m toptune_core warm-demo > /dev/null 2>&1 &
 	TOPTUNE_SHARED=1 $(PY) -m streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) \
 		--server.headless true --server.maxUploadSize $(MAX_UPLOAD_MB) --browser.gatherUsageStats false
 

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from pages._router import PAGES, through_router
-from pages._state import choose_dataset, completed_runs
+from pages._state import choose_dataset, completed_runs, settings
 from pages._widgets import friendly_errors, percent
+from toptune_core.warmup import warm_up_status
 from toptune_core.workspace import demo_choice
 
 through_router()
@@ -23,6 +24,27 @@ if st.button("Try the demo dataset", type="primary", icon=":material/play_arrow:
     with friendly_errors():
         choose_dataset(demo_choice())
         st.switch_page(PAGES["data"])
+
+
+def warm_up_line(following: bool = False) -> None:
+    """A live demo's server reads the demo photos as it starts (``make serve``): say so while it does."""
+    state = warm_up_status(settings())
+    if state is None:
+        return
+    if state["state"] == "running":
+        done = f" ({state['done']:g} of {state['total']:g} photos)" if state.get("total") else ""
+        st.info(f"Warming up: this server is reading the demo photos{done}. A top-tune of the demo started now "
+                "waits for them, then takes seconds.", icon=":material/hourglass_top:")
+    elif following:  # done while followed: redraw the page once, without the 2-second refresh
+        st.rerun()
+    elif state["state"] == "ready":
+        st.caption(":material/bolt: The demo photos are read and cached: the demo's first top-tune takes seconds.")
+
+
+if (warm_up_status(settings()) or {}).get("state") == "running":
+    st.fragment(run_every=2.0)(warm_up_line)(following=True)
+else:
+    warm_up_line()
 
 st.markdown("##### The steps")
 st.page_link(PAGES["data"], label="1 · Data: choose your photos (demo, Eden Library, a folder or a zip)")

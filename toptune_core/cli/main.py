@@ -17,12 +17,12 @@ import sys
 from typing import Optional
 
 from toptune_core.cli import (bench, bench_first, check_labels, eden, export, extract, finetune, predict, showcase,
-                              sweep, toptune)
+                              sweep, toptune, warm)
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
 
-MODULES = (toptune, predict, export, finetune, sweep, bench, bench_first, extract, eden, showcase, check_labels)
+MODULES = (toptune, predict, export, finetune, sweep, bench, bench_first, extract, eden, showcase, check_labels, warm)
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
