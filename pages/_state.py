@@ -256,7 +256,7 @@ def ray_extractor_for(backbone: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _predictor(store_root: str, run_id: str):
+def _predictor(store_root: str, run_id: str, model_sums: Optional[str]):
     from toptune_core.predict import Predictor
 
     runs = RunStore(store_root)
@@ -267,5 +267,6 @@ def _predictor(store_root: str, run_id: str):
 
 def predictor_for(run_id: str):
     """The loaded model of a completed run this visitor may use (kept in memory for the next photo)."""
-    runs, _ = visitor().find_run(run_id)
-    return _predictor(str(runs.root), run_id)
+    runs, run = visitor().find_run(run_id)
+    # keyed by the model files' checksums too: a progressive run's final model replaces its first one
+    return _predictor(str(runs.root), run_id, run.model_sha256)
