@@ -1,4 +1,5 @@
-"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm, views).
+"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm, views,
+engine precision).
 
 Entries are written to a temporary folder and renamed into place, so an
 interrupted extraction never leaves an entry that reads as complete; a lock
@@ -41,7 +42,7 @@ from toptune_core.progress import CancelCheck, ProgressCallback
 
 @dataclass
 class CachedFeatures:
-    """A cache entry: features of the readable photos of one dataset with one backbone and view set."""
+    """A cache entry: features of the readable photos of one dataset with one backbone, view set and precision."""
 
     key: str
     features: np.ndarray  # (n_ok, n_views, dim)
@@ -207,8 +208,9 @@ def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCa
                 if not result.ok.any():
                     raise ToptuneError(f"None of the {len(dataset)} photos could be read; the first problem: "
                                        f"{result.errors[0][1] if result.errors else 'unknown'}")
-                entry = cache.save(key, result, dataset.relpaths,
-                                   {**extractor.cache_identity, **extractor.engine_record,
+                identity = extractor.cache_identity  # (a bf16 engine that failed its check ran f32: another key)
+                entry = cache.save(cache.key(dataset.fingerprint(), identity), result, dataset.relpaths,
+                                   {**identity, **extractor.engine_record,
                                     "dataset_root": str(dataset.root), **reuse})
                 return FeatureSet(entry, False, time.perf_counter() - start)
     return FeatureSet(entry, True, time.perf_counter() - start)
