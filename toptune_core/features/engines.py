@@ -184,11 +184,13 @@ class OnnxRuntimeEngine:
 
 
 class OpenVinoEngine:
-    """OpenVINO on an exported graph in ``precision`` (f32 or bf16, ``INFERENCE_PRECISION_HINT``): each calling
-    thread (lane) gets its own compiled model of one stream and ``threads`` threads, compiled on its first call.
-    (One compiled model of several streams shared by the lanes' synchronous requests hung now and then on the
-    reference machine; a THROUGHPUT-hint model of 2 streams fed by an ``AsyncInferQueue`` measured no faster than
-    two such lanes: README, "Engine precision".)"""
+    """OpenVINO on an exported graph in ``precision`` (f32 or bf16, ``INFERENCE_PRECISION_HINT``). Each caller
+    running at the same time (a lane) gets an infer request of its own compiled model (one stream, ``threads``
+    threads) from a pool: compiled when no idle one is left (about 2 s each for lite0), kept for the next call,
+    whichever thread makes it, so a later extraction or prediction compiles nothing. (One compiled model of several
+    streams shared by the lanes' synchronous requests hung now and then on the reference machine; a THROUGHPUT-hint
+    model of 2 streams fed by an ``AsyncInferQueue`` measured no faster than two such lanes: README, "Engine
+    precision: bf16 where the CPU has it".)"""
 
     name = "openvino"
 
@@ -202,22 +204,25 @@ class OpenVinoEngine:
         self.graph = self.core.read_model(str(graph))
         self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(max(1, threads)),
                        "INFERENCE_PRECISION_HINT": precision}
-        self._local = threading.local()
+        self._idle: list = []  # infer requests no caller is using, each of its own compiled model
+        self._pool_lock = threading.Lock()
         self._compile_lock = threading.Lock()
-        self._request()  # compile once now, so that a graph OpenVINO cannot run fails here
+        self._idle.append(self._compile())  # compile once now, so that a graph OpenVINO cannot run fails here
 
-    def _request(self):
-        request = getattr(self._local, "request", None)
-        if request is None:
-            with self._compile_lock:
-                compiled = self.core.compile_model(self.graph, "CPU", self.config)
-            request = self._local.request = compiled.create_infer_request()
-        return request
+    def _compile(self):
+        with self._compile_lock:
+            return self.core.compile_model(self.graph, "CPU", self.config).create_infer_request()
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        request = self._request()
-        request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)}, share_inputs=True)
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the request reuses it
+        with self._pool_lock:
+            request = self._idle.pop() if self._idle else None
+        request = request or self._compile()
+        try:
+            request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)}, share_inputs=True)
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the request reuses it
+        finally:
+            with self._pool_lock:
+                self._idle.append(request)
 
 
 class TorchEngine:
