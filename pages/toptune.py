@@ -18,6 +18,7 @@ from toptune_core.features.estimate import estimate_extraction
 from toptune_core.features.views import DEFAULT_VIEWS
 from toptune_core.features.views import LABELS as VIEW_LABELS
 from toptune_core.data.duplicates import describe_leakage
+from toptune_core.features import engines
 from toptune_core.experiment import run_toptuning
 from toptune_core.jobs.view import JobView
 from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
@@ -65,7 +66,9 @@ def show_run(run: RunRecord) -> None:
     if s.get("unreadable"):
         with st.expander(f"{len(s['unreadable'])} photo(s) could not be read and were skipped"):
             st.dataframe(pd.DataFrame(s["unreadable"], columns=["photo", "problem"]), hide_index=True)
-    st.caption(f"Run {run.id} · {run.backbone} · {CLASSIFIERS[run.classifier].label} · {s.get('method')}")
+    engine = (f" · Engine: {engines.describe(t['engine'], precision=t.get('precision'))}"
+              if t.get("engine") else "")
+    st.caption(f"Run {run.id} · {run.backbone} · {CLASSIFIERS[run.classifier].label} · {s.get('method')}{engine}")
     st.page_link(PAGES["compare"], label="Compare with other runs →", icon=":material/scatter_plot:")
     st.page_link(PAGES["predictions"], label="See its predictions →", icon=":material/grid_on:")
     st.page_link(PAGES["classify"], label="Classify a photo with it →", icon=":material/eco:")
@@ -214,6 +217,9 @@ def page() -> None:
     extractor = choose_extractor(backbone, views, resolution)
     cache = feature_cache()
     cached = cache.views_in(cache.key(ds.fingerprint(), extractor.cache_identity)) >= extractor.n_views
+    st.caption(f":material/memory: Engine: {engines.describe(extractor.engine_name, precision=extractor.engine_precision)}"
+               + (" (bf16 where this CPU computes it natively; TOPTUNE_PRECISION=f32 turns it off)"
+                  if extractor.engine_precision == "bf16" else ""))
     if cached:
         st.caption(":material/bolt: The features of these photos with these settings are in the cache: training "
                    "takes a second or two.")

@@ -1,5 +1,6 @@
-"""Inference engines: the Pillow/NumPy pixels are timm's, every engine's features are PyTorch's (within 1e-4)
-for every offline backbone, and a broken exported graph falls back to PyTorch with one clear line.
+"""Inference engines: the Pillow/NumPy pixels are timm's, every engine's f32 features are PyTorch's (within 1e-4)
+for every offline backbone (bf16: tests/test_precision.py), and a broken exported graph falls back to PyTorch
+with one clear line.
 
 Speed is measured by ``python -m toptune_core bench``, not here.
 """
@@ -90,7 +91,7 @@ def test_openvino_features_match_pytorch(lite0_cpu_model, toptune_home):
     photos = [str(p) for p in PHOTOS[5::60]]
     reference = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="torch", device="cpu")
     reference._model = lite0_cpu_model
-    ov = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="openvino", device="cpu")
+    ov = FeatureExtractor("tf_efficientnet_lite0", views="1", engine="openvino", device="cpu", precision="f32")
     ov._model = lite0_cpu_model
     got = _features(ov, photos)
     assert ov.engine_name == "openvino"
@@ -155,5 +156,6 @@ def test_unknown_engine_is_one_clear_line():
 
 def test_engine_defaults():
     assert engines.resolve("auto", on_cuda=True) == "torch"  # PyTorch stays the engine on a CUDA GPU
-    assert engines.resolve("auto", on_cuda=False) == engines.DEFAULT_CPU_ENGINE
+    assert engines.resolve("auto", on_cuda=False, precision="f32") == engines.DEFAULT_CPU_ENGINE  # (bf16: see
+    # tests/test_precision.py)
     assert Settings.from_env({"TOPTUNE_ENGINE": "OpenVINO"}).engine == "openvino"

@@ -82,6 +82,7 @@ class Settings:
     home: Path
     eden_url: Optional[str] = None  # a mirror of Eden's download address (TOPTUNE_EDEN_URL)
     engine: str = "auto"  # the frozen backbone's inference engine (TOPTUNE_ENGINE; see features.engines)
+    precision: str = "auto"  # the engine's precision: auto (bf16 where the CPU has it), f32, bf16 (TOPTUNE_PRECISION)
     views: Optional[str] = None  # the view set features are extracted with (TOPTUNE_VIEWS; None: views.DEFAULT_VIEWS)
     ray_address: Optional[str] = None  # a Ray cluster for feature extraction (TOPTUNE_RAY_ADDRESS, else RAY_ADDRESS)
     shared: bool = False  # shared mode (TOPTUNE_SHARED=1)
@@ -98,6 +99,7 @@ class Settings:
         limits = (SHARED_LIMITS if shared else LOCAL_LIMITS).with_env(env)
         return cls(home=home, eden_url=env.get("TOPTUNE_EDEN_URL") or None, shared=shared, data_roots=roots,
                    limits=limits, engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower(),
+                   precision=(env.get("TOPTUNE_PRECISION") or "auto").strip().lower(),
                    views=(env.get("TOPTUNE_VIEWS") or "").strip() or None,
                    ray_address=env.get("TOPTUNE_RAY_ADDRESS") or env.get("RAY_ADDRESS") or None)
 

@@ -113,16 +113,17 @@ def model_ceiling(extractor, batch_sizes: list[int], seconds: float = 2.0) -> Ce
 
 
 def graph_ceiling(engine: str, graph, input_size: int, lanes: int, cpus: int, batch_sizes: list[int],
-                  seconds: float = 2.0) -> Ceiling:
-    """Images/s of a graph engine (``features.engines``) alone on random 8-bit pixels (normalisation is part
-    of the graph), the best of: the extraction's lanes (``lanes`` callers of one thread each on one engine),
-    and one batch at a time on ``cpus`` threads."""
+                  seconds: float = 2.0, precision: str = "f32") -> Ceiling:
+    """Images/s of a graph engine (``features.engines``) in ``precision`` alone on random 8-bit pixels
+    (normalisation is part of the graph), the best of: the extraction's lanes (``lanes`` callers of one thread
+    each on one engine), and one batch at a time on ``cpus`` threads."""
     from toptune_core.features.engines import open_graph_engine
 
     modes = {f"one batch at a time, {cpus} thread(s)": (1, cpus)}
     if lanes > 1:
         modes[f"{lanes} lanes of 1 thread"] = (lanes, 1)
-    runners = {mode: open_graph_engine(engine, graph, threads=threads, lanes=n) for mode, (n, threads) in modes.items()}
+    runners = {mode: open_graph_engine(engine, graph, threads=threads, lanes=n, precision=precision)
+               for mode, (n, threads) in modes.items()}
 
     def rate(mode: str, bs: int, duration: float) -> float:
         rng = np.random.default_rng(0)

@@ -137,16 +137,24 @@ def _load_model(b: _Bench) -> None:
                                + (f"; {b.extractor.engine_note}" if b.extractor.engine_note else ""))
 
 
+def engine_key(extractor) -> str:
+    """How the figures name an extractor's engine: its name, with its precision unless f32 (``report.ENGINE_LABELS``;
+    PyTorch's precision is its device's)."""
+    name, precision = extractor.engine_name, extractor.engine_precision
+    return name if precision == "f32" or name == "torch" else f"{name}:{precision}"
+
+
 def _engines(b: _Bench) -> dict:
-    """An extractor per engine that runs here (the project's default first), sharing the loaded model."""
+    """An extractor per engine that runs here (the project's default first, then each in f32), sharing the loaded
+    model."""
     from toptune_core.features import engines
     from toptune_core.features.extractor import FeatureExtractor
 
-    out = {b.extractor.engine_name: b.extractor}
+    out = {engine_key(b.extractor): b.extractor}
     for name in ("torch",) + (() if b.on_gpu else engines.GRAPH_ENGINES):
         if name in out or not engines.installed(name):
             continue
-        extractor = FeatureExtractor(b.backbone, engine=name, settings=b.settings)
+        extractor = FeatureExtractor(b.backbone, engine=name, settings=b.settings, precision="f32")
         extractor._model = b.extractor.model
         extractor.load_engine(b.log)
         if extractor.engine_name == name:
@@ -166,9 +174,10 @@ def _ceilings(b: _Bench, extractors: dict, batch_sizes: Optional[tuple[int, ...]
         if name == "torch":
             out[name] = model_ceiling(extractor, sizes)
         else:
-            graph = find_graph(extractor.model_identity, b.settings, name)
-            out[name] = graph_ceiling(name, graph.path, int(extractor.data_config["input_size"][-1]),
-                                      extractor.plan().lanes, available_cpus(), sizes)
+            engine, precision = extractor.engine_name, extractor.engine_precision
+            graph = find_graph(extractor.model_identity, b.settings, engine, precision)
+            out[name] = graph_ceiling(engine, graph.path, int(extractor.data_config["input_size"][-1]),
+                                      extractor.plan().lanes, available_cpus(), sizes, precision=precision)
     return out
 
 
@@ -182,10 +191,10 @@ def _extraction_and_ceiling(b: _Bench, batch_sizes: Optional[tuple[int, ...]]) -
     import torch
 
     from toptune_core.features.cache import FeatureCache, get_features
+    from toptune_core.features.graph import cosine_similarities
 
     n, figs = b.ctx.n, b.figs
     cache = FeatureCache(settings=b.settings)
-    key = cache.key(b.dataset.fingerprint(), b.extractor.cache_identity)
     checkpoints: dict[int, float] = {}
     features: dict[str, np.ndarray] = {}
 
@@ -194,14 +203,20 @@ def _extraction_and_ceiling(b: _Bench, batch_sizes: Optional[tuple[int, ...]]) -
             checkpoints[int(p.done)] = rss_mb()
 
     def extract(extractor, record_memory: bool = False) -> tuple[float, RssSampler]:
-        shutil.rmtree(cache.path(key), ignore_errors=True)
+        shutil.rmtree(cache.path(cache.key(b.dataset.fingerprint(), extractor.cache_identity)), ignore_errors=True)
         with RssSampler() as mem:
             fs = get_features(b.dataset, extractor, cache, progress=at_checkpoint if record_memory else None)
         assert not fs.cache_hit and fs.entry.meta["engine"] == extractor.engine_name
-        features[extractor.engine_name] = fs.entry.features
+        features[engine_key(extractor)] = fs.entry.features
         return int(fs.entry.ok.sum()) / fs.seconds, mem
 
-    default = b.extractor.engine_name
+    def cosines(name: str) -> Optional[np.ndarray]:
+        if "torch" not in features:
+            return None
+        return cosine_similarities(features[name].reshape(-1, features[name].shape[-1]),
+                                   features["torch"].reshape(-1, features["torch"].shape[-1]))
+
+    default = engine_key(b.extractor)
     b.log(f"project extraction of {n} photos with {default} (1 of {b.repeats})")
     if b.on_gpu:
         torch.cuda.reset_peak_memory_stats(b.device)
@@ -229,9 +244,14 @@ def _extraction_and_ceiling(b: _Bench, batch_sizes: Optional[tuple[int, ...]]) -
                               "ceiling_mode": ceilings[name].mode, "ceiling_batch_size": ceilings[name].batch_size,
                               "ceiling_table": ceilings[name].table,
                               "max_diff_vs_torch": (float(np.abs(features[name] - features["torch"]).max())
-                                                    if "torch" in features else None)}
+                                                    if "torch" in features else None),
+                              "precision": extractors[name].engine_precision,
+                              "min_cosine_vs_torch": (float(cosines(name).min()) if "torch" in features else None),
+                              "mean_cosine_vs_torch": (float(cosines(name).mean()) if "torch" in features else None)}
                        for name in extractors}
     figs["default_engine"] = default
+    figs["n_views"] = b.extractor.n_views  # backbone passes a photo: the ceilings count passes, the extractions photos
+    figs["resolution"] = b.extractor.resolution
     figs["extraction_ips"] = max(rates[default])
     _decoding(b, b.extractor)
 

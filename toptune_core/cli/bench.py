@@ -19,6 +19,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.camera_images < 1 or args.naive_images < 1:
         raise ToptuneError("--camera-images and --naive-images must be at least 1.")
     start = time.perf_counter()
+    if args.engine_only:
+        return _engine_only(args, settings, start)
     report = run_bench(args.data, args.backbone, seed=args.seed, test_size=args.test_size,
                        camera_images=args.camera_images,
                        naive_images=args.naive_images, repeats=max(1, args.repeats),
@@ -29,6 +31,18 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     print(report.text())
     print(f"\n(benchmark took {time.perf_counter() - start:.0f} s)")
     write_json(args.json, report.figures, default=str)
+    return 0
+
+
+def _engine_only(args: argparse.Namespace, settings: Settings, start: float) -> int:
+    from toptune_core.bench.engine_rate import engine_table, engine_vs_eager
+
+    figs = engine_vs_eager(args.data, args.backbone, resolution=args.resolution, views=args.views, settings=settings,
+                           repeats=max(1, args.repeats),
+                           log=lambda line: print(f"[{time.perf_counter() - start:6.1f} s] {line}", file=sys.stderr,
+                                                  flush=True))
+    print(engine_table(figs))
+    write_json(args.json, figs)
     return 0
 
 
@@ -83,6 +97,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--naive-images", type=int, default=256,
                    help="how many dataset photos the naive baseline reads (default 256)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each rate; the best is kept (default 3)")
+    p.add_argument("--engine-only", action="store_true",
+                   help="only the engine a run uses (and the f32 one) against PyTorch eager f32's ceiling, per "
+                        "backbone pass at the same input size (--views, --resolution), with the load average")
     p.add_argument("--batch-sizes", help="batch sizes for the model-only ceiling, comma-separated "
                    f"(default {','.join(map(str, CPU_BATCH_SIZES))} on a CPU, "
                    f"{','.join(map(str, CUDA_BATCH_SIZES))} on CUDA)")

@@ -12,6 +12,7 @@ import argparse
 from toptune_core.cli.common import add_command, feature_cache, feature_settings, run_store, write_json
 from toptune_core.config import Settings
 from toptune_core.data.duplicates import describe_leakage
+from toptune_core.features import engines
 from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 
 
@@ -36,6 +37,8 @@ def print_report(run) -> None:
         source = "from cache" if t.get("cache_hit") else "extracted"
         print(f"  features {source} in {t['extract_seconds']:.2f} s (extraction cost {t['feature_extraction_seconds']:.1f} s); "
               f"classifier fit {t['fit_seconds']:.2f} s")
+        if t.get("engine"):
+            print(f"  engine: {engines.describe(t['engine'], precision=t.get('precision'))}")
         print(f"  training time: {t['train_seconds_without_extraction']:.2f} s without feature extraction, "
               f"{t['train_seconds_with_extraction']:.1f} s with it")
     if s.get("unreadable"):

@@ -1,4 +1,5 @@
-"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm).
+"""The on-disk feature cache: one entry per (dataset fingerprint, backbone, weights, preprocessing, timm, engine
+precision).
 
 **Views in stages.** Every view set is the start of one order of views
 (``features.views.ORDER``), so an entry holds the first k views of each photo,
@@ -50,7 +51,7 @@ from toptune_core.progress import CancelCheck, ProgressCallback
 
 @dataclass
 class CachedFeatures:
-    """A cache entry: features of the readable photos of one dataset with one backbone and view set."""
+    """A cache entry: features of the readable photos of one dataset with one backbone, view set and precision."""
 
     key: str
     features: np.ndarray  # (n_ok, n_views, dim)
@@ -271,8 +272,9 @@ def _make_entry(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCac
         meta["stage_seconds"] = [[extractor.n_views, result.seconds]]
     else:
         result, meta = _add_views(dataset, extractor, cache, entry, progress, should_cancel)
-    return cache.save(key, result, dataset.relpaths,
-                      {**extractor.cache_identity, **extractor.engine_record, "views": extractor.views,
+    identity = extractor.cache_identity  # (a bf16 engine that failed its check ran f32: another key)
+    return cache.save(cache.key(dataset.fingerprint(), identity), result, dataset.relpaths,
+                      {**identity, **extractor.engine_record, "views": extractor.views,
                        "dataset_root": str(dataset.root), **meta})
 
 

@@ -138,12 +138,13 @@ class BackboneActor:
 
     def __init__(self, backbone: str, data_config: dict, timm: str, threads: int, device: str, model_batch: int,
                  channels_last: bool, engine: str, views: str, draft: Optional[bool] = None,
-                 first_view: int = 0):
+                 first_view: int = 0, precision: Optional[str] = None):
         if timm_version() != timm:
             raise ToptuneError(f"A Ray worker has timm {timm_version()}, the driver timm {timm}: the features "
                                "would differ. Install the same requirements.txt on every node.")
         self.extractor = FeatureExtractor(backbone, data_config=data_config, threads=threads or None, lanes=1,
-                                          device=device, channels_last=channels_last, engine=engine, views=views).reconfigured(first_view=first_view)
+                                          device=device, channels_last=channels_last, engine=engine, views=views,
+                                          precision=precision).reconfigured(first_view=first_view)
         self.model_batch = model_batch
         self.draft = draft  # not None: this actor decodes its batches of paths itself (``decode_in_actor``)
         self.extractor.load_engine()
@@ -162,4 +163,5 @@ class BackboneActor:
         engine = self.extractor.engine_record
         return {"index": batch["index"], "ok": ok, "error": batch["error"], "features": features,
                 "engine": np.array([engine["engine"]] * len(ok), dtype=object),
+                "precision": np.array([engine["precision"]] * len(ok), dtype=object),
                 "engine_note": np.array([engine["engine_note"]] * len(ok), dtype=object)}

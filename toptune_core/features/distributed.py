@@ -193,13 +193,19 @@ class RayFeatureExtractor(FeatureExtractor):
         return self.worker_engine_["engine"] if self.worker_engine_ else super().engine_name
 
     @property
+    def engine_precision(self) -> str:
+        """The precision the actors computed in, or that this machine would."""
+        return self.worker_engine_["precision"] if self.worker_engine_ else super().engine_precision
+
+    @property
     def engine_record(self) -> dict:
         """What the cache entry and the run record say about the engine: the actors', and where they ran."""
         if not self.worker_engine_:
             return super().engine_record
         where = f"on Ray: {self.last_plan_.describe()}" if self.last_plan_ else "on Ray"
         note = self.worker_engine_["engine_note"]
-        return {"engine": self.worker_engine_["engine"], "engine_note": f"{where}" + (f"; {note}" if note else "")}
+        return {"engine": self.worker_engine_["engine"], "precision": self.worker_engine_["precision"],
+                "engine_note": f"{where}" + (f"; {note}" if note else "")}
 
     def cluster_plan(self) -> RayPlan:
         """``plan_for`` the alive nodes of the connected cluster, each with its own CPUs and GPUs."""
@@ -252,8 +258,8 @@ class RayFeatureExtractor(FeatureExtractor):
                                 batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus)
         args = {"backbone": self.backbone, "data_config": self.data_config, "timm": timm_version(),
                 "threads": plan.threads, "device": plan.device, "model_batch": plan.model_batch,
-                "channels_last": self.channels_last, "engine": self.engine, "views": self.views,
-                "first_view": self.first_view,
+                "channels_last": self.channels_last, "engine": self.engine, "precision": self.precision,
+                "views": self.views, "first_view": self.first_view,
                 "draft": self.draft if plan.decode_in_actor else None}
         return ds.map_batches(BackboneActor, fn_constructor_kwargs=args, batch_size=max(1, len(items) // blocks),
                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
@@ -272,7 +278,7 @@ class RayFeatureExtractor(FeatureExtractor):
                 if full is None:
                     full = np.zeros((n,) + batch["features"].shape[1:], dtype=np.float32)
                     self.first_batch_seconds_ = time.perf_counter() - start
-                    self.worker_engine_ = {key: str(batch[key][0]) for key in ("engine", "engine_note")}
+                    self.worker_engine_ = {key: str(batch[key][0]) for key in ("engine", "precision", "engine_note")}
                 full[index] = batch["features"]
                 ok[index] = batch["ok"]
                 reasons.update((int(i), str(r)) for i, r, good in zip(index, batch["error"], batch["ok"]) if not good)

@@ -3,10 +3,12 @@
 ``FeatureExtractor`` turns photos into pooled backbone features. Photos are
 decoded, resized and cropped to 8-bit pixels by Pillow and NumPy (JPEG draft
 mode for large photos) and batches go through an inference engine
-(``features.engines``): on a CPU by default ONNX Runtime on the backbone's
-exported graph (``features.graph``; built and checked against PyTorch once,
-then loaded without torch), on CUDA the PyTorch model (pinned memory, fp16
-autocast). If the graph cannot be built or fails its check, extraction falls
+(``features.engines``): on a CPU by default OpenVINO in bf16 where the CPU
+has bf16, else ONNX Runtime in f32, on the backbone's exported graph
+(``features.graph``; built and checked against PyTorch once, then loaded
+without torch), on CUDA the PyTorch model (pinned memory, fp16 autocast). The
+precision is part of the feature cache's identity (``cache_identity``); a
+bf16 engine that fails its check runs f32 instead and says so. If the graph cannot be built or fails its check, extraction falls
 back to PyTorch and says so (``engine_note``, the progress line, the cache
 entry and the run record). On a CPU, one "lane" thread per core decodes a
 batch and runs the engine on it single-threaded, so one lane's decoding
@@ -36,7 +38,7 @@ from toptune_core.backbones.pixels import PixelBatch, PixelPipeline, eval_data_c
 from toptune_core.config import Settings
 from toptune_core.data.images import ImageSource
 from toptune_core.errors import ImageError, ToptuneError
-from toptune_core.features import engines, views as view_sets
+from toptune_core.features import engine_loader, engines, views as view_sets
 from toptune_core.features.reader import chunked, in_lanes, read_ahead
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
 from toptune_core.system import cuda_present, nothing, thread_policy, torch_threads
@@ -90,9 +92,10 @@ class ExtractionPlan:
     threads: int
     decode_workers: int
     engine: str = "torch"
+    precision: str = "f32"
 
     def describe(self) -> str:
-        engine = engines.LABELS.get(self.engine, self.engine)
+        engine = engines.describe(self.engine, precision=self.precision)
         if self.lanes > 1:
             return (f"{self.device}, {engine}, {self.lanes} lanes (decode + model) of {self.threads} thread(s), "
                     f"batch {self.batch_size}")
@@ -127,7 +130,8 @@ class FeatureExtractor:
     present, else CPU); channels-last memory layout (PyTorch); ``draft``, JPEG
     draft-mode decoding of photos at least twice the size the model needs;
     ``engine``, the inference engine's name (``features.engines``; None:
-    ``settings.engine``, by default "auto"); and ``data_config``, timm's data
+    ``settings.engine``, by default "auto"); ``precision``, "auto", "f32" or
+    "bf16" (None: ``settings.precision``; see ``engines.choose``); and ``data_config``, timm's data
     config when the caller has it (a Ray worker gets the driver's). Nothing is loaded until it is
     needed, so a cache hit loads no engine (nor imports torch), and a loaded
     ONNX Runtime engine never imports torch.
@@ -147,7 +151,7 @@ class FeatureExtractor:
                  decode_workers: Optional[int] = None, device: Optional[str] = None, channels_last: bool = True,
                  draft: bool = True, threads: Optional[int] = None, lanes: Optional[int] = None,
                  engine: Optional[str] = None, settings: Optional[Settings] = None, data_config: Optional[dict] = None,
-                 views: Optional[str] = None, resolution: Optional[int] = None):
+                 views: Optional[str] = None, resolution: Optional[int] = None, precision: Optional[str] = None):
         self.backbone = backbone
         self.batch_size = batch_size
         self.decode_workers = decode_workers
@@ -158,6 +162,7 @@ class FeatureExtractor:
         self.draft = draft
         self.settings = settings or Settings.from_env()
         self.engine = engines.check_name(engine or self.settings.engine)
+        self.precision = engines.check_precision(precision or self.settings.precision)  # asked for
         self.spec = get_backbone(backbone)
         self.views = view_sets.check_views(views or self.settings.views)
         self.first_view = 0  # views before this one are in the cache already (``reconfigured``)
@@ -213,11 +218,11 @@ class FeatureExtractor:
 
     @property
     def cache_identity(self) -> dict:
-        """Everything that determines the features, for the cache key: the model, and the order its views come
-        in (``views.ORDER``: an entry holds the first k of them, whichever view set asked; see ``features.cache``).
-        Not the engine: every engine's features agree with PyTorch's within ``graph.TOLERANCE`` (checked when its
-        graph is built)."""
-        return {**self.model_identity, "view_order": "dihedral"}
+        """Everything that determines the features, for the cache key: the model, the order its views come in
+        (``views.ORDER``: an entry holds the first k of them, whichever view set asked; see ``features.cache``) and
+        the engine's precision (f32, bf16; f16 on CUDA). Not the engine itself: in f32 every engine's features agree
+        with PyTorch's within ``graph.TOLERANCE`` (checked when its graph is built)."""
+        return {**self.model_identity, "view_order": "dihedral", "precision": self.engine_precision}
 
     def reconfigured(self, *, views: Optional[str] = None, data_config: Optional[dict] = None,
                      resolution: Optional[int] = None, first_view: int = 0) -> "FeatureExtractor":
@@ -249,7 +254,15 @@ class FeatureExtractor:
     @property
     def engine_name(self) -> str:
         """The engine that runs (after any fallback), or that will run."""
-        return self._engine.name if self._engine is not None else engines.resolve(self.engine, self.on_cuda())
+        return self._engine.name if self._engine is not None else self._planned_choice().engine
+
+    @property
+    def engine_precision(self) -> str:
+        """The precision the engine computes in (after any fallback), or will: "f32", "bf16" or "f16" (CUDA)."""
+        return self._engine.precision if self._engine is not None else self._planned_choice().precision
+
+    def _planned_choice(self) -> engines.Choice:
+        return engine_loader.planned_choice(self)
 
     def plan(self) -> ExtractionPlan:
         """How an extraction uses this machine. Explicit constructor settings win; otherwise:
@@ -278,13 +291,13 @@ class FeatureExtractor:
             return ExtractionPlan("cuda", self.batch_size or self._photos_per_batch(CUDA_BATCH_SIZE), 1,
                                   self.threads or 0,
                                   self.decode_workers if self.decode_workers is not None else max(1, cpus - 1),
-                                  engine)
+                                  engine, self.engine_precision)
         lanes = self.lanes or policy.lanes
         threads = self.threads or (policy.lane_threads if lanes == policy.lanes else max(1, cpus // lanes))
         # (with a single CPU, lanes == 1 and decoding in the model's thread avoids pointless switching)
         decode = self.decode_workers if self.decode_workers is not None else (1 if cpus > 1 else 0)
         return ExtractionPlan("cpu", self.batch_size or self._photos_per_batch(CPU_BATCH_SIZE), lanes, threads, decode,
-                              engine)
+                              engine, self.engine_precision)
 
     def _photos_per_batch(self, inputs: int) -> int:
         """Photos per batch so that a batch holds about ``inputs`` model inputs (all views of each photo)."""
@@ -294,42 +307,22 @@ class FeatureExtractor:
 
     def load_engine(self, say=None) -> engines.Engine:
         """The inference engine, loaded on first use. A graph engine's graph is found on disk (no torch), or
-        exported and checked against PyTorch once; if that fails, or the engine's package is missing, PyTorch
-        runs instead and ``engine_note`` (also passed to ``say``) says why in one line."""
+        exported and checked against PyTorch once; if bf16 fails its check, the f32 engine runs instead; if a
+        graph cannot be used, or the engine's package is missing, PyTorch runs instead; ``engine_note`` (each
+        fallback also passed to ``say``) says why in one line."""
         with self._engine_lock:
             if self._engine is None:
                 self._engine = self._open_engine(say or (lambda line: None))
             return self._engine
 
     def _open_engine(self, say) -> engines.Engine:
-        from toptune_core.features.graph import GraphError, find_graph, prepare_graph
-
-        name = engines.resolve(self.engine, self.on_cuda())
-        if name in engines.GRAPH_ENGINES and self.pixels.has_pixel_stage:
-            try:
-                if self.on_cuda():
-                    raise GraphError(f"{engines.LABELS[name]} runs on the CPU, and this extractor uses the GPU")
-                if not engines.installed(name):
-                    raise GraphError(f"the '{name}' package is not installed")
-                graph = find_graph(self.model_identity, self.settings, name)
-                if graph is None:
-                    say(f"exporting {self.backbone} for {engines.LABELS[name]} and checking it against PyTorch")
-                    graph = prepare_graph(self.model_identity, self.settings, name, lambda: self.model,
-                                          self.data_config)
-                plan = self.plan()
-                engine = engines.open_graph_engine(name, graph.path, threads=plan.threads, lanes=plan.lanes)
-                self.engine_note = f"graph checked: features within {graph.max_difference(name):.1g} of PyTorch's"
-                return engine
-            except Exception as e:  # GraphError, or an engine that cannot load the checked graph
-                reason = str(e) if isinstance(e, GraphError) else f"{type(e).__name__}: {e}"
-                self.engine_note = f"fell back to PyTorch: {engines.LABELS[name]} could not be used ({reason})"
-                say(f"feature extraction {self.engine_note}")
-        return engines.TorchEngine(self.model, self.pixels, self.channels_last)
+        engine, self.engine_note = engine_loader.open_engine(self, say)
+        return engine
 
     @property
     def engine_record(self) -> dict:
         """What the run record and the cache entry say about the engine that extracted."""
-        return {"engine": self.engine_name, "engine_note": self.engine_note}
+        return {"engine": self.engine_name, "precision": self.engine_precision, "engine_note": self.engine_note}
 
     # --- preprocessing -------------------------------------------------------------------------------
 

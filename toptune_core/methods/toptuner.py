@@ -84,7 +84,8 @@ class TopTuner(PhotoEstimator):
         self.cache = self.cache or FeatureCache()
         fs = get_features(dataset, self._extractor(), self.cache, progress=progress, should_cancel=should_cancel)
         # which engine extracted these features (when they were extracted), for the run record
-        self.extraction_engine_ = {k: fs.entry.meta.get(k) for k in ("engine", "engine_note") if k in fs.entry.meta}
+        self.extraction_engine_ = {k: fs.entry.meta.get(k) for k in ("engine", "precision", "engine_note")
+                                  if k in fs.entry.meta}
         index = {rel: i for i, rel in enumerate(fs.entry.relpaths)}
         errors = [(index.get(rel, -1), reason) for rel, reason in fs.entry.errors]
         return PhotoTable(fs.entry.ok, errors, fs.entry.features, fs.seconds, fs.entry.extract_seconds, fs.cache_hit)
