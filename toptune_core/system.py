@@ -139,6 +139,16 @@ def process_start_token(pid: int) -> Optional[str]:
     return f"{boot}:{start}"
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: its start time against the uptime; elsewhere 0)."""
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start / os.sysconf("SC_CLK_TCK"))
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def pid_alive(pid: Optional[int], proc_start: Optional[str] = None) -> bool:
     """True if process ``pid`` exists and, when ``proc_start`` is known, is the same process that started the run."""
     if not pid:

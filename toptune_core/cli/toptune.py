@@ -49,12 +49,14 @@ def print_report(run) -> None:
             print(f"    ... and {len(s['unreadable']) - 20} more (all are listed in the run's split record)")
 
 
-def print_stage(run) -> None:
-    """One line as each stage's model is ready (a progressive top-tune: the first model, then the final one)."""
+def print_stage(run, offset: float = 0.0) -> None:
+    """One line as each stage's model is ready (a progressive top-tune: the first model, then the final one);
+    ``offset``: seconds the command ran before the run started."""
     stage = ((run.metrics or {}).get("stages") or [{}])[-1]
     if stage.get("status") == "first":
-        print(f"first model ready after {stage['seconds']:.1f} s: held-out accuracy {stage['accuracy']:.3f} with "
-              f"{stage['n_views']} view(s) of each photo; extracting the other views for the final model", flush=True)
+        print(f"first model ready after {offset + stage['seconds']:.1f} s: held-out accuracy {stage['accuracy']:.3f} "
+              f"with {stage['n_views']} view(s) of each photo; extracting the other views for the final model",
+              flush=True)
 
 
 def print_stages(run) -> None:
@@ -90,13 +92,17 @@ def print_choice(run) -> None:
 def cmd_toptune(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.experiment import run_toptuning, summary
     from toptune_core.progress import TextProgressBar
+    from toptune_core.system import process_age
 
+    offset = process_age()  # the stages' seconds count from the command's start (Python and imports included)
     run = run_toptuning(args.data, test_data=args.test_data, backbone=args.backbone, classifier=args.classifier,
                         seed=args.seed, test_size=args.test_size, split=args.split, store=run_store(settings),
-                        cache=feature_cache(settings), progress=TextProgressBar(), on_stage=print_stage,
-                        **feature_settings(args))
+                        cache=feature_cache(settings), progress=TextProgressBar(),
+                        on_stage=lambda run: print_stage(run, offset), **feature_settings(args))
     print_report(run)
-    write_json(args.json, summary(run))
+    out = summary(run)
+    out["stages"] = [{**stage, "seconds": round(offset + stage["seconds"], 3)} for stage in out["stages"]]
+    write_json(args.json, out)
     return 0
 
 
