@@ -216,7 +216,10 @@ def test_toptune_with_the_ray_extractor_as_the_dashboard_runs_it(ray_address, li
     np.testing.assert_allclose(entry.features, local.features, rtol=0, atol=1e-4)
     here = run_toptuning(root, backbone=BACKBONE, store=store, cache=cache,
                          extractor=FeatureExtractor(BACKBONE, views="1", resolution=224))  # a cache hit: no model loaded
-    assert here.timings["cache_hit"] is True and here.metrics == on_ray.metrics
+    def scores(run) -> dict:
+        return {k: v for k, v in run.metrics.items() if k != "stages"}  # (the stages say when each was done)
+
+    assert here.timings["cache_hit"] is True and scores(here) == scores(on_ray)
 
 
 def test_bench_ray_prints_one_row_per_place_and_run(ray_address, tmp_path, capsys):
