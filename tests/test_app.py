@@ -281,6 +281,9 @@ def test_demo_toptune_shows_progress_then_result(demo_run):
     assert set(shown) >= {"Balanced accuracy", "Macro F1", "Features", "Classifier training", "Total"}
     assert any("Features extracted from 300 photos" in i for i in texts(at.info))
     assert run.accuracy > 0.6, "real features of real leaves beat guessing (1/3) by far"
+    # the engine and its precision, recorded and named (the suite runs f32: tests/conftest.py)
+    assert (run.timings["engine"], run.timings["precision"]) == ("onnxruntime", "f32")
+    assert any("Engine: ONNX Runtime, f32" in c for c in captions(at)), captions(at)
 
 
 def test_second_run_says_features_from_cache_after_a_reload(demo_run):

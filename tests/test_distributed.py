@@ -144,6 +144,7 @@ def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_a
     on_ray = FeatureCache(toptune_home / "features").load(report["cache_key"])
     assert on_ray.relpaths == local.entry.relpaths and on_ray.ok.all()
     assert on_ray.meta["engine"] == local.entry.meta["engine"], "the actors ran the same inference engine"
+    assert on_ray.meta["precision"] == local.entry.meta["precision"] == "f32", "in the same precision"
     assert on_ray.meta["engine_note"].startswith("on Ray: Ray cluster of 1 node(s), 2 CPU(s)")
     np.testing.assert_allclose(on_ray.features, local.entry.features, rtol=0, atol=1e-4)
     assert np.abs(local.entry.features[0] - local.entry.features[1]).max() > 0.1, "not a vacuous comparison"

@@ -275,6 +275,7 @@ def summary(run: RunRecord) -> dict:
         choice = (run.params or {}).get("classifier_choice") or {}
         out["chosen_classifier"] = choice.get("chosen", run.classifier)  # auto: the classifier CV chose
         out["classifier_choice"] = choice
+        out["engine"], out["precision"] = t.get("engine"), t.get("precision")  # what extracted the features
     duplicates = s.get("near_duplicates") or {}
     out["test_photos_with_near_duplicate"] = duplicates.get("test_photos_with_twin")
     familiarity = m.get("familiarity") or {}

@@ -203,7 +203,7 @@ def _notes(ctx: BenchContext, figs: dict) -> list[str]:
         "Warm prediction uses an already loaded model; cold is a whole `python -m toptune_core predict` process "
         "(best of 3), with its peak resident memory.",
         "Memory: resident set of the benchmark process (it also holds torch, timm and the PyTorch model for the "
-        "ceilings, ~0.8 GB before any photo; a `toptune` process on a CPU loads only ONNX Runtime), "
+        "ceilings, ~0.8 GB before any photo; a `toptune` process on a CPU loads only its graph engine), "
         "sampled every 10 ms and after each batch; 'growth' is the least-squares slope over the second half of the "
         "photos. Features themselves take 5 KB a photo (1280 float32); holding the decoded 224-px crops would add "
         "150 MB per 1000 photos, full 12-MP decodes 36 MB a photo.",

@@ -72,5 +72,6 @@ def _open_graph_engine(extractor: "FeatureExtractor", choice: engines.Choice, sa
         graph = prepare_graph(extractor.model_identity, extractor.settings, name, lambda: extractor.model,
                               extractor.data_config, precision)
     plan = extractor.plan()
-    engine = engines.open_graph_engine(name, graph.path, threads=plan.threads, lanes=plan.lanes, precision=precision)
+    engine = engines.open_graph_engine(name, graph.path, threads=plan.threads, lanes=plan.lanes, precision=precision,
+                                       cache_dir=extractor.settings.graphs_dir / "openvino-cache")
     return engine, graph.check_summary(name, precision)

@@ -363,7 +363,8 @@ class FeatureExtractor:
         with self._lane_threads(torch=True), torch.inference_mode():
             if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
                 batch = batch.pin_memory()
-            return engines.TorchEngine(model, self.pixels, self.channels_last).run_tensor(
+            precision = engines.choose("torch", self.precision, device.type == "cuda").precision
+            return engines.TorchEngine(model, self.pixels, self.channels_last, precision).run_tensor(
                 batch.to(device, non_blocking=True))
 
     def features_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
