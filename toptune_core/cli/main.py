@@ -1,8 +1,8 @@
 """The command line: ``python -m toptune_core <command> ...``; builds the parser and dispatches.
 
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
-``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep), ``cli.bench`` (bench,
-bench-ray), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
+``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep, grid), ``cli.bench`` (bench
+engines|views|labels|ray|versions), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
 ``cli.showcase`` (showcase, visitors: a shared server's operator) and ``cli.check_labels``
 (check-labels: the photos whose label looks wrong). The
 environment is read here, once (``Settings.from_env()``), and passed to the
@@ -37,7 +37,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, settings: Optional[Settings] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = bench.new_names(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     settings = settings or Settings.from_env()
     try:
