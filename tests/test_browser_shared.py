@@ -160,7 +160,12 @@ def test_stopping_the_dashboard_stops_its_fine_tune(toptune_home, artifacts):
             with streamlit_server(toptune_home, artifacts / "streamlit-kill.log", procs=procs) as url:
                 page.goto(url)
                 page.get_by_role("button", name=re.compile("Try the demo dataset")).click()
+                # The click's run switches to the Data page: wait for it, or a sidebar click made before it lands
+                # is undone by that switch and the Fine-tune page never shows (the full suite's one failure).
+                expect(page.get_by_role("heading", name="1 · Data")).to_be_visible()
                 open_page(page, "Fine-tune")
+                expect(page.get_by_role("heading", name=re.compile("3 · Fine-tune"))).to_be_visible()
+                expect(page.get_by_text(re.compile("^Data: Demo"))).to_be_visible()  # its form: the dataset chosen
                 page.get_by_role("button", name=re.compile("Start fine-tuning")).click()
                 expect(page.get_by_text(re.compile(r"Fine-tune \d{8}-\d{6}-[0-9a-f]{4} · running"))).to_be_visible()
                 (run,) = RunStore(toptune_home).list(status="running")
