@@ -35,7 +35,9 @@ from toptune_core.experiment import run_toptuning
 # A tiny but complete fine-tune: one epoch, the last block and the head trainable. Batches of 11: the 33
 # photos left for fitting (42 in the training part, 9 of them for validation) make 3 full batches, so no photo
 # is left out of the one epoch.
-TINY = dict(epochs=1, head_epochs=0, batch_size=11, freeze_blocks=1, val_fraction=0.2, budget_seconds=None)
+# One test view: these tests are about the split and the training; the default views are the command line's test.
+TINY = dict(epochs=1, head_epochs=0, batch_size=11, freeze_blocks=1, val_fraction=0.2, budget_seconds=None,
+            test_views="1")
 
 
 def _beans_with_bad_photos(src: Path, dest: Path) -> Path:
@@ -291,6 +293,7 @@ def test_cli_finetune_writes_the_toptune_json_keys(small_dataset, subprocess_env
             "train_seconds", "epochs_run"}
     assert keys <= set(summary)
     assert summary["method"] == "finetune" and summary["epochs_run"] == 1 and (summary["n_train"], summary["n_test"]) == (45, 15)
+    assert summary["views"] == "dihedral", "without --views it scores with the default views, as its help says"
     assert "held-out accuracy" in result.stdout
     bad = _cli(["finetune", "--data", str(small_dataset), "--epochs", "0", "--head-epochs", "0"], subprocess_env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")

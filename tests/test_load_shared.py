@@ -95,6 +95,7 @@ def _start_extraction(folder: Path) -> AppTest:
     at.selectbox(key="server_folder").set_value(str(folder.resolve())).run()
     [b for b in at.button if b.label == "Use this folder"][0].click().run()
     at.switch_page("pages/toptune.py").run()
+    at.radio(key="tt_views").set_value("1").run()  # one view of each photo: the background load of README's figures
     [b for b in at.button if b.label == "Top-tune"][0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     return at
