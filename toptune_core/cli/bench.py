@@ -106,6 +106,7 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     write_json(args.json, figs)
     return 0
 
+
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
 COMMANDS = ("bench",)
 
