@@ -125,11 +125,12 @@ def new_names(argv: list[str]) -> list[str]:
 
 
 def _dataset_args(p: argparse.ArgumentParser, features: bool = False) -> None:
-    """``--data`` and ``--backbone`` (and, with ``features``, ``--views`` and ``--resolution``)."""
+    """``--data``, ``--backbone`` and ``--json`` (and, with ``features``, ``--views`` and ``--resolution``)."""
     from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--json", help="write the figures as JSON to this file")
     if features:
         feature_args(p)
 
@@ -155,7 +156,6 @@ def _add_views(bench) -> None:
     v.add_argument("--resolutions", default="own", help="input sides, comma-separated; 'own' is the backbone's own "
                                                         "(default own)")
     v.add_argument("--repeats", type=int, default=3, help="timed runs of each process; the best is kept (default 3)")
-    v.add_argument("--json", help="write the figures as JSON to this file")
 
 
 def _add_labels(bench) -> None:
@@ -164,7 +164,6 @@ def _add_labels(bench) -> None:
     _dataset_args(b, features=True)
     b.add_argument("--per-class", type=int, default=5, help="photos of each class given a wrong label (default 5)")
     b.add_argument("--seeds", type=int, default=10, help="planted sets, one per seed (default 10)")
-    b.add_argument("--json", help="write the figures as JSON to this file")
 
 
 def _add_ray(bench) -> None:
@@ -176,7 +175,6 @@ def _add_ray(bench) -> None:
                         "1-CPU nodes on this machine) (default all three)")
     e.add_argument("--address", help="Ray cluster (default $TOPTUNE_RAY_ADDRESS; else a local Ray runtime)")
     e.add_argument("--repeats", type=int, default=1, help="runs of each engine, alternating (default 1)")
-    e.add_argument("--json", help="write the figures as JSON to this file")
 
 
 def _add_versions(bench) -> None:
@@ -189,7 +187,6 @@ def _add_versions(bench) -> None:
     w.add_argument("--add", help="a folder of class folders with the new photos (default: mirrored dataset photos)")
     w.add_argument("--home", help="a data folder to keep between benchmarks: the first extraction is done once "
                                   "(default: a temporary one)")
-    w.add_argument("--json", help="write the figures as JSON to this file")
 
 
 #: The benchmarks, in the order ``bench --help`` lists them: each adds its parser to ``bench``'s sub-commands.
