@@ -55,6 +55,25 @@ def lite0_extractor():
     return extractor
 
 
+@pytest.fixture(scope="session")
+def demo_lite0_cache(tmp_path_factory, lite0_extractor) -> Path:
+    """A feature-cache folder holding the demo dataset's features with ``lite0_extractor`` (also the near-duplicate
+    check's reference), extracted once for the session; ``seed_cache`` copies it into a test's cache, where a run on
+    the demo dataset with that extractor is then a cache hit."""
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.features.cache import FeatureCache, get_features
+
+    root = tmp_path_factory.mktemp("demo_lite0_cache")
+    get_features(load_dataset(DEMO_DATASET), lite0_extractor, FeatureCache(root))
+    return root
+
+
+def seed_cache(cache: Path, features_dir: Path) -> Path:
+    """Copy the entries of the cache folder ``cache`` (e.g. ``demo_lite0_cache``) into ``features_dir``."""
+    shutil.copytree(cache, features_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock"))
+    return features_dir
+
+
 @pytest.fixture
 def subprocess_env(toptune_home) -> dict:
     env = dict(os.environ)
