@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -22,6 +23,17 @@ def copy_subset(src: Path, dest: Path, per_class: int, classes=None, skip: int =
         for photo in sorted(class_dir.glob("*.jpg"))[skip:skip + per_class]:
             shutil.copy2(photo, dest / class_dir.name / photo.name)
     return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_graphs(tmp_path_factory) -> Iterator[Path]:
+    """One folder of exported backbone graphs for the whole session (``TOPTUNE_GRAPHS``, inherited by the command
+    lines and servers the tests start): every data folder would otherwise export and check each graph again (a
+    torch.onnx export and a PyTorch model load, seconds each). Tests of the export itself set a folder of their own."""
+    folder = tmp_path_factory.mktemp("graphs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOPTUNE_GRAPHS", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)
