@@ -20,7 +20,6 @@ from pages._state import (dataset_versions, feature_cache, find_run, job_for, re
                           store, visitor)
 from pages._widgets import chosen_extractor_for, draw_failure, follow_job, friendly_errors, percent
 from toptune_core.data import storage
-from toptune_core.data.dataset import Dataset
 from toptune_core.data.version_export import version_zip
 from toptune_core.data.version_history import describe_changes, retrain_settings
 from toptune_core.data.versions import VersionedDataset
@@ -30,13 +29,6 @@ from toptune_core.runs.store import RunRecord
 
 NEW_CLASS = "A new class…"
 EDITS_SHOWN = 50
-
-
-def version_note(ds: Dataset) -> str:
-    """`` · your version: +5 photos, 1 moved`` for a dataset with edits, else empty."""
-    if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
-        return f" · your version: {describe_changes(ds.version['summary'])}"
-    return ""
 
 
 # --- the Data page ------------------------------------------------------------------------------------

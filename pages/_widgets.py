@@ -19,6 +19,8 @@ from pages._state import (completed_runs, current_dataset, extractor_for, find_r
                           scan_dataset, settings, split_kind, split_settings)
 from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset
+from toptune_core.data.version_history import describe_changes
+from toptune_core.data.versions import VersionedDataset
 from toptune_core.errors import ImageError, RunNotFound, ToptuneError
 from toptune_core.jobs.view import JobView
 from toptune_core.progress import Progress
@@ -63,11 +65,16 @@ def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
     ds = scan_dataset(choice["path"])
     seed, test_size = split_settings()
     how = " (near-duplicates kept on one side)" if split_kind() == "grouped" else ""
-    from pages._versions import version_note
-
     st.write(f"**Data:** {choice['label']}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
              f"{test_size:.0%} held out for testing{how} (seed {seed}){note}.")
     return choice, ds, seed, test_size
+
+
+def version_note(ds: Dataset) -> str:
+    """`` · your version: +5 photos, 1 moved`` for a dataset with edits, else empty."""
+    if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
+        return f" · your version: {describe_changes(ds.version['summary'])}"
+    return ""
 
 
 def need_runs(hint: str) -> list[RunRecord]:

@@ -71,31 +71,31 @@ def eden_source() -> None:
     choose_eden(dataset_job_finished)
 
 
+def _typed_source(kind: str, key: str, what: str, placeholder: str, caption: str, label: str) -> None:
+    """A path or URL typed by the user in the text input ``key`` (local mode only), read with ``load_dataset`` when
+    its button is pressed; ``label`` names the chosen dataset ({root}, {n} filled in)."""
+    typed = st.text_input(what, placeholder=placeholder, key=key)
+    st.caption(caption)
+    if st.button(f"Use this {'prefix' if kind == 's3' else 'folder'}", type="primary", disabled=not typed.strip()):
+        with friendly_errors():
+            ds = load_dataset(typed.strip())
+            choose_dataset({"kind": kind, "path": str(ds.root), "label": label.format(root=ds.root, n=len(ds))})
+            st.rerun()
+
+
 def local_folder_source() -> None:
     """Local mode only: any folder of this computer, by its path."""
-    path = st.text_input("Folder path", placeholder="/home/me/photos/beans", key="folder_path")
-    st.caption("The folder holds one sub-folder of photos per class, named after the class "
-               "(or Eden Library dataset folders side by side).")
-    if st.button("Use this folder", type="primary", disabled=not path.strip()):
-        with friendly_errors():
-            ds = load_dataset(path.strip())
-            choose_dataset({"kind": "folder", "path": str(ds.root), "label": f"Folder {ds.root.name} "
-                            f"({len(ds)} photos)"})
-            st.rerun()
+    _typed_source("folder", "folder_path", "Folder path", "/home/me/photos/beans",
+                  "The folder holds one sub-folder of photos per class, named after the class "
+                  "(or Eden Library dataset folders side by side).", "Folder {root.name} ({n} photos)")
 
 
 def object_storage_source() -> None:
     """Local mode only: an ``s3://`` prefix, read with this computer's AWS credentials and endpoint."""
-    url = st.text_input("Object storage URL", placeholder="s3://my-bucket/photos/beans", key="s3_url")
-    st.caption("The prefix holds one sub-prefix of photos per class (s3://BUCKET/PREFIX/CLASS/photo.jpg). "
-               "Credentials and endpoint come from the usual AWS settings (AWS_PROFILE or AWS_ACCESS_KEY_ID, "
-               "AWS_ENDPOINT_URL for MinIO and other S3-compatible stores).")
-    if st.button("Use this prefix", type="primary", disabled=not url.strip()):
-        with friendly_errors():
-            ds = load_dataset(url.strip())
-            choose_dataset({"kind": "s3", "path": str(ds.root), "label": f"Object storage {ds.root} "
-                            f"({len(ds)} photos)"})
-            st.rerun()
+    _typed_source("s3", "s3_url", "Object storage URL", "s3://my-bucket/photos/beans",
+                  "The prefix holds one sub-prefix of photos per class (s3://BUCKET/PREFIX/CLASS/photo.jpg). "
+                  "Credentials and endpoint come from the usual AWS settings (AWS_PROFILE or AWS_ACCESS_KEY_ID, "
+                  "AWS_ENDPOINT_URL for MinIO and other S3-compatible stores).", "Object storage {root} ({n} photos)")
 
 
 def server_folder_source() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -27,6 +28,17 @@ def copy_subset(src: Path, dest: Path, per_class: int, classes=None, skip: int =
         for photo in sorted(class_dir.glob("*.jpg"))[skip:skip + per_class]:
             shutil.copy2(photo, dest / class_dir.name / photo.name)
     return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_graphs(tmp_path_factory) -> Iterator[Path]:
+    """One folder of exported backbone graphs for the whole session (``TOPTUNE_GRAPHS``, inherited by the command
+    lines and servers the tests start): every data folder would otherwise export and check each graph again (a
+    torch.onnx export and a PyTorch model load, seconds each). Tests of the export itself set a folder of their own."""
+    folder = tmp_path_factory.mktemp("graphs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOPTUNE_GRAPHS", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +70,25 @@ def lite0_extractor():
     extractor = FeatureExtractor("tf_efficientnet_lite0", views="1", resolution=224)
     _ = extractor.model
     return extractor
+
+
+@pytest.fixture(scope="session")
+def demo_lite0_cache(tmp_path_factory, lite0_extractor) -> Path:
+    """A feature-cache folder holding the demo dataset's features with ``lite0_extractor`` (also the near-duplicate
+    check's reference), extracted once for the session; ``seed_cache`` copies it into a test's cache, where a run on
+    the demo dataset with that extractor is then a cache hit."""
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.features.cache import FeatureCache, get_features
+
+    root = tmp_path_factory.mktemp("demo_lite0_cache")
+    get_features(load_dataset(DEMO_DATASET), lite0_extractor, FeatureCache(root))
+    return root
+
+
+def seed_cache(cache: Path, features_dir: Path) -> Path:
+    """Copy the entries of the cache folder ``cache`` (e.g. ``demo_lite0_cache``) into ``features_dir``."""
+    shutil.copytree(cache, features_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock"))
+    return features_dir
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 One module-scoped data directory holds the main flow's result: the demo
 dataset chosen from the home page and top-tuned with tf_efficientnet_lite0
-through the Top-tune page. The Compare, Predictions and Classify tests read
+through the Top-tune page (one view of each photo: ``ONE_VIEW``). The Compare, Predictions and Classify tests read
 that run. Tests that need an empty data directory or smaller data make their
 own. Background jobs are followed by rerunning the page, as the browser's
 timer fragment would.
@@ -48,6 +48,18 @@ def new_app() -> AppTest:
 
 def goto(at: AppTest, page: str) -> AppTest:
     return at.switch_page(f"pages/{page}.py").run()
+
+
+#: The Top-tune page's default views (8 at 288 px) cost 13 backbone passes' worth per photo: the flows here choose one
+#: view. The defaults are the browser test's (test_browser.py) and the command line's (test_toptuning.py).
+ONE_VIEW = "1"
+
+
+def toptune_page(at: AppTest) -> AppTest:
+    """The Top-tune page, with one view of each photo chosen."""
+    goto(at, "toptune")
+    at.radio(key="tt_views").set_value(ONE_VIEW).run()
+    return at
 
 
 def button(at: AppTest, label: str):
@@ -146,7 +158,8 @@ def beans30(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_run(shared_home):
-    """The main flow, once: home -> "Try the demo dataset" -> Data -> Top-tune (lite0 + the default kernel) -> done."""
+    """The main flow, once: home -> "Try the demo dataset" -> Data -> Top-tune (lite0 + the default logistic
+    regression, one view) -> done."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOPTUNE_HOME", str(shared_home))
         at = new_app()
@@ -155,7 +168,8 @@ def demo_run(shared_home):
                                     figures=plotly_figures(at), images=len(at.image), exception=list(at.exception))
         goto(at, "toptune")
         assert at.selectbox(key="tt_backbone").value == "tf_efficientnet_lite0"
-        assert at.radio(key="tt_classifier").value == "logreg"
+        assert at.radio(key="tt_classifier").value == "logreg" and at.radio(key="tt_views").value == "dihedral"
+        toptune_page(at)
         button(at, "Top-tune").click().run()
         progress_seen = [p.proto.text for p in at.get("progress")] + wait_for_job(at)
         runs = RunStore(shared_home).list()
@@ -288,7 +302,7 @@ def test_demo_toptune_shows_progress_then_result(demo_run):
 
 def test_second_run_says_features_from_cache_after_a_reload(demo_run):
     at = new_app()  # a new session, as after a browser reload: the dataset choice is remembered
-    goto(at, "toptune")
+    toptune_page(at)
     no_problems(at)
     assert any("are in the cache" in c for c in captions(at))
     button(at, "Top-tune").click().run()
@@ -504,7 +518,7 @@ def test_two_tabs_top_tune_at_once_without_clashing(fresh_home, beans30):
         at.radio(key="data_source").set_value("Folder on this computer").run()
         at.text_input(key="folder_path").input(str(beans30)).run()
         button(at, "Use this folder").click().run()
-        goto(at, "toptune")
+        toptune_page(at)
     for at in tabs:
         button(at, "Top-tune").click().run()
     job_ids = [at.session_state["job:toptune"] for at in tabs]
@@ -562,6 +576,7 @@ def start_finetune(at: AppTest, epochs: int = 1) -> str:
     goto(at, "finetune")
     no_problems(at)
     at.number_input(key="ft_epochs").set_value(epochs).run()
+    at.radio(key="ft_test_views").set_value(ONE_VIEW).run()
     button(at, "Start fine-tuning").click().run()
     assert not at.exception
     assert texts(at.subheader)[:1] == ["Running"], texts(at.subheader)
@@ -591,7 +606,7 @@ def test_finetune_runs_in_the_background_survives_a_reload_and_is_compared(fresh
     curve = [f for f in plotly_figures(reloaded) if any(t.get("name") == "validation accuracy" for t in f["data"])]
     assert curve, "the training curve"
 
-    goto(tab, "toptune")
+    toptune_page(tab)
     button(tab, "Top-tune").click().run()
     wait_for_job(tab)
     (figure,) = plotly_figures(goto(tab, "compare"))
@@ -673,9 +688,10 @@ def test_toptune_page_offers_the_ray_engine_only_when_a_cluster_is_configured(fr
 
 # --- kernel, automatic choice, sweep, near-duplicates ----------------------------------------------------
 
-def test_sweep_and_automatic_choice_from_the_top_tune_page(fresh_home, beans30):
+def test_sweep_and_automatic_choice_from_the_top_tune_page(fresh_home, beans30, monkeypatch):
+    monkeypatch.setenv("TOPTUNE_VIEWS", ONE_VIEW)  # what a sweep extracts with (it has no views widget)
     tab = use_folder(new_app(), beans30)
-    goto(tab, "toptune")
+    toptune_page(tab)
     tab.multiselect(key="sw_backbones").set_value(["tf_efficientnet_lite0"]).run()
     tab.multiselect(key="sw_classifiers").set_value(["kernel", "logreg"]).run()
     button(tab, "Sweep").click().run()
@@ -728,7 +744,7 @@ def test_data_page_finds_planted_near_duplicates_and_the_grouped_split_separates
     tab.radio(key="data_split_kind").set_value("grouped").run()
     no_problems(tab)
     assert metrics(tab)["Pairs across the split"] == "0"
-    goto(tab, "toptune")
+    toptune_page(tab)
     button(tab, "Top-tune").click().run()
     wait_for_job(tab)
     run = RunStore(fresh_home).list()[0]

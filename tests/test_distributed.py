@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, copy_subset
+from tests.conftest import REPO, copy_subset, seed_cache
 from toptune_core.config import DEMO_DATASET
 from toptune_core.data.dataset import load_dataset
 from toptune_core.errors import Cancelled, ToptuneError
@@ -80,11 +80,11 @@ def test_plan_on_two_cpus_and_impossible_plans():
         plan_for([(2, 0)], actors=100_000)
 
 
-def test_only_the_distributed_module_imports_ray(subprocess_env):
+def test_only_the_ray_extraction_modules_import_ray(subprocess_env):
     sources = [p for folder in ("toptune_core", "pages") for p in (REPO / folder).rglob("*.py")]
     importers = [p.relative_to(REPO).as_posix() for p in sources
                  if re.search(r"^\s*(import ray|from ray\b)", p.read_text(), re.M)]
-    assert importers == ["toptune_core/features/distributed.py"]
+    assert sorted(importers) == ["toptune_core/features/distributed.py", "toptune_core/features/ray_connect.py"]
     code = ("import sys, toptune_core.cli.main as m, toptune_core.experiment, toptune_core.features.cache, "
             "toptune_core.features.distributed; m.build_parser(); print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env, capture_output=True, text=True)
@@ -126,8 +126,9 @@ def test_a_stale_cluster_record_does_not_hang_the_local_runtime(subprocess_env):
 
 # --- on a local Ray runtime ----------------------------------------------------------------------------
 
-def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_address, subprocess_env,
-                                                                              toptune_home, lite0_extractor, tmp_path):
+def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_address, subprocess_env, toptune_home,
+                                                                              lite0_extractor, demo_lite0_cache,
+                                                                              tmp_path):
     from toptune_core.experiment import run_toptuning
     from toptune_core.runs.store import RunStore
 
@@ -139,7 +140,7 @@ def test_ray_extract_writes_the_local_cache_entry_and_toptune_then_hits_it(ray_a
     assert "extracted features of 300 of 300 photos" in out.stdout
 
     dataset = load_dataset(DEMO_DATASET)
-    local = get_features(dataset, lite0_extractor, FeatureCache(tmp_path / "local_cache"))
+    local = get_features(dataset, lite0_extractor, FeatureCache(seed_cache(demo_lite0_cache, tmp_path / "local_cache")))
     assert local.entry.key == report["cache_key"], "the same cache key as a local extraction"
     on_ray = FeatureCache(toptune_home / "features").load(report["cache_key"])
     assert on_ray.relpaths == local.entry.relpaths and on_ray.ok.all()

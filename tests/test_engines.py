@@ -27,6 +27,12 @@ from toptune_core.features.graph import TOLERANCE, find_graph, graph_path
 PHOTOS = sorted(DEMO_DATASET.glob("*/*.jpg"))
 
 
+@pytest.fixture(autouse=True)
+def own_graphs(tmp_path, monkeypatch):
+    """These tests export, check and damage graphs: a folder of their own, not the session's (conftest)."""
+    monkeypatch.setenv("TOPTUNE_GRAPHS", str(tmp_path / "graphs"))
+
+
 @pytest.fixture(scope="module")
 def lite0_cpu_model():
     """The PyTorch model on the CPU (graph engines run on the CPU, also on a machine with a GPU)."""

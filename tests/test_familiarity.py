@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import copy_subset
+from tests.conftest import copy_subset, seed_cache
 from toptune_core.config import DEMO_DATASET
 from toptune_core.experiment import run_toptuning
 from toptune_core.features.cache import FeatureCache
@@ -48,8 +48,8 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_run(home, lite0_extractor):
-    store, cache = RunStore(home), FeatureCache(home / "features")
+def demo_run(home, lite0_extractor, demo_lite0_cache):
+    store, cache = RunStore(home), FeatureCache(seed_cache(demo_lite0_cache, home / "features"))
     return run_toptuning(DEMO_DATASET, classifier="logreg", store=store, cache=cache, extractor=lite0_extractor), store
 
 

@@ -35,7 +35,9 @@ from toptune_core.experiment import run_toptuning
 # A tiny but complete fine-tune: one epoch, the last block and the head trainable. Batches of 11: the 33
 # photos left for fitting (42 in the training part, 9 of them for validation) make 3 full batches, so no photo
 # is left out of the one epoch.
-TINY = dict(epochs=1, head_epochs=0, batch_size=11, freeze_blocks=1, val_fraction=0.2, budget_seconds=None)
+# One test view: these tests are about the split and the training; the default views are the command line's test.
+TINY = dict(epochs=1, head_epochs=0, batch_size=11, freeze_blocks=1, val_fraction=0.2, budget_seconds=None,
+            test_views="1")
 
 
 def _beans_with_bad_photos(src: Path, dest: Path) -> Path:
@@ -281,9 +283,9 @@ def _cli(args, env):
 
 def test_cli_finetune_writes_the_toptune_json_keys(small_dataset, subprocess_env, tmp_path):
     out = tmp_path / "ft.json"
-    result = _cli(["finetune", "--data", str(small_dataset), "--backbone", "tf_efficientnet_lite0", "--epochs", "1",
-                   "--head-epochs", "0", "--freeze-blocks", "0", "--batch-size", "16", "--json", str(out)],
-                  subprocess_env)
+    result = _cli(["finetune", "--data", str(small_dataset), "--backbone", "tf_efficientnet_lite0", "--views", "1",
+                   "--epochs", "1", "--head-epochs", "0", "--freeze-blocks", "0", "--batch-size", "16", "--json",
+                   str(out)], subprocess_env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.read_text())
     keys = {"run_id", "method", "backbone", "classifier", "n_train", "n_test", "accuracy", "balanced_accuracy",
@@ -291,16 +293,37 @@ def test_cli_finetune_writes_the_toptune_json_keys(small_dataset, subprocess_env
             "train_seconds", "epochs_run"}
     assert keys <= set(summary)
     assert summary["method"] == "finetune" and summary["epochs_run"] == 1 and (summary["n_train"], summary["n_test"]) == (45, 15)
+    assert summary["views"] == "1", "each held-out photo scored with the views of --views"
     assert "held-out accuracy" in result.stdout
     bad = _cli(["finetune", "--data", str(small_dataset), "--epochs", "0", "--head-epochs", "0"], subprocess_env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in bad.stderr
 
 
+def test_the_command_line_fine_tune_scores_with_the_default_views_as_its_help_says(capsys):
+    from toptune_core.cli.finetune import _hyper
+    from toptune_core.cli.main import build_parser, main
+    from toptune_core.config import Settings
+    from toptune_core.features.views import DEFAULT_VIEWS
+    from toptune_core.finetune.run import make_finetuner
+
+    def test_views(flags: list[str], env: dict) -> str:
+        args = build_parser("finetune").parse_args(["finetune", "--data", "beans", *flags])
+        return make_finetuner(**_hyper(args, Settings.from_env(env))).test_views
+
+    assert test_views([], {}) == DEFAULT_VIEWS == FINETUNE_DEFAULTS["test_views"] == "dihedral"
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    assert f"(default {DEFAULT_VIEWS}, or TOPTUNE_VIEWS)" in " ".join(capsys.readouterr().out.split())
+    assert test_views([], {"TOPTUNE_VIEWS": "flip"}) == "flip"
+    assert test_views(["--views", "1"], {"TOPTUNE_VIEWS": "flip"}) == "1"
+
+
 def test_cli_compare_prints_one_table_on_one_split(small_dataset, subprocess_env, tmp_path):
     out = tmp_path / "compare.json"
-    result = _cli(["compare", "--data", str(small_dataset), "--epochs", "1", "--head-epochs", "0", "--freeze-blocks",
-                   "0", "--batch-size", "16", "--json", str(out)], subprocess_env)
+    # one view: four classifiers (the kernel's and the automatic choice's cross-validation) on 8 views cost 8x more
+    result = _cli(["compare", "--data", str(small_dataset), "--views", "1", "--epochs", "1", "--head-epochs", "0",
+                   "--freeze-blocks", "0", "--batch-size", "16", "--json", str(out)], subprocess_env)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["same_test_photos"] is True

@@ -28,7 +28,7 @@ from streamlit import config as st_config
 from streamlit.runtime.scriptrunner.script_cache import ScriptCache
 from streamlit.testing.v1 import AppTest, app_test
 
-from tests.conftest import REPO
+from tests.conftest import REPO, seed_cache
 from toptune_core.config import DEMO_DATASET
 from toptune_core.runs.store import RunStore
 
@@ -57,13 +57,13 @@ class RssSampler(threading.Thread):
 
 
 @pytest.fixture
-def shared_server(toptune_home, subprocess_env, lite0_extractor, tmp_path, monkeypatch):
+def shared_server(toptune_home, subprocess_env, lite0_extractor, demo_lite0_cache, tmp_path, monkeypatch):
     """Shared mode with a showcase run on the demo dataset and two uncached server folders; yields the run."""
     from toptune_core.experiment import run_toptuning
     from toptune_core.features.cache import FeatureCache
 
-    run = run_toptuning(DEMO_DATASET, store=RunStore(toptune_home), cache=FeatureCache(toptune_home / "features"),
-                        extractor=lite0_extractor)
+    cache = FeatureCache(seed_cache(demo_lite0_cache, toptune_home / "features"))  # the showcase's features
+    run = run_toptuning(DEMO_DATASET, store=RunStore(toptune_home), cache=cache, extractor=lite0_extractor)
     added = subprocess.run([sys.executable, "-m", "toptune_core", "showcase", run.id], env=subprocess_env,
                            capture_output=True, text=True, timeout=120)
     assert added.returncode == 0, added.stderr
@@ -95,6 +95,7 @@ def _start_extraction(folder: Path) -> AppTest:
     at.selectbox(key="server_folder").set_value(str(folder.resolve())).run()
     [b for b in at.button if b.label == "Use this folder"][0].click().run()
     at.switch_page("pages/toptune.py").run()
+    at.radio(key="tt_views").set_value("1").run()  # one view of each photo: the background load of README's figures
     [b for b in at.button if b.label == "Top-tune"][0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     return at

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, copy_subset
+from tests.conftest import REPO, copy_subset, seed_cache
 from toptune_core.config import DEMO_DATASET
 from toptune_core.data import storage
 from toptune_core.data.dataset import load_dataset
@@ -130,8 +130,9 @@ def test_an_edited_version_of_a_bucket_and_its_zip(s3, tmp_path):
 
 # --- top-tuning from the store -------------------------------------------------------------------------
 
-def test_the_demo_bucket_top_tunes_as_the_folder_and_the_second_run_is_a_cache_hit(s3, tmp_path, lite0_extractor):
-    store, cache = RunStore(tmp_path / "runs"), FeatureCache(tmp_path / "features")
+def test_the_demo_bucket_top_tunes_as_the_folder_and_the_second_run_is_a_cache_hit(s3, tmp_path, lite0_extractor,
+                                                                                   demo_lite0_cache):
+    store, cache = RunStore(tmp_path / "runs"), FeatureCache(seed_cache(demo_lite0_cache, tmp_path / "features"))
     on_disk = run_toptuning(DEMO_DATASET, store=store, cache=cache, extractor=lite0_extractor)
     in_store = run_toptuning(DEMO_URL, store=store, cache=cache, extractor=lite0_extractor)
     assert in_store.status == "completed" and in_store.timings["cache_hit"] is False

@@ -13,6 +13,8 @@ never name a server path, and the ``Limits`` below apply. The variables:
 - ``TOPTUNE_SHARED``: ``1`` for shared mode.
 - ``TOPTUNE_VIEWS``: the view set of feature extraction when none is chosen (``features.views``; default
   ``dihedral``; ``1`` extracts one view per photo, 8 times faster).
+- ``TOPTUNE_GRAPHS``: where the exported backbone graphs are kept (default ``$TOPTUNE_HOME/graphs``); data
+  folders that name the same one export each graph once (the test suite's do).
 - ``TOPTUNE_DATA_ROOTS``: in shared mode, the server folders and ``s3://`` prefixes visitors may train on
   (``os.pathsep``-separated).
 - ``TOPTUNE_MAX_PHOTO_MB``, ``TOPTUNE_MAX_ZIP_MB``, ``TOPTUNE_MAX_RUNS``, ``TOPTUNE_MAX_DISK_MB``,
@@ -88,6 +90,7 @@ class Settings:
     shared: bool = False  # shared mode (TOPTUNE_SHARED=1)
     data_roots: tuple = ()  # the server folders (Path) and s3:// prefixes (ObjectURL) visitors may use (TOPTUNE_DATA_ROOTS)
     limits: Limits = field(default_factory=Limits)
+    graphs: Optional[Path] = None  # the exported backbone graphs (TOPTUNE_GRAPHS; None: home/graphs)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -101,7 +104,8 @@ class Settings:
                    limits=limits, engine=(env.get("TOPTUNE_ENGINE") or "auto").strip().lower(),
                    precision=(env.get("TOPTUNE_PRECISION") or "auto").strip().lower(),
                    views=(env.get("TOPTUNE_VIEWS") or "").strip() or None,
-                   ray_address=env.get("TOPTUNE_RAY_ADDRESS") or env.get("RAY_ADDRESS") or None)
+                   ray_address=env.get("TOPTUNE_RAY_ADDRESS") or env.get("RAY_ADDRESS") or None,
+                   graphs=Path(env["TOPTUNE_GRAPHS"]).expanduser() if env.get("TOPTUNE_GRAPHS") else None)
 
     def ensure_home(self) -> Path:
         """``home``, created on first use; a one-line error if it cannot be."""
@@ -122,8 +126,8 @@ class Settings:
 
     @property
     def graphs_dir(self) -> Path:
-        """Exported backbone graphs (ONNX), beside the feature cache."""
-        return self.home / "graphs"
+        """Exported backbone graphs (ONNX), beside the feature cache unless ``TOPTUNE_GRAPHS`` names a folder."""
+        return self.graphs or self.home / "graphs"
 
     @property
     def data_configs_dir(self) -> Path:

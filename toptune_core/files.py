@@ -1,11 +1,14 @@
-"""Small file helpers shared by the stores: a file's SHA-256, and writing a file atomically."""
+"""Small file helpers shared by the stores: a file's SHA-256, writing a file atomically, and an exclusive lock."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def file_sha256(path: Path) -> str:
@@ -31,3 +34,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created with its folder) for the block: other processes wait."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

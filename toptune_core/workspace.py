@@ -9,15 +9,14 @@ so two browser tabs never lose each other's changes or read half a file.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from toptune_core.config import DEMO_DATASET, toptune_home
+from toptune_core.files import locked
 
 DEFAULT_STATE = {"dataset": None, "seed": 0, "test_size": 0.25, "split": "random", "jobs": {}, "finetune_run": None,
                  "last_run": None}
@@ -42,15 +41,8 @@ class Workspace:
         state.update({k: v for k, v in data.items() if k in DEFAULT_STATE})
         return state
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / ".dashboard.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self):
+        return locked(self.home / ".dashboard.lock")
 
     def update(self, **changes) -> dict:
         """Change some keys (``jobs`` is merged key by key) and save; returns the new state."""

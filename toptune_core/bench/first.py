@@ -35,7 +35,8 @@ TARGET_VS_EAGER = 2.8
 def _one_process(data: str, home: Path, log: Callable[[str], None]) -> dict:
     """One ``toptune`` process: seconds from its start to the first-model line and to its end, and its JSON."""
     out = home / "run.json"
-    env = {**os.environ, "TOPTUNE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TOPTUNE_GRAPHS"}  # the graphs too live in the new home
+    env.update(TOPTUNE_HOME=str(home), PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "toptune_core", "toptune", "--data", data, "--json", str(out)]
     start = time.perf_counter()
     first: Optional[float] = None

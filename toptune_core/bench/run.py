@@ -83,7 +83,8 @@ def run_bench(data: str, backbone: str, *, seed: int = 0, test_size: float = 0.2
     """
     home = Path(tempfile.mkdtemp(prefix="toptune-bench-"))
     try:
-        bench_settings = dataclasses.replace(settings or Settings.from_env(), home=home)
+        # everything in the temporary home, its exported graphs too (a cold start exports them)
+        bench_settings = dataclasses.replace(settings or Settings.from_env(), home=home, graphs=None)
         return _run_bench(data, backbone, bench_settings, camera_images, naive_images, repeats, batch_sizes, log,
                           seed, test_size)
     finally:

@@ -8,8 +8,7 @@ them as a table: score, given class, suggested class, path. ``--json`` writes ev
 ``{"suspects": [{"path", "given", "suggested", "score"}, ...]}`` most suspect first, with what the check
 looked at.
 
-``python -m toptune_core bench-labels --data DIR [--per-class 5] [--seeds 10]`` plants wrong labels (in memory)
-and prints how many of them each ranking puts first (``bench.labels``): the README's figures.
+``python -m toptune_core bench labels`` (``cli.bench``) plants wrong labels and counts how many each ranking finds.
 """
 
 from __future__ import annotations
@@ -60,40 +59,8 @@ def cmd_check_labels(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_bench_labels(args: argparse.Namespace, settings: Settings) -> int:
-    import numpy as np
-
-    from toptune_core.bench.labels import bench_labels, labels_table
-    from toptune_core.bench.measure import load_average
-    from toptune_core.data.dataset import load_dataset
-    from toptune_core.data.duplicates import duplicate_groups
-    from toptune_core.features.cache import get_features
-    from toptune_core.features.extractor import FeatureExtractor
-    from toptune_core.leakage import reference_features
-    from toptune_core.progress import TextProgressBar
-
-    dataset = load_dataset(args.data)
-    extractor = FeatureExtractor(args.backbone, settings=settings, **feature_settings(args))
-    cache = feature_cache(settings)
-    entry = get_features(dataset, extractor, cache, progress=TextProgressBar()).entry
-    ok = np.asarray(entry.ok, dtype=bool)
-    groups = duplicate_groups(reference_features(dataset, ok, cache=cache, extractor=extractor,
-                                                 progress=TextProgressBar()))
-    figures = bench_labels(dataset.subset(np.flatnonzero(ok)), entry.features, groups, per_class=args.per_class,
-                           seeds=args.seeds, progress=TextProgressBar())
-    figures.update(backbone=args.backbone, views_set=extractor.views, resolution=extractor.resolution,
-                   load_average=load_average())
-    print(f"\n{figures['planted']} wrong labels planted in {figures['n_photos']} photos ({args.per_class} of each "
-          f"class given the next class), {args.seeds} seeds; {args.backbone}, views {extractor.views} at "
-          f"{extractor.resolution} px; "
-          f"load average {figures['load_average']}")
-    print(labels_table(figures))
-    write_json(args.json, figures)
-    return 0
-
-
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
-COMMANDS = ("check-labels", "bench-labels")
+COMMANDS = ("check-labels",)
 
 
 def add_parsers(sub) -> None:
@@ -107,12 +74,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
     p.add_argument("--top", type=int, default=30, help="suspects printed (default 30; 0: all)")
     p.add_argument("--json", help="write every suspect as JSON to this file")
-
-    b = add_command(sub, "bench-labels", cmd_bench_labels,
-                    "plant wrong labels (in memory) and count how many each ranking finds; prints a table")
-    b.add_argument("--data", required=True, help="dataset folder")
-    b.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone name (default {DEFAULT_BACKBONE})")
-    feature_args(b)
-    b.add_argument("--per-class", type=int, default=5, help="photos of each class given a wrong label (default 5)")
-    b.add_argument("--seeds", type=int, default=10, help="planted sets, one per seed (default 10)")
-    b.add_argument("--json", help="write the figures as JSON to this file")

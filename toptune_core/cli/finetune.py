@@ -63,11 +63,12 @@ def _hyper_args(p: argparse.ArgumentParser) -> None:
                        help=text.format(d=d), **kw)
 
 
-def _hyper(args: argparse.Namespace, test_views: Optional[str] = None) -> dict:
-    """The fine-tune's settings from the flags; ``--views`` are its test-time views (``test_views`` when given:
-    the compared top-tuned runs')."""
-    return {**{name: getattr(args, name) for name in _FLAGS},
-            "test_views": test_views or getattr(args, "views", None) or "1"}
+def _hyper(args: argparse.Namespace, settings: Settings, test_views: Optional[str] = None) -> dict:
+    """The fine-tune's settings from the flags; ``--views`` (else ``TOPTUNE_VIEWS``) are its test-time views
+    (``test_views`` when given: the compared top-tuned runs'); none given: ``FineTuner``'s default, the top-tuning's
+    default view set, as on the Fine-tune page."""
+    views = test_views or getattr(args, "views", None) or settings.views
+    return {**{name: getattr(args, name) for name in _FLAGS}, **({"test_views": views} if views else {})}
 
 
 def finetune_summary(run) -> dict:
@@ -107,7 +108,7 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     run = run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
                          test_size=args.test_size, split=args.split, store=run_store(settings),
                          progress=TextProgressBar(),
-                         **_hyper(args))
+                         **_hyper(args, settings))
     _print_finetune(run)
     write_json(args.json, finetune_summary(run))
     return 0
@@ -147,7 +148,7 @@ def _compare_runs(args: argparse.Namespace, settings: Settings) -> list:
     # the same test-time views as the top-tuned runs, so the comparison is fair (its training already augments)
     runs.append(run_finetuning(args.data, test_data=args.test_data, backbone=args.backbone, seed=args.seed,
                                test_size=args.test_size, split=args.split, store=store, progress=TextProgressBar(),
-                               **_hyper(args, test_views=runs[0].params.get("views"))))
+                               **_hyper(args, settings, test_views=runs[0].params.get("views"))))
     return runs
 
 

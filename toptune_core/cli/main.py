@@ -1,8 +1,8 @@
 """The command line: ``python -m toptune_core <command> ...``; builds the parser and dispatches.
 
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
-``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep), ``cli.bench`` (bench,
-bench-ray), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
+``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep, grid), ``cli.bench`` (bench
+engines|views|labels|ray|versions), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
 ``cli.showcase`` (showcase, visitors: a shared server's operator) and ``cli.check_labels``
 (check-labels: the photos whose label looks wrong). The
 environment is read here, once (``Settings.from_env()``), and passed to the
@@ -16,13 +16,13 @@ import argparse
 import sys
 from typing import Optional
 
-from toptune_core.cli import (bench, bench_first, check_labels, eden, export, extract, finetune, predict, showcase,
-                              sweep, toptune, warm)
+from toptune_core.cli import (bench, check_labels, eden, export, extract, finetune, predict, showcase, sweep,
+                              toptune, warm)
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 
 
-MODULES = (toptune, predict, export, finetune, sweep, bench, bench_first, extract, eden, showcase, check_labels, warm)
+MODULES = (toptune, predict, export, finetune, sweep, bench, extract, eden, showcase, check_labels, warm)
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, settings: Optional[Settings] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = bench.new_names(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     settings = settings or Settings.from_env()
     try:

@@ -113,7 +113,8 @@ def add_parsers(sub) -> None:
     from toptune_core.trust.familiarity import DEFAULT_STRICTNESS, STRICTNESS
 
     strict_help = ("how strict the unknown-photo check is: " + ", ".join(
-        f"{k} accepts {v:.0%} of photos like the training photos" for k, v in STRICTNESS.items())
+        f"{k} accepts {v * 100:.0f}%% of photos like the training photos"  # %%: argparse %-formats helps
+        for k, v in STRICTNESS.items())
         + f" (default {DEFAULT_STRICTNESS})")
     p = add_command(sub, "predict", cmd_predict, "diagnose photos with a recorded run ('not recognised' for photos "
                                                  "unlike its training photos)")

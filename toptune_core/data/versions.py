@@ -50,7 +50,6 @@ atomically, so two tabs never lose each other's edits.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -67,7 +66,7 @@ from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset, load_dataset
 from toptune_core.data.uploads import read_uploaded_photo
 from toptune_core.errors import DatasetError
-from toptune_core.files import file_sha256, write_atomic
+from toptune_core.files import file_sha256, locked, write_atomic
 
 #: Longest class name accepted (characters).
 MAX_CLASS_NAME = 60
@@ -159,15 +158,10 @@ class DatasetVersions:
     @contextmanager
     def _locked(self) -> Iterator[dict]:
         """The edit list, locked for a read-modify-write; saved atomically when the block ends without error."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".edits.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                data = self._load()
-                yield data
-                write_atomic(self.path, json.dumps(data, indent=1).encode())
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(self.folder / ".edits.lock"):
+            data = self._load()
+            yield data
+            write_atomic(self.path, json.dumps(data, indent=1).encode())
 
     @property
     def all_edits(self) -> list[Edit]:

@@ -1,6 +1,6 @@
 """The comparison fine-tune: the same backbone, a new head, trained end to end, on the same split.
 
-* ``recipe``: the recipe in words and ``FINETUNE_DEFAULTS`` (read from ``FineTuner``'s signature);
+* ``recipe``: the recipe in words; ``defaults``: ``FINETUNE_DEFAULTS`` (read from ``FineTuner``'s signature);
 * ``schedule``: AdamW and the per-step warm-up + cosine schedule (timm's factories), fitted to the budget;
 * ``callbacks``: cancel, time budget, best weights, early stopping, progress (``TrainProgress``);
 * ``loop``: the training loop;
@@ -17,7 +17,7 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "FINETUNE_DEFAULTS": "toptune_core.finetune.recipe",
+    "FINETUNE_DEFAULTS": "toptune_core.finetune.defaults",
     "FINETUNE_RECIPE": "toptune_core.finetune.recipe",
     "FineTuner": "toptune_core.methods.finetuner",
     "WEIGHTS_FILE": "toptune_core.methods.finetuner",

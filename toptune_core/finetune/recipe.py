@@ -1,11 +1,12 @@
-"""The fine-tune's recipe: in plain words (``FINETUNE_RECIPE``) and as numbers (``FINETUNE_DEFAULTS``).
+"""The fine-tune's recipe in plain words (``FINETUNE_RECIPE``, recorded with every fine-tune by ``FineTuner``); its
+numbers are ``FINETUNE_DEFAULTS`` (``finetune.defaults``).
 
 Top-tuning's claim ("comparable accuracy at a fraction of the training time")
 is only as honest as the fine-tune it is compared with, so this is the
 fine-tune a careful practitioner would run, in the spirit of fastai's
 ``fine_tune`` and the Eden Library notebooks. The numbers are written once,
 in ``FineTuner.__init__``'s signature (``methods.finetuner``);
-``FINETUNE_DEFAULTS`` is read from it, in its order, for the dashboard, the
+``finetune.defaults`` reads ``FINETUNE_DEFAULTS`` from it, in its order, for the dashboard, the
 command line and the run record:
 
 * epochs 3 (full fine-tuning, after) head_epochs 1 (head only, backbone and its
@@ -20,25 +21,13 @@ command line and the run record:
 * device None (CUDA if present, else the CPU), num_threads None (the thread
   policy's choice: one per available CPU), channels_last, mixed_precision (CUDA
   only: bf16 where supported, else fp16 with loss scaling), decode_workers 1
-  (threads decoding photos while the model trains), seed 0.
+  (threads decoding photos while the model trains), seed 0;
+* test_views: the views each held-out photo is scored with, averaged: the
+  top-tuning's default view set (``features.views.DEFAULT_VIEWS``), so both
+  methods answer from the same views.
 """
 
 from __future__ import annotations
-
-import inspect
-from typing import Any
-
-from toptune_core.methods.finetuner import FineTuner
-
-
-def finetune_defaults() -> dict[str, Any]:
-    """``FineTuner``'s constructor defaults, in its signature's order (``None``: chosen automatically)."""
-    sig = inspect.signature(FineTuner.__init__)
-    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
-
-
-#: Every default hyper-parameter of ``FineTuner`` (its constructor's defaults), for display in the UI.
-FINETUNE_DEFAULTS: dict[str, Any] = finetune_defaults()
 
 #: The recipe in plain words, for the dashboard and the README.
 FINETUNE_RECIPE: dict[str, str] = {

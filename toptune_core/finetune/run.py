@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.errors import ToptuneError
-from toptune_core.finetune.recipe import FINETUNE_DEFAULTS
+from toptune_core.finetune.defaults import FINETUNE_DEFAULTS
 from toptune_core.methods.finetuner import FineTuner
 from toptune_core.progress import CancelCheck, ProgressCallback
 from toptune_core.runs.store import RunRecord, RunStore

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from toptune_core.methods.choices import CLASSIFIERS, fit_classifier, make_candidate
 from toptune_core.model_selection import N_SPLITS, RULE, choose, estimate, group_folds
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter, check_cancel
 
@@ -51,8 +52,6 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups: Optional[Sequence] = None, *, progress: Optional[ProgressCallback] = None,
             should_cancel: Optional[CancelCheck] = None) -> "AutoClassifier":
-        from toptune_core.methods.classifiers import CLASSIFIERS, fit_classifier, make_classifier
-
         X, y = np.asarray(X), np.asarray(y)
         v = self.n_views
         F, y_photo = X.reshape(-1, v, X.shape[1]), y[::v]  # rows are photo-major: a photo's views together
@@ -71,7 +70,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
                 meter.update(len(rows) * len(folds) + len(done), f"{CLASSIFIERS[key].label}, fold {len(done)} of "
                                                                  f"{len(folds)}")
 
-            row = estimate(lambda key=key: make_classifier(key, random_state=self.random_state), F, y_photo, folds,
+            row = estimate(lambda key=key: make_candidate(key, random_state=self.random_state), F, y_photo, folds,
                            groups=g_photo, fit=fit, check=lambda: check_cancel(should_cancel, "The automatic choice"))
             rows.append({"classifier": key, "label": CLASSIFIERS[key].label, **row,
                          "std_accuracy": float(np.std(row["fold_accuracies"]))})
@@ -80,7 +79,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
             r["chosen"] = i == best
         self.cv_table_, self.chosen_, self.n_folds_ = rows, rows[best]["classifier"], len(folds)
         self.cv_seconds_ = time.perf_counter() - start
-        self.best_estimator_ = make_classifier(self.chosen_, random_state=self.random_state)
+        self.best_estimator_ = make_candidate(self.chosen_, random_state=self.random_state)
         self.refit_seconds_ = fit_classifier(self.best_estimator_, X, y, groups=groups)
         meter.update(meter.total, f"chose {rows[best]['label']}")
         self.classes_, self.n_features_in_ = self.best_estimator_.classes_, X.shape[1]

@@ -30,6 +30,7 @@ from toptune_core.features import views as view_sets
 from toptune_core.features.reader import chunked, read_ahead
 from toptune_core.finetune import callbacks as cb
 from toptune_core.finetune.loop import TrainSetup, predict_batches, train
+from toptune_core.finetune.recipe import FINETUNE_RECIPE
 from toptune_core.methods.base import EpochCallback, PhotoEstimator, Photos, PhotoTable
 from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
 from toptune_core.system import nothing, thread_policy, torch_threads
@@ -80,7 +81,7 @@ class FineTuner(PhotoEstimator):
                  budget_seconds: Optional[float] = 900.0, val_fraction: float = 0.15, patience: int = 3,
                  device: Optional[str] = None, seed: int = 0, num_threads: Optional[int] = None,
                  channels_last: bool = True, mixed_precision: bool = True, decode_workers: int = 1,
-                 test_views: str = "1"):
+                 test_views: str = view_sets.DEFAULT_VIEWS):
         self.backbone = backbone
         self.epochs = epochs
         self.head_epochs = head_epochs
@@ -329,8 +330,6 @@ class FineTuner(PhotoEstimator):
                 "threads": self.threads_}
 
     def record(self) -> dict:
-        from toptune_core.finetune.recipe import FINETUNE_RECIPE
-
         return {"data_config": eval_data_config(self.backbone), "hyper": jsonable(self.get_params()),
                 "recipe": FINETUNE_RECIPE}
 
