@@ -18,30 +18,30 @@ dataset. ``python -m toptune_core bench`` measures how close this comes to
 each engine's own speed.
 
 Pixels come from the one pixel pipeline (``backbones.pixels``), the CPU
-split from the one thread policy (``system.thread_policy``) and decoding
-ahead from the one reader (``features.reader``). The cache is ``features.cache``.
+split from the one thread policy (``system.thread_policy``, through
+``features.plan``), the stream of batches from ``features.stream`` and
+decoding ahead from the one reader (``features.reader``); the engine is opened
+by ``features.engine_loader``. The cache is ``features.cache``.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, DEFAULT_RESOLUTION, create_model, get_backbone
-from toptune_core.backbones.pixels import PixelBatch, PixelPipeline, eval_data_config, timm_version, \
-    unreadable_reason
+from toptune_core.backbones.pixels import PixelPipeline, eval_data_config, timm_version
 from toptune_core.config import Settings
 from toptune_core.data.images import ImageSource
 from toptune_core.errors import ImageError, ToptuneError
 from toptune_core.features import engine_loader, engines, views as view_sets
-from toptune_core.features.reader import chunked, in_lanes, read_ahead
-from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
-from toptune_core.system import cuda_present, nothing, thread_policy, torch_threads
+from toptune_core.features.plan import CPU_BATCH_SIZE, ExtractionPlan, ExtractionResult, plan_for  # noqa: F401
+from toptune_core.features.stream import extract
+from toptune_core.progress import CancelCheck, ProgressCallback
+from toptune_core.system import cuda_present, nothing, torch_threads
 
 if TYPE_CHECKING:  # torch and timm load only when a PyTorch model must run: a cache hit never imports them
     import torch
@@ -54,53 +54,6 @@ def pick_device(device: Optional[str] = None) -> "torch.device":
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class ExtractionResult:
-    """Features of the readable photos; ``ok[i]`` says whether photo i was readable."""
-
-    features: np.ndarray  # (n_ok, n_views, feature_dim) float32: every view of each readable photo
-    ok: np.ndarray  # (n,) bool
-    errors: list[tuple[int, str]]  # (index, plain-word reason) of unreadable photos
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        """Photos per second (each photo counted once, whatever its number of views)."""
-        return float(self.ok.sum()) / self.seconds if self.seconds else float("nan")
-
-
-#: Default batch sizes in model inputs (views of photos; see ``FeatureExtractor.plan``).
-CPU_BATCH_SIZE = 4
-CUDA_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class ExtractionPlan:
-    """How an extraction runs.
-
-    ``lanes`` > 1 (CPU): that many threads each decode a batch and run the
-    engine on it with ``threads`` threads of their own. ``lanes`` == 1:
-    ``decode_workers`` threads decode ahead while the calling thread runs the
-    engine (with ``threads`` threads on a CPU; 0 leaves torch's setting).
-    """
-
-    device: str
-    batch_size: int
-    lanes: int
-    threads: int
-    decode_workers: int
-    engine: str = "torch"
-    precision: str = "f32"
-
-    def describe(self) -> str:
-        engine = engines.describe(self.engine, precision=self.precision)
-        if self.lanes > 1:
-            return (f"{self.device}, {engine}, {self.lanes} lanes (decode + model) of {self.threads} thread(s), "
-                    f"batch {self.batch_size}")
-        threads = f"{self.threads} thread(s), " if self.threads else ""
-        return f"{self.device}, {engine}, batch {self.batch_size}, {threads}{self.decode_workers} decoding thread(s)"
 
 
 def extractor_for(backbone: str, data_config: Optional[dict], views: str, extractor: Optional["FeatureExtractor"] = None,
@@ -265,43 +218,9 @@ class FeatureExtractor:
         return engine_loader.planned_choice(self)
 
     def plan(self) -> ExtractionPlan:
-        """How an extraction uses this machine. Explicit constructor settings win; otherwise:
-
-        * CPU: one lane per CPU this process may use (``system.thread_policy``: the
-          affinity mask and any cgroup CPU quota, not the host's cores), up to
-          ``system.MAX_LANES``, each with ``cpus // lanes`` engine threads - so one
-          single-threaded lane per core on small machines. A lane decodes its
-          batch (about 0.5 ms a 256-px photo, 25-50 ms a 12-MP camera JPEG in
-          draft mode) and runs the engine on it (about 6 ms a photo for
-          EfficientNet-Lite0 with ONNX Runtime on one core of the reference
-          machine, 13 ms with PyTorch); the lanes' phases interleave, so every
-          core is always computing and none waits at a barrier for a core that
-          is decoding - which is what one multi-threaded model plus decoding
-          threads did: on 2 CPUs, decoding threads took turns with the model's
-          threads and the extraction ran at less than half the model's speed.
-          Batches of ``CPU_BATCH_SIZE``: small batches keep the activations in
-          cache (the bench prints the ceiling per batch size).
-        * CUDA: the GPU computes (PyTorch); every CPU but the one feeding it
-          decodes, ``CUDA_BATCH_SIZE`` photos a batch.
-        """
-        policy = thread_policy()
-        cpus = policy.cpus
-        engine = self.engine_name
-        if self.on_cuda():
-            return ExtractionPlan("cuda", self.batch_size or self._photos_per_batch(CUDA_BATCH_SIZE), 1,
-                                  self.threads or 0,
-                                  self.decode_workers if self.decode_workers is not None else max(1, cpus - 1),
-                                  engine, self.engine_precision)
-        lanes = self.lanes or policy.lanes
-        threads = self.threads or (policy.lane_threads if lanes == policy.lanes else max(1, cpus // lanes))
-        # (with a single CPU, lanes == 1 and decoding in the model's thread avoids pointless switching)
-        decode = self.decode_workers if self.decode_workers is not None else (1 if cpus > 1 else 0)
-        return ExtractionPlan("cpu", self.batch_size or self._photos_per_batch(CPU_BATCH_SIZE), lanes, threads, decode,
-                              engine, self.engine_precision)
-
-    def _photos_per_batch(self, inputs: int) -> int:
-        """Photos per batch so that a batch holds about ``inputs`` model inputs (all views of each photo)."""
-        return max(1, inputs // self.n_extracted_views)
+        """How an extraction uses this machine (``features.plan.plan_for``): explicit constructor settings win;
+        otherwise one single-threaded lane per CPU on small machines, and decoding threads feeding a GPU."""
+        return plan_for(self)
 
     # --- the engine ----------------------------------------------------------------------------------
 
@@ -340,10 +259,6 @@ class FeatureExtractor:
         if not self.pixels.has_pixel_stage:
             return self.pixels.plain_tensor(source)
         return self.pixels_to_tensor(self.load_pixels(source)[None])[0].contiguous()
-
-    def _load_batch(self, sources: Sequence[ImageSource], indices: Sequence[int]) -> PixelBatch:
-        """Decode one batch (Pillow and NumPy only). Unreadable photos are reported, not fatal."""
-        return self.pixels.load_batch(sources, indices)
 
     # --- the model -----------------------------------------------------------------------------------
 
@@ -403,88 +318,10 @@ class FeatureExtractor:
     def _lane_threads(self, torch: bool):
         return torch_threads(self.plan().threads) if torch and not self.on_cuda() else nothing()
 
-    # --- the pipeline --------------------------------------------------------------------------------
+    # --- the pipeline (``features.stream``) ----------------------------------------------------------
 
     def transform(self, sources: Sequence[ImageSource], *, progress: Optional[ProgressCallback] = None,
                   should_cancel: Optional[CancelCheck] = None) -> ExtractionResult:
-        """Features of every readable photo in ``sources``; unreadable ones are reported, not fatal.
-
-        Photos stream through: a bounded number of batches (``lanes`` + 1, or
-        ``decode_workers`` + 2) exist as pixels at any time, so memory does not
-        grow with the number of photos; only the features (5 KB a photo) do.
-        """
-        n = len(sources)
-        meter = ProgressMeter("extract", n, progress, "images", should_cancel)
-        start = time.perf_counter()
-        if self._engine is None:
-            meter.update(0, "loading the model")
-        engine = self.load_engine(lambda line: meter.update(0, line))
-        plan = self.plan()
-        uses_torch = engine.name == "torch" and plan.device == "cpu"
-        bs = plan.batch_size
-        batches = chunked(range(n), bs)
-        if not self.pixels.has_pixel_stage:
-            stream = self._plain_batches(sources, batches)
-        elif plan.lanes > 1:
-            stream = self._lane_batches(sources, batches, plan)
-        else:
-            stream = self._pooled_batches(sources, batches, plan)
-        chunks, ok, errors = [], np.zeros(n, dtype=bool), []
-        with (torch_threads(plan.threads) if plan.threads and uses_torch else nothing()):
-            try:
-                for batch in stream:
-                    ok[batch.indices[0]:batch.indices[-1] + 1] = batch.ok
-                    errors.extend(batch.errors)
-                    if batch.features is not None:
-                        chunks.append(batch.features)
-                    meter.update(batch.indices[-1] + 1)
-            finally:
-                stream.close()  # on cancel or error: stops and joins the threads
-        dim = chunks[0].shape[-1] if chunks else self.spec.feature_dim
-        features = np.concatenate(chunks) if chunks else np.zeros((0, self.n_extracted_views, dim), dtype=np.float32)
-        return ExtractionResult(features, ok, errors, time.perf_counter() - start)
-
-    def _with_features(self, batch: PixelBatch) -> PixelBatch:
-        if len(batch.pixels):
-            batch.features = self._run_views(self._engine, batch.pixels)  # on the threads transform() set up
-        batch.pixels = batch.pixels[:0]  # the pixels are no longer needed
-        return batch
-
-    def _lane_batches(self, sources, batches: list[list[int]], plan: ExtractionPlan) -> Iterator[PixelBatch]:
-        """CPU: ``plan.lanes`` threads each take the next batch, decode it and run the engine on it
-        (``features.reader.in_lanes``: in order, at most ``lanes + 1`` batches ahead, which bounds memory)."""
-        def start_lane() -> None:
-            if self._engine.name == "torch":
-                import torch
-
-                torch.set_num_threads(plan.threads)  # this thread's own OpenMP team
-
-        return in_lanes(batches, lambda b: self._with_features(self._load_batch(sources, b)), plan.lanes,
-                        start_lane, name="extract-lane")
-
-    def _pooled_batches(self, sources, batches: list[list[int]], plan: ExtractionPlan) -> Iterator[PixelBatch]:
-        """``plan.decode_workers`` threads decode ahead (``features.reader``) while this thread runs the model."""
-        for _, batch in read_ahead(batches, lambda b: self._load_batch(sources, b), plan.decode_workers):
-            yield self._with_features(batch)
-
-    def _plain_batches(self, sources, batches: list[list[int]]) -> Iterator[PixelBatch]:
-        """Fallback for an eval transform without a pixel stage: timm's transform per photo, here."""
-        import torch
-
-        for b in batches:
-            tensors, ok, errors = [], [], []
-            for i in b:
-                try:
-                    tensors.append(self.preprocess(sources[i]))
-                    ok.append(True)
-                except Exception as e:
-                    ok.append(False)
-                    errors.append((i, unreadable_reason(sources[i], e)))
-            feats = None
-            if tensors:
-                batch = torch.stack(tensors)
-                steps = view_sets.VIEW_SETS[self.views][self.first_view:]
-                turned = [torch.rot90(batch, turns, dims=(2, 3)) if turns else batch for turns, _ in steps]
-                cut = torch.stack([t.flip(3) if mirror else t for t, (_, mirror) in zip(turned, steps)], dim=1)
-                feats = self.features_of(cut.flatten(0, 1)).reshape(len(tensors), len(steps), -1)
-            yield PixelBatch(b, np.zeros((0, 0, 0, 3), dtype=np.uint8), ok, errors, feats)
+        """Features of every readable photo in ``sources``; unreadable ones are reported, not fatal
+        (``features.stream.extract``: photos stream through in bounded memory)."""
+        return extract(self, sources, progress=progress, should_cancel=should_cancel)
