@@ -1,4 +1,5 @@
-"""Small file helpers shared by the stores: a file's SHA-256, and writing a file atomically."""
+"""Small file helpers shared by the stores: a file's SHA-256 (and the photos' content hashes, remembered per
+process), and writing a file atomically."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 
 def file_sha256(path: Path) -> str:
@@ -15,6 +17,33 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: Content hashes already computed in this process, by (path, device, inode, size, mtime): a dashboard's second
+#: version of a dataset, the near-duplicate reference after a run's own features, or the split after the feature
+#: cache, does not read every photo again.
+_HASHES: dict[tuple, str] = {}
+_MAX_HASHES = 500_000
+
+
+def content_hashes(paths: Sequence, should_stop: Optional[Callable[[], None]] = None) -> list[Optional[str]]:
+    """Each local file's SHA-256 (None for a file that cannot be read), remembered while it is unchanged.
+    ``should_stop``: called every 64 files (it raises to stop)."""
+    hashes: list[Optional[str]] = []
+    for i, path in enumerate(paths):
+        if should_stop is not None and i % 64 == 0:
+            should_stop()
+        try:
+            st = os.stat(path)
+            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key not in _HASHES:
+                if len(_HASHES) >= _MAX_HASHES:
+                    _HASHES.clear()
+                _HASHES[key] = file_sha256(path)
+            hashes.append(_HASHES[key])
+        except OSError:
+            hashes.append(None)
+    return hashes
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from toptune_core.config import Settings
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import Cancelled, ToptuneError
-from toptune_core.files import file_sha256
+from toptune_core.files import content_hashes
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
 from toptune_core.features.views import as_views, n_views
 from toptune_core.progress import CancelCheck, ProgressCallback
@@ -214,29 +214,13 @@ def get_features(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCa
     return FeatureSet(entry, True, time.perf_counter() - start)
 
 
-#: Content hashes already computed in this process, by (path, device, inode, size, mtime): a dashboard's second
-#: version of a dataset, or the near-duplicate reference after a run's own features, does not read every photo again.
-_HASHES: dict[tuple, str] = {}
-_MAX_HASHES = 500_000
-
-
 def _content_hashes(paths: list[Path], should_cancel: Optional[CancelCheck]) -> list[Optional[str]]:
     """Each photo's SHA-256 (None for a file that cannot be read: the extractor reports it)."""
-    hashes: list[Optional[str]] = []
-    for i, path in enumerate(paths):
-        if should_cancel is not None and i % 64 == 0 and should_cancel():
+    def stop() -> None:
+        if should_cancel is not None and should_cancel():
             raise Cancelled("Feature extraction was cancelled.")
-        try:
-            st = os.stat(path)
-            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if key not in _HASHES:
-                if len(_HASHES) >= _MAX_HASHES:
-                    _HASHES.clear()
-                _HASHES[key] = file_sha256(path)
-            hashes.append(_HASHES[key])
-        except OSError:
-            hashes.append(None)
-    return hashes
+
+    return content_hashes(paths, stop)
 
 
 def _same_identity(meta: dict, identity: dict) -> bool:
