@@ -81,13 +81,19 @@ def test_toptuning_records_an_honest_run(small_dataset, lite0_extractor):
     run = run_toptuning(small_dataset, extractor=lite0_extractor, seed=0)
     # The default top classifier is logistic regression: the estimate for new photos chose it (README, the grid).
     assert run.status == "completed" and run.method == "toptune" and run.classifier == "logreg"
-    assert run.split["method"].startswith("stratified random split") and run.split["n_test"] == 15
+    # Each photo's side is fixed by its content (data.split): the count held out is the rule's, about a quarter
+    # (the old exact 15 of 60 came with photos moving across the split at every edit).
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.data.split import photo_keys, side_of
+
+    expected = int((side_of(photo_keys(load_dataset(small_dataset)), 0) < 0.25).sum())
+    assert run.split["method"].startswith("stratified random split") and run.split["n_test"] == expected
     test_files = set(run.split["test_files"])
     preds = run.predictions()
-    assert set(preds["path"]) == test_files and len(preds) == 15  # scored on held-out photos only
+    assert set(preds["path"]) == test_files and len(preds) == expected  # scored on held-out photos only
     assert np.isclose(preds["correct"].mean(), run.metrics["accuracy"])
-    assert np.array(run.metrics["confusion_matrix"]).sum() == 15
-    assert run.metrics["accuracy"] >= 0.6  # 45 training photos; chance is 0.33
+    assert np.array(run.metrics["confusion_matrix"]).sum() == expected
+    assert run.metrics["accuracy"] >= 0.6  # about 45 training photos; chance is 0.33
     t = run.timings
     assert t["train_seconds_with_extraction"] > t["train_seconds_without_extraction"] == t["fit_seconds"]
     assert store.get(run.id).metrics == run.metrics  # persisted
