@@ -15,6 +15,7 @@ order runs first trained on them (``version_names``); a version no run trained o
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -159,3 +160,19 @@ def versions_frame(runs: Sequence) -> pd.DataFrame:
     frame = pd.DataFrame(rows).sort_values("created", kind="stable")
     frame["started"] = [time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) for t in frame["created"]]
     return frame.sort_values(["source", "created"], kind="stable")[columns].reset_index(drop=True)
+
+
+def added_photo_name(path) -> Optional[str]:
+    """The user's file name of a photo they added (one stored as ``<home>/versions/<source>/photos/<sha256>.jpg``
+    by ``DatasetVersions.add_photos``), from that edit list; None for any other photo."""
+    p = Path(str(path))
+    if p.parent.name != "photos" or p.parent.parent.parent.name != "versions":
+        return None
+    try:
+        edits = json.loads((p.parent.parent / "edits.json").read_text()).get("edits", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    for e in edits:
+        if e.get("kind") == "add" and e.get("sha256") == p.stem:
+            return e.get("name") or Path(e.get("path", p.name)).name
+    return None
