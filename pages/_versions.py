@@ -21,7 +21,7 @@ from typing import Optional
 
 import streamlit as st
 
-from pages._state import (completed_runs, dataset_versions, feature_cache, find_run, job_for, remember, scan_dataset,
+from pages._state import (completed_runs, dataset_title, dataset_versions, feature_cache, find_run, job_for, remember, scan_dataset,
                           start_job, store, visitor)
 from pages._widgets import chosen_extractor_for, draw_failure, follow_job, friendly_errors, percent
 from toptune_core.data import storage
@@ -44,6 +44,16 @@ def version_note(ds: Dataset) -> str:
     if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
         return f" · your version {shown_version(ds)[0]}: {describe_changes(ds.version['summary'])}"
     return ""
+
+
+def dataset_line(choice: dict) -> str:
+    """The sidebar's line: the dataset's name, the photo count of this visitor's version, and the version's name
+    once it has edits: "Demo: bean leaf diseases (iBean) · 302 photos (your version v2)"."""
+    ds = scan_dataset(choice["path"])
+    line = f"{dataset_title(choice)} · {len(ds):,} photos"
+    if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
+        line += f" (your version {shown_version(ds)[0]})"
+    return line
 
 
 def shown_version(ds: Dataset) -> tuple[str, str]:

@@ -15,8 +15,8 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import (completed_runs, current_dataset, extractor_for, find_run, is_showcase, ray_extractor_for,
-                          scan_dataset, settings, split_kind, split_settings)
+from pages._state import (completed_runs, current_dataset, dataset_title, extractor_for, find_run, is_showcase,
+                          ray_extractor_for, scan_dataset, settings, split_kind, split_settings)
 from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import ImageError, RunNotFound, ToptuneError
@@ -65,7 +65,7 @@ def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
     how = " (near-duplicates kept on one side)" if split_kind() == "grouped" else ""
     from pages._versions import version_note
 
-    st.write(f"**Data:** {choice['label']}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
+    st.write(f"**Data:** {dataset_title(choice)}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
              f"{test_size:.0%} held out for testing{how} (seed {seed}){note}.")
     return choice, ds, seed, test_size
 

@@ -15,9 +15,9 @@ from pages._charts import class_counts_chart
 from pages._router import PAGES, through_router
 from pages._eden import choose_eden
 from pages._suspects import photos_to_check
-from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
-                          scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
-                          visitor, workspace)
+from pages._state import (choose_dataset, current_dataset, dataset_title, extractor_for, feature_cache, home,
+                          job_is_running, job_for, scan_dataset, set_split, set_split_kind, settings, split_kind,
+                          split_settings, start_job, visitor, workspace)
 from pages._versions import edits_section
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
@@ -161,7 +161,7 @@ def show_dataset() -> None:
         return
     ds = scan_dataset(choice["path"])
     counts = ds.class_counts()
-    st.subheader(choice["label"])
+    st.subheader(dataset_title(choice))
     st.caption(f"Folder: {ds.root.name if visitor().shared else ds.root}")
     c1, c2, c3 = st.columns(3)
     c1.metric("Photos", f"{len(ds):,}")
