@@ -243,21 +243,21 @@ def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: 
 # --- photos -------------------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=3000)
-def _thumbnail(path: str, version: str) -> bytes | None:
+def _thumbnail(path: str, version: str, size: int = 200) -> bytes | None:
     from toptune_core.data.images import load_rgb
 
     try:
         im = load_rgb(path, min_size=160)
     except ImageError:
         return None
-    im.thumbnail((200, 200))
+    im.thumbnail((size, size))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 
-def thumbnail(path) -> bytes | None:
-    """A small JPEG of the photo at ``path``, a file or an ``s3://`` object (cached until it changes), or None if it
-    cannot be read."""
+def thumbnail(path, size: int = 200) -> bytes | None:
+    """A small JPEG (at most ``size`` px a side) of the photo at ``path``, a file or an ``s3://`` object (cached
+    until it changes), or None if it cannot be read."""
     version = storage.stamp(path)
-    return None if version is None else _thumbnail(str(path), version)
+    return None if version is None else _thumbnail(str(path), version, size)
