@@ -26,7 +26,7 @@ from toptune_core.data.dataset import load_dataset
 from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
 from toptune_core.jobs.view import JobView
-from toptune_core.features.cache import get_features
+from toptune_core.features.cache import get_features, photos_not_cached
 from toptune_core.leakage import data_leakage
 from toptune_core.reports import describe_sizes, image_sizes
 from toptune_core.shared.paths import offered_folders, resolve_inside
@@ -36,6 +36,7 @@ THUMBS_PER_CLASS = 4
 MAX_CLASSES_SHOWN = 12
 SPLIT_LABELS = {"random": "Random (stratified by class)", "grouped": "Grouped: near-duplicates kept on one side"}
 PAIRS_SHOWN = 4
+NEW_PHOTOS_READ_HERE = 10  # a version's new photos read at once for the near-duplicate check (more: a button)
 
 through_router()
 st.title("1 · Data")
@@ -237,6 +238,10 @@ def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
                "held-out photo whose near-twin was trained on flatters the score; every run reports how many there "
                "were.")
     cache, extractor = feature_cache(), extractor_for(REFERENCE_BACKBONE)
+    if not cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir() and \
+            photos_not_cached(ds, extractor, cache) <= NEW_PHOTOS_READ_HERE:  # an edit: reuse, read the new ones
+        with st.spinner("Reading the new photos of this version…"):
+            get_features(ds, extractor, cache)
     if not cache.path(cache.key(ds.fingerprint(), extractor.cache_identity)).is_dir():
         st.write(f"The check needs the photos read once with {REFERENCE_BACKBONE} (kept in the cache; top-tuning "
                  "with it does the same).")

@@ -223,6 +223,25 @@ def _content_hashes(paths: list[Path], should_cancel: Optional[CancelCheck]) -> 
     return content_hashes(paths, stop)
 
 
+def photos_not_cached(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache) -> int:
+    """How many photos of ``dataset`` ``get_features`` would have to extract: 0 when its entry exists, else those
+    whose content no entry of the same extractor has (a dataset version with a few photos moved: 0, so its entry
+    is made from the cache in a moment). Photos that cannot be hashed here (objects) count as missing."""
+    if cache.path(cache.key(dataset.fingerprint(), extractor.cache_identity)).is_dir():
+        return 0
+    wanted = _content_hashes(list(dataset.paths), None)
+    known: set[str] = set()
+    for path in cache.root.glob("*/meta.json"):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        hashes = meta.get("sha256")
+        if isinstance(hashes, list) and _same_identity(meta, extractor.cache_identity):
+            known.update(h for h, good in zip(hashes, meta.get("ok") or []) if good and h)
+    return sum(h is None or h not in known for h in wanted)
+
+
 def _same_identity(meta: dict, identity: dict) -> bool:
     return all(json.dumps(meta.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
                for k, v in json.loads(json.dumps(identity)).items())
