@@ -171,6 +171,7 @@ def teach_photos(photos: list[tuple[str, bytes]], run: RunRecord, key: str, pick
             added = dataset_versions(data).add_photos([p for p in photos if p[0] in chosen], label,
                                                       may_test=may_test)
             st.session_state[f"{key}_added"] = (about, len(added), label)
+            st.rerun()  # the sidebar, drawn before this, counts the new version's photos
     done = st.session_state.get(f"{key}_added")
     if done and done[0] == about:
         st.success(f"Added {done[1]} photo(s) as {done[2]}. Train again to teach the model.")
@@ -206,6 +207,7 @@ def fix_photos(rows: list, run: RunRecord, key: str, picker: str) -> None:
                 if outside else []
             moved = [versions.move(rel, label) for rel in inside]
             st.session_state[f"{key}_added"] = (len(added) + len(moved), label)
+            st.rerun()  # the sidebar, drawn before this, counts the new version's photos
     done = st.session_state.get(f"{key}_added")
     if done:
         st.success(f"{done[0]} photo(s) now have the class {done[1]}. Train again to teach the model.")
