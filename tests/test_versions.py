@@ -233,6 +233,18 @@ def test_runs_train_on_the_workspace_version_and_record_what_changed(versions, s
     assert frame["edits"].tolist() == ["no change", "+5 photos, 1 left out", "+4 photos, 1 moved, 1 left out",
                                       "+4 photos, 1 moved, 1 left out"]
     assert store.list()[0].params["version"]["changes"]["previous"] == third.params["version"]["id"]
+    # Every version is scored on the first run's held-out photos, less the one left out (added photos train).
+    left_path = str(versions.dataset().root / left.path)
+    less = "as v1, less 1 left out" if left_path in first.split["test_files"] else "same as v1"
+    assert frame["held-out photos"].tolist() == ["same as v1", less, less, less]
+    assert set(frame["setting"]) == {"tf_efficientnet_lite0 + Logistic regression, 1 view (the photo as it is)"}
+    from toptune_core.data.version_history import version_name, version_of
+
+    assert version_name(store.list(), version_of(versions.dataset())) == ("v3", True)
+    versions.keep(load_dataset(source).relpaths[2])  # a keep changes no photo: still v3
+    assert version_name(store.list(), version_of(versions.dataset())) == ("v3", True)
+    versions.leave_out(load_dataset(source).relpaths[2])
+    assert version_name(store.list(), version_of(versions.dataset())) == ("v4", False)
 
 
 def test_download_of_a_version_is_its_class_folders(versions, source, tmp_path):

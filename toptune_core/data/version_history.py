@@ -117,18 +117,19 @@ def version_name(runs: Sequence, version: dict) -> tuple[str, bool]:
     return f"v{sum(s == source for s, _ in names) + 1}", False
 
 
-def held_out_note(run, first) -> str:
-    """How ``run``'s held-out photos compare with those of ``first`` (the first run of its source): "same as
-    v1", "v1's less 2 left out", or "3 other photo(s)" (runs recorded before the stable split, other seeds)."""
+def held_out_note(run, first, first_name: str = "v1") -> str:
+    """How ``run``'s held-out photos compare with those of ``first`` (the first run of its source and split
+    settings, on version ``first_name``): "same as v1", "as v1, less 2 left out", or "3 not in v1's" (runs
+    recorded before the stable split, or a version whose photos changed on disk)."""
     mine = set((run.split or {}).get("test_files") or [])
     theirs = set((first.split or {}).get("test_files") or [])
     if not mine or not theirs:
         return "not recorded"
     if mine == theirs:
-        return "the same photos"
+        return f"same as {first_name}"
     if mine < theirs:
-        return f"the same, less {len(theirs - mine)} left out"
-    return f"{len(mine - theirs)} other photo(s)"
+        return f"as {first_name}, less {len(theirs - mine)} left out"
+    return f"{len(mine - theirs)} not in {first_name}'s"
 
 
 def versions_frame(runs: Sequence) -> pd.DataFrame:
@@ -147,7 +148,7 @@ def versions_frame(runs: Sequence) -> pd.DataFrame:
         p = r.params or {}
         same_split = (v["source"], p.get("seed"), p.get("test_size"), p.get("split"), p.get("test_data"))
         first = first_of.setdefault(same_split, r)
-        held_out = held_out_note(r, first) + f" as {names.get((str(v['source']), str(first.params['version']['id'])), 'v1')}"
+        held_out = held_out_note(r, first, names.get((str(v["source"]), str(first.params["version"]["id"])), "v1"))
         rows.append({"source": Path(v["source"]).name, "source path": v["source"], "version id": v["id"],
                      "version": names.get((str(v["source"]), str(v["id"])), "?"),
                      "edits": describe_changes(v.get("summary") or {}), "setting": setting_words(r),
