@@ -15,9 +15,9 @@ from pages._charts import class_counts_chart
 from pages._router import PAGES, through_router
 from pages._eden import choose_eden
 from pages._suspects import photos_to_check
-from pages._state import (choose_dataset, current_dataset, dataset_title, extractor_for, feature_cache, home,
-                          job_is_running, job_for, scan_dataset, set_split, set_split_kind, settings, split_kind,
-                          split_settings, start_job, visitor, workspace)
+from pages._state import (choose_dataset, current_dataset, dataset_title, dataset_versions, extractor_for,
+                          feature_cache, home, job_is_running, job_for, scan_dataset, set_split, set_split_kind,
+                          settings, split_kind, split_settings, start_job, visitor, workspace)
 from pages._versions import edits_section
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
@@ -25,6 +25,7 @@ from toptune_core.data import storage
 from toptune_core.data.dataset import load_dataset
 from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
+from toptune_core.data.versions import ADDED_PREFIX, VersionedDataset, shown_name
 from toptune_core.jobs.view import JobView
 from toptune_core.features.cache import get_features, photos_not_cached
 from toptune_core.leakage import data_leakage
@@ -177,6 +178,7 @@ def show_dataset() -> None:
 
     st.markdown("##### A few photos of each class")
     shown = ds.classes[:MAX_CLASSES_SHOWN]
+    name_of = photo_names(ds, choice["path"])
     for i, cls in enumerate(shown):
         paths = [p for p, label in zip(ds.paths, ds.labels) if label == i][:THUMBS_PER_CLASS]
         st.markdown(f"**{cls}** · {counts[cls]:,} photos")
@@ -184,9 +186,9 @@ def show_dataset() -> None:
         for col, p in zip(cols, paths):
             thumb = thumbnail(p)
             if thumb is None:
-                col.caption(f"{p.name}: cannot be read")
+                col.caption(f"{name_of.get(str(p), p.name)}: cannot be read")
             else:
-                col.image(thumb, caption=p.name, width="stretch")
+                col.image(thumb, caption=name_of.get(str(p), p.name), width="stretch")
     if len(ds.classes) > len(shown):
         st.caption(f"… and {len(ds.classes) - len(shown)} more classes.")
 
@@ -222,6 +224,13 @@ def show_dataset() -> None:
     with friendly_errors():
         photos_to_check(choice["path"])
     st.page_link(PAGES["toptune"], label="Next: top-tune a model on these photos →", icon=":material/bolt:")
+
+
+def photo_names(ds, path: str) -> dict[str, str]:
+    """Photo path -> the name shown: the file name, or "your photo NAME" for a photo the user added."""
+    names = dataset_versions(path).names
+    return {str(p): f"your photo {shown_name(rel, names)}" for p, rel in zip(ds.paths, ds.relpaths)
+            if rel.startswith(ADDED_PREFIX)}
 
 
 @st.cache_data(show_spinner="Looking for near-duplicates…", max_entries=32)
@@ -263,12 +272,14 @@ def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
         st.info("Choose the grouped split above to keep near-duplicates on one side; comparing a run on each "
                 "split shows how much they flatter the score.", icon=":material/info:")
     path_of = dict(zip(ds.relpaths, ds.paths))  # a version's added photos lie in the workspace
+    names = dataset_versions(str(ds.version["source"]) if isinstance(ds, VersionedDataset) else str(ds.root)).names
     for pair in report["examples"][:PAIRS_SHOWN]:
         cols = st.columns(2)
         for col, side in zip(cols, ("test", "train")):
             thumb = thumbnail(path_of.get(pair[side], ds.root / pair[side]))
             if thumb is not None:
-                col.image(thumb, caption=f"{'held out' if side == 'test' else 'trains'}: {pair[side]}", width=200)
+                col.image(thumb, caption=f"{'held out' if side == 'test' else 'trains'}: "
+                                         f"{shown_name(pair[side], names)}", width=200)
         st.caption(f"cosine similarity {pair['similarity']:.3f}")
 
 
