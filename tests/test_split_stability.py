@@ -19,7 +19,7 @@ from tests.conftest import copy_subset
 from toptune_core.config import DEMO_DATASET
 from toptune_core.data.split import grouped_split, photo_keys, side_of, split_for, stratified_split
 from toptune_core.data.versions import DatasetVersions
-from toptune_core.files import file_sha256
+from toptune_core.files import file_digest
 
 TEST_SHARE = 0.25
 EXTRA = sorted((DEMO_DATASET / "healthy").glob("*.jpg"))[60:70]  # photos not in the 20-per-class copy
@@ -31,7 +31,7 @@ def source(tmp_path_factory) -> Path:
 
 
 def sides(dataset, seed: int = 0) -> tuple[dict, dict]:
-    """{content hash: held out?} of ``split_for`` on ``dataset``, and {content hash: what the per-photo rule alone
+    """{photo key (its content's MD5): held out?} of ``split_for`` on ``dataset``, and {content hash: what the per-photo rule alone
     says} (no class repair)."""
     ok = np.ones(len(dataset), dtype=bool)
     _, paths, split = split_for(dataset, None, ok, None, seed=seed, test_size=TEST_SHARE)
@@ -61,7 +61,7 @@ def test_edits_never_move_another_photo_across_the_split(source, steps):
             ds = versions.dataset()
             if step[0] == "add":
                 photo = EXTRA[step[1]]
-                sha = file_sha256(photo)
+                sha = f"md5:{file_digest(photo, 'md5')}"
                 if sha in before or sha in added:
                     continue
                 versions.add_photos([(photo.name, photo.read_bytes())], "healthy", may_test=step[2])
@@ -71,7 +71,7 @@ def test_edits_never_move_another_photo_across_the_split(source, steps):
             own = sorted(r for r in ds.relpaths if not r.startswith("+"))
             rel = own[step[1] % len(own)]
             if step[0] == "leave_out":
-                left_out.add(file_sha256(ds.paths[ds.relpaths.index(rel)]))
+                left_out.add(f"md5:{file_digest(ds.paths[ds.relpaths.index(rel)], 'md5')}")
                 versions.leave_out(rel)
             else:
                 given = ds.classes[ds.labels[ds.relpaths.index(rel)]]

@@ -117,11 +117,12 @@ def test_cli_toptune_demo_dataset_then_cache_hit_then_predict(demo_dataset, subp
     assert first.returncode == 0, first.stderr
     r1 = json.loads(out1.read_text())
     assert SUMMARY_KEYS <= set(r1)
-    assert (r1["n_train"], r1["n_test"], r1["cache_hit"]) == (225, 75, False)
-    # The default (logistic regression, 8 views, 288 px) measured 0.907 (68 of 75) on this held-out quarter (seed 0);
-    # the floor leaves two photos of room for floating-point differences between CPUs.
+    assert (r1["n_train"] + r1["n_test"], r1["n_test"], r1["cache_hit"]) == (300, 67, False)  # the stable split
+    # The default (logistic regression, 8 views, 288 px) measured 0.881 (59 of 67) on this held-out share (seed 0,
+    # the stable split; 0.907, 68 of 75, on the older exact split); the floor leaves two photos of room for
+    # floating-point differences between CPUs.
     assert r1["classifier"] == "logreg" and r1["views"] == "dihedral" and r1["resolution"] == 288
-    assert r1["accuracy"] >= 0.88
+    assert r1["accuracy"] >= 0.85
     second = _cli(["toptune", "--data", str(demo_dataset), "--json", str(out2)], subprocess_env)
     assert second.returncode == 0, second.stderr
     r2 = json.loads(out2.read_text())

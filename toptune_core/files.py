@@ -12,7 +12,13 @@ from typing import Callable, Optional, Sequence
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, read 1 MB at a time."""
-    h = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes with ``hashlib``'s ``algorithm`` ("md5": an object store's ETag of a
+    simple upload), read 1 MB at a time."""
+    h = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
@@ -26,20 +32,21 @@ _HASHES: dict[tuple, str] = {}
 _MAX_HASHES = 500_000
 
 
-def content_hashes(paths: Sequence, should_stop: Optional[Callable[[], None]] = None) -> list[Optional[str]]:
-    """Each local file's SHA-256 (None for a file that cannot be read), remembered while it is unchanged.
-    ``should_stop``: called every 64 files (it raises to stop)."""
+def content_hashes(paths: Sequence, should_stop: Optional[Callable[[], None]] = None,
+                   algorithm: str = "sha256") -> list[Optional[str]]:
+    """Each local file's digest (SHA-256 by default; None for a file that cannot be read), remembered while it is
+    unchanged. ``should_stop``: called every 64 files (it raises to stop)."""
     hashes: list[Optional[str]] = []
     for i, path in enumerate(paths):
         if should_stop is not None and i % 64 == 0:
             should_stop()
         try:
             st = os.stat(path)
-            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            key = (algorithm, str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key not in _HASHES:
                 if len(_HASHES) >= _MAX_HASHES:
                     _HASHES.clear()
-                _HASHES[key] = file_sha256(path)
+                _HASHES[key] = file_digest(path, algorithm)
             hashes.append(_HASHES[key])
         except OSError:
             hashes.append(None)

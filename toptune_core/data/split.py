@@ -7,8 +7,8 @@ are readable, the seed, the test share and (grouped) the session groups, so ever
 exactly the same photos.
 
 **A photo's side never moves when other photos are added, moved or left out.** ``split_for`` gives each
-photo a key (``photo_keys``: the SHA-256 of its content; an object's listed ETag and size; its relpath as a
-last resort) and holds it out when ``side_of(key, seed) < test_share``: a number in [0, 1) made from the key
+photo a key (``photo_keys``: the MD5 of its content, from the file or from an object store's listing, so a folder
+and its copy in a bucket split alike; a multipart object's ETag and size; its relpath as a last resort) and holds it out when ``side_of(key, seed) < test_share``: a number in [0, 1) made from the key
 and the seed alone. So a dataset version with photos added, moved to another class or left out tests on the
 same photos as before, less the ones left out, and versions can be compared. Each class gets about the test
 share held out (a binomial count: on the demo's 100 photos per class, 25 +- 4), not exactly that; a class the
@@ -27,6 +27,7 @@ validation split and the unseen-disease check use it on photos that are never ed
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,16 +92,28 @@ def _check_sizes(labels: np.ndarray, test_size: float) -> None:
 
 
 def photo_keys(dataset: Dataset) -> list[str]:
-    """What fixes each photo's side of the split: its content's SHA-256 (a file), else the ETag and size the
-    listing gave (an object), else its relpath."""
+    """What fixes each photo's side of the split: the MD5 of its content, read from a file or given by an object
+    store's listing (the ETag of a simple upload), so a folder and its copy in a bucket split alike; else (a
+    multipart upload's ETag) the listed ETag and size; else its relpath."""
     from toptune_core.data import storage
     from toptune_core.files import content_hashes
 
     local = [i for i, p in enumerate(dataset.paths) if not storage.is_url(p)]
-    hashes = dict(zip(local, content_hashes([dataset.paths[i] for i in local])))
+    hashes = dict(zip(local, content_hashes([dataset.paths[i] for i in local], algorithm="md5")))
     listed = dataset.versions or [None] * len(dataset)
-    return [hashes.get(i) or (f"listed:{listed[i]}" if listed[i] else f"path:{rel}")
-            for i, rel in enumerate(dataset.relpaths)]
+    keys = []
+    for i, rel in enumerate(dataset.relpaths):
+        etag = str(listed[i]).rsplit("\t", 1)[-1].strip('"').lower() if listed[i] else ""
+        if hashes.get(i):
+            keys.append(f"md5:{hashes[i]}")
+        elif _MD5.fullmatch(etag):
+            keys.append(f"md5:{etag}")
+        else:
+            keys.append(f"listed:{listed[i]}" if listed[i] else f"path:{rel}")
+    return keys
+
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 def side_of(keys: Sequence[str], seed: int) -> np.ndarray:
