@@ -56,14 +56,15 @@ def test_edits_never_move_another_photo_across_the_split(source, steps):
     with tempfile.TemporaryDirectory() as home:
         versions = DatasetVersions.open(home, source)
         before, raw_before = sides(versions.dataset())
-        added, left_out = set(), set()
+        added, left_out, seen = set(), set(), set()
         for step in steps:
             ds = versions.dataset()
             if step[0] == "add":
                 photo = EXTRA[step[1]]
                 sha = f"md5:{file_digest(photo, 'md5')}"
-                if sha in before or sha in added:
+                if sha in before or sha in seen:
                     continue
+                seen.add(sha)
                 versions.add_photos([(photo.name, photo.read_bytes())], "healthy", may_test=step[2])
                 if not step[2]:
                     added.add(sha)
