@@ -21,8 +21,8 @@ from typing import Optional
 
 import streamlit as st
 
-from pages._state import (completed_runs, dataset_title, dataset_versions, feature_cache, find_run, job_for, remember, scan_dataset,
-                          start_job, store, visitor)
+from pages._state import (completed_runs, dataset_title, dataset_versions, feature_cache, find_run, job_for,
+                          remember, scan_dataset, start_job, store, visitor)
 from pages._widgets import chosen_extractor_for, draw_failure, follow_job, friendly_errors, percent
 from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset
@@ -94,7 +94,8 @@ def edits_section(path: str, label: str) -> None:
         return version_zip(ds)
 
     st.download_button("Download this dataset version (zip of class folders)", data=make_zip,
-                       file_name=f"{Path(path).name or 'dataset'}-{name}.zip", mime="application/zip", on_click="ignore",
+                       file_name=f"{Path(path).name or 'dataset'}-{name}.zip", mime="application/zip",
+                       on_click="ignore",
                        icon=":material/download:", key="download_version",
                        help=f"{len(ds):,} photos of {label}, one folder per class as this version has them.")
 

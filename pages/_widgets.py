@@ -65,7 +65,8 @@ def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
     how = " (near-duplicates kept on one side)" if split_kind() == "grouped" else ""
     from pages._versions import version_note
 
-    st.write(f"**Data:** {dataset_title(choice)}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
+    st.write(f"**Data:** {dataset_title(choice)}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes "
+             "· "
              f"{test_size:.0%} held out for testing{how} (seed {seed}){note}.")
     return choice, ds, seed, test_size
 

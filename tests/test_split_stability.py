@@ -31,7 +31,7 @@ def source(tmp_path_factory) -> Path:
 
 
 def sides(dataset, seed: int = 0) -> tuple[dict, dict]:
-    """{photo key (its content's MD5): held out?} of ``split_for`` on ``dataset``, and {content hash: what the per-photo rule alone
+    """{photo key (its content's MD5): held out?} of ``split_for`` on ``dataset``, and {key: what the per-photo rule alone
     says} (no class repair)."""
     ok = np.ones(len(dataset), dtype=bool)
     _, paths, split = split_for(dataset, None, ok, None, seed=seed, test_size=TEST_SHARE)

@@ -7,9 +7,10 @@ are readable, the seed, the test share and (grouped) the session groups, so ever
 exactly the same photos.
 
 **A photo's side never moves when other photos are added, moved or left out.** ``split_for`` gives each
-photo a key (``photo_keys``: the MD5 of its content, from the file or from an object store's listing, so a folder
-and its copy in a bucket split alike; a multipart object's ETag and size; its relpath as a last resort) and holds it out when ``side_of(key, seed) < test_share``: a number in [0, 1) made from the key
-and the seed alone. So a dataset version with photos added, moved to another class or left out tests on the
+photo a key (``photo_keys``: the MD5 of its content, from the file or from an object store's listing, so a
+folder and its copy in a bucket split alike; a multipart object's ETag and size; its relpath as a last resort)
+and holds it out when ``side_of(key, seed) < test_share``: a number in [0, 1) made from the key and the seed
+alone. So a dataset version with photos added, moved to another class or left out tests on the
 same photos as before, less the ones left out, and versions can be compared. Each class gets about the test
 share held out (a binomial count: on the demo's 100 photos per class, 25 +- 4), not exactly that; a class the
 rule leaves with no held-out photo (or nothing to train on) gets one moved across, the photo nearest the line
@@ -219,8 +220,8 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, *, test_size: float = 
     n_multi = sum(len(m) > 1 for m in members_of)
     share = f"about {test_size:.0%} of each class" if keys is not None else f"{test_size:.0%}"
     return Split(np.flatnonzero(~test), np.flatnonzero(test),
-                 f"grouped stratified split ({n_multi} group(s) of photos of a likely plant or session kept on one side), "
-                 f"{share} held out for testing, seed {seed}", seed, test_size, "grouped")
+                 f"grouped stratified split ({n_multi} group(s) of photos of a likely plant or session kept on one "
+                 f"side), {share} held out for testing, seed {seed}", seed, test_size, "grouped")
 
 
 def _quota_grouped_split(y: np.ndarray, members_of: list, n_classes: int, test_size: float, seed: int) -> np.ndarray:
