@@ -48,8 +48,14 @@ def version_note(ds: Dataset) -> str:
 
 def dataset_line(choice: dict) -> str:
     """The sidebar's line: the dataset's name, the photo count of this visitor's version, and the version's name
-    once it has edits: "Demo: bean leaf diseases (iBean) · 302 photos (your version v2)"."""
-    ds = scan_dataset(choice["path"])
+    once it has edits: "Demo: bean leaf diseases (iBean) · 302 photos (your version v2)"; the label as it was
+    given when the photos cannot be read now (the Data page says why)."""
+    from toptune_core.errors import ToptuneError
+
+    try:
+        ds = scan_dataset(choice["path"])
+    except ToptuneError:
+        return str(choice.get("label", ""))
     line = f"{dataset_title(choice)} · {len(ds):,} photos"
     if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
         line += f" (your version {shown_version(ds)[0]})"
@@ -95,8 +101,7 @@ def edits_section(path: str, label: str) -> None:
 
     st.download_button("Download this dataset version (zip of class folders)", data=make_zip,
                        file_name=f"{Path(path).name or 'dataset'}-{name}.zip", mime="application/zip",
-                       on_click="ignore",
-                       icon=":material/download:", key="download_version",
+                       on_click="ignore", icon=":material/download:", key="download_version",
                        help=f"{len(ds):,} photos of {label}, one folder per class as this version has them.")
 
 

@@ -124,8 +124,8 @@ def side_of(keys: Sequence[str], seed: int) -> np.ndarray:
 
 
 def _at_least_one_each_side(test: np.ndarray, u: np.ndarray, y: np.ndarray, movable: np.ndarray) -> None:
-    """A class with no held-out photo gets its movable photo nearest the line held out; one with every photo
-    held out trains the one farthest from it (in place)."""
+    """A class with no held-out photo gets its movable photo nearest the line (the smallest ``u``) held out; one
+    with every photo held out trains its photo nearest the line (the largest ``u``). In place."""
     for c in np.unique(y):
         members = np.flatnonzero((y == c) & movable)
         if len(members) < 2:
