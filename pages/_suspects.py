@@ -104,8 +104,9 @@ def explain_list(result: LabelCheck, source: str) -> None:
 
 
 def how_suspect(score: float) -> str:
-    """A suspect's score (0..1, higher: more likely wrong) in words."""
-    words = "very likely wrong" if score >= 0.8 else "likely wrong" if score >= 0.5 else "possibly wrong"
+    """A suspect's score in words (1 - cleanlab's label quality: 0.5 to 1 for a suspect, higher: more likely
+    wrong)."""
+    words = "very likely wrong" if score >= 0.9 else "likely wrong" if score >= 0.7 else "possibly wrong"
     return f"{words} (score {score:.2f} of 1)"
 
 
