@@ -229,7 +229,6 @@ def photos_not_cached(dataset: Dataset, extractor: FeatureExtractor, cache: Feat
     is made from the cache in a moment). Photos that cannot be hashed here (objects) count as missing."""
     if cache.path(cache.key(dataset.fingerprint(), extractor.cache_identity)).is_dir():
         return 0
-    wanted = _content_hashes(list(dataset.paths), None)
     known: set[str] = set()
     for path in cache.root.glob("*/meta.json"):
         try:
@@ -237,9 +236,12 @@ def photos_not_cached(dataset: Dataset, extractor: FeatureExtractor, cache: Feat
         except (OSError, ValueError):
             continue
         hashes = meta.get("sha256")
-        if isinstance(hashes, list) and _same_identity(meta, extractor.cache_identity):
+        if isinstance(hashes, list) and _same_identity(meta, extractor.cache_identity) and \
+                meta.get("dataset_root") == str(dataset.root):  # another version of the same photos
             known.update(h for h, good in zip(hashes, meta.get("ok") or []) if good and h)
-    return sum(h is None or h not in known for h in wanted)
+    if not known:  # nothing to reuse: not worth reading every photo to say so
+        return len(dataset)
+    return sum(h is None or h not in known for h in _content_hashes(list(dataset.paths), None))
 
 
 def _same_identity(meta: dict, identity: dict) -> bool:
