@@ -167,15 +167,18 @@ def test_bad_edits_are_one_line_and_change_nothing(versions, source):
 
 
 def test_a_new_version_extracts_only_its_new_photos(versions, source, tmp_path, lite0_extractor):
-    from toptune_core.features.cache import FeatureCache, get_features
+    from toptune_core.features.cache import FeatureCache, get_features, photos_not_cached
 
     cache = FeatureCache(tmp_path / "features")
+    assert photos_not_cached(versions.dataset(), lite0_extractor, cache) == 24
     first = get_features(versions.dataset(), lite0_extractor, cache)
+    assert photos_not_cached(versions.dataset(), lite0_extractor, cache) == 0
     assert first.entry.meta["n_extracted"] == 24 and first.entry.meta["n_reused"] == 0
 
     versions.add_photos(other_photos(5), "healthy")
     versions.move(load_dataset(source).relpaths[0], "bean_rust")
     version = versions.dataset()
+    assert photos_not_cached(version, lite0_extractor, cache) == 5  # what the Data page reads at once (<= 10)
     events = []
     second = get_features(version, lite0_extractor, cache, progress=events.append)
     assert not second.cache_hit
@@ -189,6 +192,7 @@ def test_a_new_version_extracts_only_its_new_photos(versions, source, tmp_path, 
     assert np.allclose(np.stack([after[rel] for rel in new]), alone.features, atol=1e-4)
 
     versions.undo(versions.edits[-1].id)  # the move: no photo is new, nothing is extracted
+    assert photos_not_cached(versions.dataset(), lite0_extractor, cache) == 0
     third = get_features(versions.dataset(), lite0_extractor, cache)
     assert third.entry.meta["n_extracted"] == 0 and third.entry.meta["n_reused"] == 29
 
