@@ -175,6 +175,9 @@ def test_the_learning_loop_in_the_browser(server, first_model, toptune_home, tmp
             expect(page.locator("h3").filter(has_text=re.compile(r"^face$"))).to_have_count(1)
             expect(page.get_by_test_id("stMetric").filter(has_text="Confidence")).to_be_visible()
             expect(page.get_by_text(re.compile(r"^(Added \d+ photo|Trained again)"))).to_have_count(0)
+            # its evidence: the faces the user added, named as theirs
+            expect(page.get_by_text(re.compile(r"your photo face_\d\.jpg, added to the training photos")).first
+                   ).to_be_visible()
             shot("sixth-face-recognised")
             assert page.get_by_test_id("stException").count() == 0, "no traceback anywhere"
 
