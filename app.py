@@ -16,6 +16,7 @@ def main() -> None:
     from pages import _visitor
     from pages._router import navigation
     from pages._state import active_jobs, current_dataset, visitor
+    from pages._versions import dataset_line
     from pages._widgets import friendly_errors
 
     st.set_page_config(page_title="Toptune · leaf photo diagnosis", page_icon="🌱", layout="wide")
@@ -24,7 +25,7 @@ def main() -> None:
 
     with st.sidebar, friendly_errors():
         choice = current_dataset()
-        st.caption("Dataset: " + (choice["label"] if choice else "none chosen yet"))
+        st.caption("Dataset: " + (dataset_line(choice) if choice else "none chosen yet"))
         for job in active_jobs():
             st.caption(f":material/hourglass_top: {job.title} (running)")
         _visitor.describe(me)

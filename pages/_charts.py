@@ -122,14 +122,20 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> go.Figure:
 
 
 def versions_chart(frame: pd.DataFrame) -> go.Figure:
-    """Held-out accuracy of each dataset version side by side: one group of bars per version (``v1 · edits``),
-    one bar per setting (backbone + classifier), the newest run of each; from ``version_history.versions_frame``."""
+    """Held-out accuracy of each dataset version side by side: one group of bars per version (``v1`` and its edits
+    since the original, on two lines under the bars), one bar per setting (backbone + classifier + views), the
+    newest run of each; the legend above the plot; from ``version_history.versions_frame``."""
     newest = frame.groupby(["source", "version", "setting"], sort=False).tail(1).copy()
-    newest["version shown"] = newest["source"] + " · " + newest["version"] + " · " + newest["edits"]
+    several = newest["source"].nunique() > 1
+    newest["version shown"] = [(f"{src} · " if several else "") + f"<b>{v}</b><br>{edits}"
+                               for src, v, edits in zip(newest["source"], newest["version"], newest["edits"])]
     fig = px.bar(newest, x="version shown", y="accuracy", color="setting", barmode="group",
-                 text=newest["accuracy"].map("{:.1%}".format), hover_data=["version id", "photos", "run"],
-                 labels={"version shown": "dataset version (edits since the original)", "accuracy": "held-out accuracy"},
+                 text=newest["accuracy"].map("{:.1%}".format),
+                 hover_data=["version id", "held-out photos", "photos", "run"],
+                 labels={"version shown": "dataset version (edits since the original)", "accuracy": "held-out accuracy",
+                         "setting": ""},
                  color_discrete_sequence=[GREEN, ORANGE, BROWN, "#1565C0", "#6A1B9A"])
-    fig.update_layout(height=360, margin=dict(t=20, b=10), yaxis=dict(range=[0, 1.05], tickformat=".0%"),
-                      legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(height=420, margin=dict(t=10, b=10), yaxis=dict(range=[0, 1.1], tickformat=".0%"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, xanchor="left"))
+    fig.update_xaxes(tickangle=0, automargin=True)
     return fig

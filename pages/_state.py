@@ -89,6 +89,15 @@ def current_dataset() -> Optional[dict]:
     return _remembered("dataset")
 
 
+def dataset_title(choice: dict) -> str:
+    """The chosen dataset's name without the photo count its label was given when chosen ("Demo: bean leaf
+    diseases (iBean)"): the count shown beside it is the current version's."""
+    import re
+
+    label = re.sub(r",?\s*[\d,]+ photos\)$", ")", str(choice.get("label", "")))
+    return label.removesuffix(" ()")
+
+
 def choose_dataset(choice: dict) -> None:
     st.session_state["dataset"] = choice
     workspace().update(dataset=choice)

@@ -15,11 +15,11 @@ from typing import Callable, Iterator, Optional
 import streamlit as st
 
 from pages._router import link
-from pages._state import (completed_runs, current_dataset, extractor_for, find_run, is_showcase, ray_extractor_for,
-                          scan_dataset, settings, split_kind, split_settings)
+from pages._state import (completed_runs, current_dataset, dataset_title, extractor_for, find_run, is_showcase,
+                          ray_extractor_for, scan_dataset, settings, split_kind, split_settings)
 from toptune_core.data import storage
 from toptune_core.data.dataset import Dataset
-from toptune_core.data.version_history import describe_changes
+from toptune_core.data.version_history import describe_changes, version_name, version_of
 from toptune_core.data.versions import VersionedDataset
 from toptune_core.errors import ImageError, RunNotFound, ToptuneError
 from toptune_core.jobs.view import JobView
@@ -65,16 +65,23 @@ def need_dataset(note: str = "") -> Optional[tuple[dict, Dataset, int, float]]:
     ds = scan_dataset(choice["path"])
     seed, test_size = split_settings()
     how = " (near-duplicates kept on one side)" if split_kind() == "grouped" else ""
-    st.write(f"**Data:** {choice['label']}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
+    st.write(f"**Data:** {dataset_title(choice)}{version_note(ds)} · {len(ds):,} photos · {len(ds.classes)} classes · "
              f"{test_size:.0%} held out for testing{how} (seed {seed}){note}.")
     return choice, ds, seed, test_size
 
 
 def version_note(ds: Dataset) -> str:
-    """`` · your version: +5 photos, 1 moved`` for a dataset with edits, else empty."""
+    """`` · your version v2: +5 photos, 1 moved`` for a dataset with edits, else empty."""
     if isinstance(ds, VersionedDataset) and ds.version.get("edit_ids"):
-        return f" · your version: {describe_changes(ds.version['summary'])}"
+        return f" · your version {shown_version(ds)[0]}: {describe_changes(ds.version['summary'])}"
     return ""
+
+
+def shown_version(ds: Dataset) -> tuple[str, str]:
+    """``("v2", "v2 (not trained on yet)")``: the version's short name, and with a note when no run trained on it
+    yet (``version_history.version_name``)."""
+    name, trained = version_name(completed_runs(), version_of(ds))
+    return name, name if trained else f"{name} (not trained on yet)"
 
 
 def need_runs(hint: str) -> list[RunRecord]:
@@ -250,21 +257,21 @@ def pick_run(label: str, runs: list[RunRecord], default_id: Optional[str], key: 
 # --- photos -------------------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=3000)
-def _thumbnail(path: str, version: str) -> bytes | None:
+def _thumbnail(path: str, version: str, size: int = 200) -> bytes | None:
     from toptune_core.data.images import load_rgb
 
     try:
         im = load_rgb(path, min_size=160)
     except ImageError:
         return None
-    im.thumbnail((200, 200))
+    im.thumbnail((size, size))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 
-def thumbnail(path) -> bytes | None:
-    """A small JPEG of the photo at ``path``, a file or an ``s3://`` object (cached until it changes), or None if it
-    cannot be read."""
+def thumbnail(path, size: int = 200) -> bytes | None:
+    """A small JPEG (at most ``size`` px a side) of the photo at ``path``, a file or an ``s3://`` object (cached
+    until it changes), or None if it cannot be read."""
     version = storage.stamp(path)
-    return None if version is None else _thumbnail(str(path), version)
+    return None if version is None else _thumbnail(str(path), version, size)

@@ -8,13 +8,15 @@ photos. Up to six photos of one plant give one combined diagnosis.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import streamlit as st
 
 from pages._charts import probabilities_chart
 from pages._download import model_download_button
 from pages._router import through_router
 from pages._state import predictor_for, settings
-from pages._versions import teach_photos
+from pages._versions import evidence_caption, teach_photos
 from pages._widgets import friendly_errors, need_runs, percent, pick_run, run_in_url, seconds, thumbnail
 from toptune_core.data.uploads import photo_source, read_uploaded_photo
 from toptune_core.errors import ImageError
@@ -79,14 +81,15 @@ def show_nearest(prediction) -> None:
     cols = st.columns(len(prediction.familiarity.nearest))
     for col, (path, cls, dist) in zip(cols, prediction.familiarity.nearest):
         thumb = thumbnail(path)
-        caption = f"{cls} · distance {dist:.2f}"
+        caption = evidence_caption(path, cls, dist)
         if thumb:
             col.image(thumb, caption=caption, width="stretch")
         else:
             col.caption(caption)
 
 
-def show_single(name: str, data: bytes, predictor, strictness: str, run) -> None:
+def show_single(name: str, data: bytes, predictor, strictness: str, run) -> Optional[str]:
+    """The photo's answer and evidence; returns the class given (None: not recognised)."""
     max_mb = settings().limits.photo_mb
     image = read_uploaded_photo(data, name, max_mb)
     prediction = predictor.predict(photo_source(data, name, max_mb), strictness=strictness)
@@ -104,11 +107,15 @@ def show_single(name: str, data: bytes, predictor, strictness: str, run) -> None
             if prediction.familiarity is not None:
                 c2.metric("Familiarity", percent(prediction.familiarity.familiarity),
                           help="Share of the training photos that are at most as typical as this one.")
+                st.caption("Confidence: how sure the model is of this class rather than the others. Familiarity: "
+                           "how much the photo looks like the training photos (low: unusual for this model, "
+                           "whatever the class).")
             if prediction.confidence < 0.5:
                 st.warning("The model is unsure about this photo; take another one, closer and in even light.")
             st.plotly_chart(probabilities_chart(prediction.classes, prediction.probabilities), key="probabilities")
         st.caption(f"Classified in {seconds(prediction.seconds)} by run {run.id} ({run.backbone}).")
     show_nearest(prediction)
+    return prediction.label if prediction.recognised else None
 
 
 def diagnose(photos: list[tuple[str, bytes]], predictor, strictness: str):
@@ -130,7 +137,8 @@ def diagnose(photos: list[tuple[str, bytes]], predictor, strictness: str):
     return diagnosis, outcome
 
 
-def show_combined(photos: list[tuple[str, bytes]], predictor, strictness: str) -> None:
+def show_combined(photos: list[tuple[str, bytes]], predictor, strictness: str) -> Optional[str]:
+    """The combined diagnosis and each photo's answer; returns the combined class (None: not recognised)."""
     diagnosis, outcome = diagnose(photos, predictor, strictness)
     if diagnosis is None or not diagnosis.recognised:
         st.markdown(f"### {NOT_RECOGNISED}")
@@ -153,11 +161,13 @@ def show_combined(photos: list[tuple[str, bytes]], predictor, strictness: str) -
             col.success(f"{result.label} · {percent(result.confidence)}")
         else:
             col.warning(NOT_RECOGNISED)
+    return diagnosis.label if diagnosis is not None and diagnosis.recognised else None
 
 
 def page() -> None:
     asked = run_in_url()
-    runs = need_runs("No trained model yet. Top-tune one first (the demo dataset takes about a minute).")
+    runs = need_runs("No trained model yet. Top-tune one first: the Top-tune page estimates how long the first "
+                     "run takes on this computer (later runs reuse the photos' features and take seconds).")
     if not runs:
         return
     best = max(runs, key=lambda r: (r.accuracy, r.created))
@@ -172,16 +182,17 @@ def page() -> None:
     if not photos:
         st.caption(f"Upload 1 to {MAX_PHOTOS_PER_PLANT} photos of leaves of one plant, or take one with the camera.")
         return
+    answer = None
     with friendly_errors():
         with st.spinner("Loading the model (only the first time)…"):
             predictor = predictor_for(run.id)
         if len(photos) == 1:
-            show_single(*photos[0], predictor, strictness, run)
+            answer = show_single(*photos[0], predictor, strictness, run)
         else:
-            show_combined(photos, predictor, strictness)
+            answer = show_combined(photos, predictor, strictness)
     st.divider()
     with friendly_errors():
-        teach_photos(photos, run, "cls_teach", picker="cls_run")
+        teach_photos(photos, run, "cls_teach", picker="cls_run", answer=answer)
 
 
 with friendly_errors():

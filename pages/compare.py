@@ -61,12 +61,16 @@ def versions_section() -> None:
         return
     st.markdown("##### Dataset versions")
     st.caption("Each version is the folder with your changes (photos added, labels fixed, photos left out) as "
-               "they were when a run trained on it; v1 is the first one trained on. Bars: the newest run of each "
-               "setting on each version. Versions differ in their held-out photos too, so a small difference "
-               "may be the photos tested rather than the model.")
+               "they were when a run trained on it; v1 is the first one trained on (the same names as on the Data "
+               "and Classify pages). Bars: the newest run of each setting on each version. A photo's side of the "
+               "split is fixed by its content, so versions are scored on the same held-out photos, less those you "
+               "left out (photos you add train): \"held-out photos\" says so for each run, next to the first run "
+               "with the same split settings.")
     st.plotly_chart(versions_chart(frame), key="versions_chart")
     st.dataframe(frame, hide_index=True, key="versions_table",
-                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f")})
+                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f"),
+                                "version id": st.column_config.TextColumn(help="The version's fingerprint (a hash of "
+                                                                               "its photos and labels).")})
 
 
 def delete_runs() -> None:

@@ -15,9 +15,9 @@ from pages._charts import class_counts_chart
 from pages._router import PAGES, through_router
 from pages._eden import choose_eden
 from pages._suspects import photos_to_check
-from pages._state import (choose_dataset, current_dataset, extractor_for, feature_cache, home, job_is_running, job_for,
-                          scan_dataset, set_split, set_split_kind, settings, split_kind, split_settings, start_job,
-                          visitor, workspace)
+from pages._state import (choose_dataset, current_dataset, dataset_title, dataset_versions, extractor_for,
+                          feature_cache, home, job_is_running, job_for, scan_dataset, set_split, set_split_kind,
+                          settings, split_kind, split_settings, start_job, visitor, workspace)
 from pages._versions import edits_section
 from pages._widgets import draw_failure, follow_job, friendly_errors, thumbnail
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, get_backbone
@@ -25,8 +25,9 @@ from toptune_core.data import storage
 from toptune_core.data.dataset import load_dataset
 from toptune_core.data.duplicates import DUPLICATE_THRESHOLD, REFERENCE_BACKBONE
 from toptune_core.data.uploads import extract_uploaded_zip, save_uploaded_zip
+from toptune_core.data.versions import ADDED_PREFIX, VersionedDataset, shown_name
 from toptune_core.jobs.view import JobView
-from toptune_core.features.cache import get_features
+from toptune_core.features.cache import get_features, photos_not_cached
 from toptune_core.leakage import data_leakage
 from toptune_core.reports import describe_sizes, image_sizes
 from toptune_core.shared.paths import offered_folders, resolve_inside
@@ -36,6 +37,7 @@ THUMBS_PER_CLASS = 4
 MAX_CLASSES_SHOWN = 12
 SPLIT_LABELS = {"random": "Random (stratified by class)", "grouped": "Grouped: near-duplicates kept on one side"}
 PAIRS_SHOWN = 4
+NEW_PHOTOS_READ_HERE = 10  # a version's new photos read at once for the near-duplicate check (more: a button)
 
 through_router()
 st.title("1 · Data")
@@ -161,7 +163,7 @@ def show_dataset() -> None:
         return
     ds = scan_dataset(choice["path"])
     counts = ds.class_counts()
-    st.subheader(choice["label"])
+    st.subheader(dataset_title(choice))
     st.caption(f"Folder: {ds.root.name if visitor().shared else ds.root}")
     c1, c2, c3 = st.columns(3)
     c1.metric("Photos", f"{len(ds):,}")
@@ -176,6 +178,7 @@ def show_dataset() -> None:
 
     st.markdown("##### A few photos of each class")
     shown = ds.classes[:MAX_CLASSES_SHOWN]
+    name_of = photo_names(ds, choice["path"])
     for i, cls in enumerate(shown):
         paths = [p for p, label in zip(ds.paths, ds.labels) if label == i][:THUMBS_PER_CLASS]
         st.markdown(f"**{cls}** · {counts[cls]:,} photos")
@@ -183,9 +186,9 @@ def show_dataset() -> None:
         for col, p in zip(cols, paths):
             thumb = thumbnail(p)
             if thumb is None:
-                col.caption(f"{p.name}: cannot be read")
+                col.caption(f"{name_of.get(str(p), p.name)}: cannot be read")
             else:
-                col.image(thumb, caption=p.name, width="stretch")
+                col.image(thumb, caption=name_of.get(str(p), p.name), width="stretch")
     if len(ds.classes) > len(shown):
         st.caption(f"… and {len(ds.classes) - len(shown)} more classes.")
 
@@ -223,6 +226,13 @@ def show_dataset() -> None:
     st.page_link(PAGES["toptune"], label="Next: top-tune a model on these photos →", icon=":material/bolt:")
 
 
+def photo_names(ds, path: str) -> dict[str, str]:
+    """Photo path -> the name shown: the file name, or "your photo NAME" for a photo the user added."""
+    names = dataset_versions(path).names
+    return {str(p): f"your photo {shown_name(rel, names)}" for p, rel in zip(ds.paths, ds.relpaths)
+            if rel.startswith(ADDED_PREFIX)}
+
+
 @st.cache_data(show_spinner="Looking for near-duplicates…", max_entries=32)
 def leakage_of(path: str, fingerprint: str, seed: int, test_size: float, kind: str, home_dir: str) -> dict:
     return data_leakage(scan_dataset(path), seed=seed, test_size=test_size, split=kind, cache=feature_cache(),
@@ -237,6 +247,10 @@ def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
                "held-out photo whose near-twin was trained on flatters the score; every run reports how many there "
                "were.")
     cache, extractor = feature_cache(), extractor_for(REFERENCE_BACKBONE)
+    if not cache.views_in(cache.key(ds.fingerprint(), extractor.cache_identity)) and \
+            photos_not_cached(ds, extractor, cache) <= NEW_PHOTOS_READ_HERE:  # an edit: reuse, read the new ones
+        with st.spinner("Reading the new photos of this version…"):
+            get_features(ds, extractor, cache)
     if not cache.views_in(cache.key(ds.fingerprint(), extractor.cache_identity)):
         st.write(f"The check needs the photos read once with {REFERENCE_BACKBONE} (kept in the cache; top-tuning "
                  "with it does the same).")
@@ -258,12 +272,14 @@ def near_duplicates(ds, seed: int, test_size: float, kind: str) -> None:
         st.info("Choose the grouped split above to keep near-duplicates on one side; comparing a run on each "
                 "split shows how much they flatter the score.", icon=":material/info:")
     path_of = dict(zip(ds.relpaths, ds.paths))  # a version's added photos lie in the workspace
+    names = dataset_versions(str(ds.version["source"]) if isinstance(ds, VersionedDataset) else str(ds.root)).names
     for pair in report["examples"][:PAIRS_SHOWN]:
         cols = st.columns(2)
         for col, side in zip(cols, ("test", "train")):
             thumb = thumbnail(path_of.get(pair[side], ds.root / pair[side]))
             if thumb is not None:
-                col.image(thumb, caption=f"{'held out' if side == 'test' else 'trains'}: {pair[side]}", width=200)
+                col.image(thumb, caption=f"{'held out' if side == 'test' else 'trains'}: "
+                                         f"{shown_name(pair[side], names)}", width=200)
         st.caption(f"cosine similarity {pair['similarity']:.3f}")
 
 

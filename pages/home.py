@@ -5,6 +5,9 @@ import streamlit as st
 from pages._router import PAGES, through_router
 from pages._state import choose_dataset, completed_runs, settings
 from pages._widgets import friendly_errors, percent
+from toptune_core.backbones.catalogue import DEFAULT_BACKBONE, DEFAULT_RESOLUTION
+from toptune_core.features.views import DEFAULT_VIEWS, n_views
+from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 from toptune_core.warmup import warm_up_status
 from toptune_core.workspace import demo_choice
 
@@ -13,9 +16,11 @@ st.title("Toptune: diagnose leaf photos")
 st.markdown(
     "**Top-tuning** takes a network already trained on millions of everyday photos, keeps it frozen, and uses it "
     "to turn each of your leaf photos into a list of numbers that describe what it sees. "
-    "A small, fast classifier then learns from those numbers which class each photo belongs to (by default a "
-    "kernel method, as in the top-tuning paper; a Random Forest, the Eden notebooks' choice, and others are one "
-    "click away), so training takes seconds on a laptop instead of hours on a graphics card. "
+    "A small, fast classifier then learns from those numbers which class each photo belongs to (by default "
+    f"{CLASSIFIERS[DEFAULT_CLASSIFIER].label.lower()} on each photo seen in {n_views(DEFAULT_VIEWS)} views, every "
+    f"flip and quarter turn, at {DEFAULT_RESOLUTION.get(DEFAULT_BACKBONE, 224)} px: the settings the estimate for "
+    "new photos chose; the kernel method of the top-tuning paper, a Random Forest, the Eden notebooks' choice, and "
+    "others are one click away), so training takes seconds on a laptop instead of hours on a graphics card. "
     "Every model is tested on photos it never saw during training, so the accuracy you see is what to expect "
     "on new photos."
 )

@@ -382,6 +382,7 @@ def test_classify_a_real_photo_with_the_best_run(demo_run):
 
     best = RunStore(demo_run.home).best()
     assert Predictor.from_run(best.id).predict(photo).label == label, "the page shows the model's own answer"
+    assert at.selectbox(key="cls_teach_class").value == label, "teaching starts on the model's answer"
 
 
 @pytest.mark.parametrize("name,data,expected", [
@@ -419,6 +420,7 @@ def test_classify_a_photo_that_is_not_a_leaf_says_not_recognised(demo_run):
     assert "Confidence" not in metrics(at), "no class, no confidence for a photo the model does not know"
     assert any("does not look like the photos this model was trained on" in w for w in texts(at.warning))
     assert not [f for f in plotly_figures(at) if f["data"][0].get("orientation") == "h"]
+    assert at.selectbox(key="cls_teach_class").value is None, "no answer, no class chosen for teaching"
 
 
 def test_classify_three_photos_of_one_plant_gives_one_combined_answer(demo_run):
@@ -432,6 +434,7 @@ def test_classify_three_photos_of_one_plant_gives_one_combined_answer(demo_run):
     no_problems(at)
     assert [m[4:] for m in texts(at.markdown) if m.startswith("### ")] == ["Combined diagnosis: bean_rust"]
     assert len([s for s in texts(at.success) if s.startswith("bean_rust · ")]) == 3  # each photo's own verdict
+    assert at.selectbox(key="cls_teach_class").value == "bean_rust"
     assert "Confidence" in metrics(at)
 
 
@@ -455,7 +458,7 @@ def test_local_folder_choice_and_a_wrong_path(fresh_home, beans30, tmp_path):
     at.text_input(key="folder_path").input(str(beans30)).run()
     button(at, "Use this folder").click().run()
     no_problems(at)
-    assert at.subheader[0].value == "Folder beans (90 photos)"
+    assert at.subheader[0].value == "Folder beans"
     assert metrics(at)["Photos"] == "90"
 
 
@@ -479,7 +482,7 @@ def test_uploaded_zip_becomes_the_dataset(fresh_home, beans30):
     button(at, "Unpack and use").click().run()
     wait_for_job(at)
     no_problems(at)
-    assert at.subheader[0].value == "Uploaded zip beans.zip (90 photos)"
+    assert at.subheader[0].value == "Uploaded zip beans.zip"
     root = Path(at.session_state["dataset"]["path"])
     assert root.is_relative_to(fresh_home / "uploads") and sorted(p.name for p in root.iterdir()) == [
         "angular_leaf_spot", "bean_rust", "healthy"]

@@ -74,7 +74,7 @@ def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path)
 
             page.get_by_role("button", name=re.compile("Try the demo dataset")).click()
             expect(page.get_by_role("heading", name="1 · Data")).to_be_visible()
-            expect(page.get_by_text("Demo: bean leaf diseases (iBean, 300 photos)").first).to_be_visible()
+            expect(page.get_by_text("Demo: bean leaf diseases (iBean)").first).to_be_visible()
             expect(page.get_by_test_id("stMetricValue").first).to_have_text("300")
             expect(page.get_by_text("A few photos of each class")).to_be_visible()
             shot("data")

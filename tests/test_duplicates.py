@@ -67,7 +67,9 @@ def test_grouped_split_keeps_planted_twins_on_one_side(with_twins, lite0_extract
     assert random["pairs"] == grouped["pairs"] >= 9  # the planted pairs (and any natural ones)
     assert random["pairs_across"] >= 1, "this seed's random split separates some of the planted twins"
     assert grouped["pairs_across"] == 0 and grouped["test_photos_with_twin"] == 0
-    assert grouped["split"].startswith("grouped stratified split") and grouped["n_test"] in (17, 18, 19)
+    # Each group's side is fixed by its photos' content (data.split), so the share held out is about a quarter,
+    # not exactly: the old exact quota (17 to 19 of 69) moved photos across the split at every edit.
+    assert grouped["split"].startswith("grouped stratified split") and 6 <= grouped["n_test"] <= 30
     # Every method uses the same rule: a run on the grouped split records it and holds out no near-twin.
     run = run_toptuning(with_twins, split="grouped", classifier="logreg", extractor=lite0_extractor, cache=cache)
     assert run.split["kind"] == "grouped" and run.params["split"] == "grouped"

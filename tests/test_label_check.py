@@ -204,6 +204,9 @@ def test_data_page_photos_to_check(planted, checked, label_home, monkeypatch):
     no_problems(at)
     shown = {b.key.split(":", 1)[1] for b in at.button if b.key and b.key.startswith("label_leave_out:")}
     assert shown and not shown & set(first)
+    # The new list's size is explained: against cleanlab's estimate, and against the previous list.
+    assert any("Checked again on your corrected version" in c.value and "were on the previous list" in c.value
+               for c in at.caption)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg")) == files_before
 
     out = label_home / "after_edits.json"  # the command line reads the same workspace's version

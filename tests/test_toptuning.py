@@ -81,13 +81,19 @@ def test_toptuning_records_an_honest_run(small_dataset, lite0_extractor):
     run = run_toptuning(small_dataset, extractor=lite0_extractor, seed=0)
     # The default top classifier is logistic regression: the estimate for new photos chose it (README, the grid).
     assert run.status == "completed" and run.method == "toptune" and run.classifier == "logreg"
-    assert run.split["method"].startswith("stratified random split") and run.split["n_test"] == 15
+    # Each photo's side is fixed by its content (data.split): the count held out is the rule's, about a quarter
+    # (the old exact 15 of 60 came with photos moving across the split at every edit).
+    from toptune_core.data.dataset import load_dataset
+    from toptune_core.data.split import photo_keys, side_of
+
+    expected = int((side_of(photo_keys(load_dataset(small_dataset)), 0) < 0.25).sum())
+    assert run.split["method"].startswith("stratified random split") and run.split["n_test"] == expected
     test_files = set(run.split["test_files"])
     preds = run.predictions()
-    assert set(preds["path"]) == test_files and len(preds) == 15  # scored on held-out photos only
+    assert set(preds["path"]) == test_files and len(preds) == expected  # scored on held-out photos only
     assert np.isclose(preds["correct"].mean(), run.metrics["accuracy"])
-    assert np.array(run.metrics["confusion_matrix"]).sum() == 15
-    assert run.metrics["accuracy"] >= 0.6  # 45 training photos; chance is 0.33
+    assert np.array(run.metrics["confusion_matrix"]).sum() == expected
+    assert run.metrics["accuracy"] >= 0.6  # about 45 training photos; chance is 0.33
     t = run.timings
     assert t["train_seconds_with_extraction"] > t["train_seconds_without_extraction"] == t["fit_seconds"]
     assert store.get(run.id).metrics == run.metrics  # persisted
@@ -111,11 +117,12 @@ def test_cli_toptune_demo_dataset_then_cache_hit_then_predict(demo_dataset, subp
     assert first.returncode == 0, first.stderr
     r1 = json.loads(out1.read_text())
     assert SUMMARY_KEYS <= set(r1)
-    assert (r1["n_train"], r1["n_test"], r1["cache_hit"]) == (225, 75, False)
-    # The default (logistic regression, 8 views, 288 px) measured 0.907 (68 of 75) on this held-out quarter (seed 0);
-    # the floor leaves two photos of room for floating-point differences between CPUs.
+    assert (r1["n_train"] + r1["n_test"], r1["n_test"], r1["cache_hit"]) == (300, 67, False)  # the stable split
+    # The default (logistic regression, 8 views, 288 px) measured 0.881 (59 of 67) on this held-out share (seed 0,
+    # the stable split; 0.907, 68 of 75, on the older exact split); the floor leaves two photos of room for
+    # floating-point differences between CPUs.
     assert r1["classifier"] == "logreg" and r1["views"] == "dihedral" and r1["resolution"] == 288
-    assert r1["accuracy"] >= 0.88
+    assert r1["accuracy"] >= 0.85
     second = _cli(["toptune", "--data", str(demo_dataset), "--json", str(out2)], subprocess_env)
     assert second.returncode == 0, second.stderr
     r2 = json.loads(out2.read_text())

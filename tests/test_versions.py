@@ -167,15 +167,18 @@ def test_bad_edits_are_one_line_and_change_nothing(versions, source):
 
 
 def test_a_new_version_extracts_only_its_new_photos(versions, source, tmp_path, lite0_extractor):
-    from toptune_core.features.cache import FeatureCache, get_features
+    from toptune_core.features.cache import FeatureCache, get_features, photos_not_cached
 
     cache = FeatureCache(tmp_path / "features")
+    assert photos_not_cached(versions.dataset(), lite0_extractor, cache) == 24
     first = get_features(versions.dataset(), lite0_extractor, cache)
+    assert photos_not_cached(versions.dataset(), lite0_extractor, cache) == 0
     assert first.entry.meta["n_extracted"] == 24 and first.entry.meta["n_reused"] == 0
 
     versions.add_photos(other_photos(5), "healthy")
     versions.move(load_dataset(source).relpaths[0], "bean_rust")
     version = versions.dataset()
+    assert photos_not_cached(version, lite0_extractor, cache) == 5  # what the Data page reads at once (<= 10)
     events = []
     second = get_features(version, lite0_extractor, cache, progress=events.append)
     assert not second.cache_hit
@@ -189,6 +192,7 @@ def test_a_new_version_extracts_only_its_new_photos(versions, source, tmp_path, 
     assert np.allclose(np.stack([after[rel] for rel in new]), alone.features, atol=1e-4)
 
     versions.undo(versions.edits[-1].id)  # the move: no photo is new, nothing is extracted
+    assert photos_not_cached(versions.dataset(), lite0_extractor, cache) == 0
     third = get_features(versions.dataset(), lite0_extractor, cache)
     assert third.entry.meta["n_extracted"] == 0 and third.entry.meta["n_reused"] == 29
 
@@ -233,6 +237,27 @@ def test_runs_train_on_the_workspace_version_and_record_what_changed(versions, s
     assert frame["edits"].tolist() == ["no change", "+5 photos, 1 left out", "+4 photos, 1 moved, 1 left out",
                                       "+4 photos, 1 moved, 1 left out"]
     assert store.list()[0].params["version"]["changes"]["previous"] == third.params["version"]["id"]
+    # Every version is scored on the first run's held-out photos, less the one left out (added photos train);
+    # the one exception: a class the move left with no held-out photo gets one (8 photos a class here).
+    root = versions.dataset().root
+    left_path, moved = str(root / left.path), load_dataset(source).relpaths[1]
+    less = "as v1, less 1 left out" if left_path in first.split["test_files"] else "same as v1"
+    held = set(first.split["test_files"]) - {left_path}
+    moved_class = moved.split("/")[0]
+    repaired = str(root / moved) in held and not [f for f in held if f"/{moved_class}/" in f and
+                                                   not f.endswith(moved)]
+    third_note = "1 not in v1's" if repaired else less
+    assert frame["held-out photos"].tolist() == ["same as v1", less, third_note, third_note]
+    assert set(third.split["test_files"]) - set(first.split["test_files"]) <= {
+        f for f in third.split["test_files"] if f"/{moved_class}/" in f}
+    assert set(frame["setting"]) == {"tf_efficientnet_lite0 + Logistic regression, 1 view (the photo as it is)"}
+    from toptune_core.data.version_history import version_name, version_of
+
+    assert version_name(store.list(), version_of(versions.dataset())) == ("v3", True)
+    versions.keep(load_dataset(source).relpaths[2])  # a keep changes no photo: still v3
+    assert version_name(store.list(), version_of(versions.dataset())) == ("v3", True)
+    versions.leave_out(load_dataset(source).relpaths[2])
+    assert version_name(store.list(), version_of(versions.dataset())) == ("v4", False)
 
 
 def test_download_of_a_version_is_its_class_folders(versions, source, tmp_path):

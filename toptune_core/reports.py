@@ -42,7 +42,7 @@ def run_settings(run: RunRecord) -> str:
     p = run.params or {}
     parts = [f"seed {p.get('seed', '?')}", f"test share {p.get('test_size', '?')}"]
     if run.method == "toptune":
-        parts.insert(0, f"classifier {run.classifier}")
+        parts.insert(0, f"classifier {classifier_words(run.classifier)}")
     else:
         hyper = {**p, **(p.get("hyper") or {})}
         for key in ("head_epochs", "epochs", "budget_seconds", "lr", "batch_size"):
@@ -53,6 +53,30 @@ def run_settings(run: RunRecord) -> str:
         if epochs_run:
             parts.append(f"epochs run {epochs_run}")
     return ", ".join(parts)
+
+
+def classifier_words(name: Optional[str]) -> str:
+    """A top classifier's label (``methods.classifiers``: "Logistic regression"), not its code name."""
+    from toptune_core.methods.classifiers import CLASSIFIERS
+
+    spec = CLASSIFIERS.get(str(name))
+    return spec.label if spec else str(name)
+
+
+def views_words(name: Optional[str]) -> str:
+    """A view set in words: "8 views (every flip and quarter turn)"."""
+    from toptune_core.features.views import VIEW_SETS
+
+    words = {"1": "1 view (the photo as it is)", "flip": "2 views (the photo and its mirror image)",
+             "dihedral": "8 views (every flip and quarter turn)"}
+    name = str(name or "1")
+    return words.get(name, f"{len(VIEW_SETS.get(name, ()))} views ({name})")
+
+
+def setting_words(run: RunRecord) -> str:
+    """E.g. "tf_efficientnet_lite0 + Logistic regression, 8 views (every flip and quarter turn)"."""
+    how = classifier_words(run.classifier) if run.method == "toptune" else "fine-tuned"
+    return f"{run.backbone} + {how}, {views_words(run_views(run))}"
 
 
 def run_views(run: RunRecord) -> str:
@@ -93,8 +117,8 @@ def runs_frame(runs: Sequence[RunRecord], include_extraction: bool = True) -> pd
             "run": r.id,
             "method": METHOD_NAMES.get(r.method, r.method),
             "backbone": r.backbone,
-            "classifier": r.classifier if r.method == "toptune" else "(network head)",
-            "views": run_views(r),
+            "classifier": classifier_words(r.classifier) if r.method == "toptune" else "(network head)",
+            "views": views_words(run_views(r)),
             "resolution (px)": run_resolution(r),
             "status": r.status,
             "accuracy": m.get("accuracy"),

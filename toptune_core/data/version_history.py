@@ -7,10 +7,15 @@ edits since the original (``summary``) and what changed since the previous run
 on the same source (``changes``: +N photos, M moved, K left out, edits undone).
 ``versions_frame`` lines the runs up by version for the Compare page;
 ``retrain_settings`` is what "Train again" reuses of a run.
+
+**Version names**: one short name everywhere (Data, Classify, Compare): ``v1``, ``v2``... per source, in the
+order runs first trained on them (``version_names``); a version no run trained on yet is the next number,
+"not trained on yet" (``version_name``). The id (a hash) is for tooltips.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -81,26 +86,94 @@ def retrain_settings(run) -> dict:
             "split": p.get("split", "random"), "views": p.get("views"), "resolution": p.get("resolution")}
 
 
+def _trained_versions(runs: Sequence) -> list[tuple[float, str, str]]:
+    """(created, source path, version id) of each completed run that recorded its version."""
+    found = []
+    for r in runs:
+        v = (r.params or {}).get("version")
+        if r.status == "completed" and isinstance(v, dict) and v.get("id") and v.get("source"):
+            found.append((r.created, str(v["source"]), str(v["id"])))
+    return found
+
+
+def version_names(runs: Sequence) -> dict[tuple[str, str], str]:
+    """``(source path, version id) -> "v1"``, ``"v2"``...: per source, in the order runs first trained on them."""
+    names: dict[tuple[str, str], str] = {}
+    count: dict[str, int] = {}
+    for _, source, vid in sorted(_trained_versions(runs)):
+        if (source, vid) not in names:
+            count[source] = count.get(source, 0) + 1
+            names[(source, vid)] = f"v{count[source]}"
+    return names
+
+
+def version_name(runs: Sequence, version: dict) -> tuple[str, bool]:
+    """The short name of ``version`` (``version_of``'s dict) and whether a run trained on it: ``("v3", True)``,
+    or the next number, ``("v4", False)``, for a version no run has trained on yet."""
+    names = version_names(runs)
+    source, vid = str(version.get("source")), str(version.get("id"))
+    if (source, vid) in names:
+        return names[(source, vid)], True
+    return f"v{sum(s == source for s, _ in names) + 1}", False
+
+
+def held_out_note(run, first, first_name: str = "v1") -> str:
+    """How ``run``'s held-out photos compare with those of ``first`` (the first run of its source and split
+    settings, on version ``first_name``): "same as v1", "as v1, less 2 left out", or "3 not in v1's" (runs
+    recorded before the stable split, or a version whose photos changed on disk)."""
+    mine = set((run.split or {}).get("test_files") or [])
+    theirs = set((first.split or {}).get("test_files") or [])
+    if not mine or not theirs:
+        return "not recorded"
+    if mine == theirs:
+        return f"same as {first_name}"
+    if mine < theirs:
+        return f"as {first_name}, less {len(theirs - mine)} left out"
+    return f"{len(mine - theirs)} not in {first_name}'s"
+
+
 def versions_frame(runs: Sequence) -> pd.DataFrame:
     """One row per completed run that recorded its version: the source, the version (``v1``, ``v2``... in the
-    order they were first trained on, per source, with its edits since the original), the settings and the
-    held-out accuracy; the oldest version first."""
-    rows = []
-    for r in runs:
+    order they were first trained on, per source, with its edits since the original), the settings (in words),
+    the held-out accuracy and which held-out photos it was scored on, next to the first run of the same source,
+    seed, test share and split; the oldest version first."""
+    from toptune_core.reports import setting_words
+
+    names = version_names(runs)
+    rows, first_of = [], {}
+    for r in sorted(runs, key=lambda r: r.created):
         v = (r.params or {}).get("version")
         if r.status != "completed" or not isinstance(v, dict) or (r.metrics or {}).get("accuracy") is None:
             continue
-        setting = f"{r.backbone} + {r.classifier}" + (f", views {r.params['views']}" if r.params.get("views") else "")
+        p = r.params or {}
+        same_split = (v["source"], p.get("seed"), p.get("test_size"), p.get("split"), p.get("test_data"))
+        first = first_of.setdefault(same_split, r)
+        held_out = held_out_note(r, first, names.get((str(v["source"]), str(first.params["version"]["id"])), "v1"))
         rows.append({"source": Path(v["source"]).name, "source path": v["source"], "version id": v["id"],
-                     "edits": describe_changes(v.get("summary") or {}), "setting": setting,
-                     "accuracy": r.metrics["accuracy"], "photos": (r.params or {}).get("n_images"), "run": r.id,
-                     "created": r.created})
-    columns = ["source", "version", "version id", "edits", "setting", "accuracy", "photos", "run", "started"]
+                     "version": names.get((str(v["source"]), str(v["id"])), "?"),
+                     "edits": describe_changes(v.get("summary") or {}), "setting": setting_words(r),
+                     "accuracy": r.metrics["accuracy"], "held-out photos": held_out,
+                     "photos": p.get("n_images"), "run": r.id, "created": r.created})
+    columns = ["source", "version", "version id", "edits", "setting", "accuracy", "held-out photos", "photos", "run",
+               "started"]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows).sort_values("created", kind="stable")
-    first = frame.groupby(["source path", "version id"], sort=False)["created"].min().reset_index()
-    first["version"] = first.groupby("source path").cumcount().add(1).map("v{}".format)
-    frame = frame.merge(first[["source path", "version id", "version"]], on=["source path", "version id"])
     frame["started"] = [time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) for t in frame["created"]]
     return frame.sort_values(["source", "created"], kind="stable")[columns].reset_index(drop=True)
+
+
+def added_photo_name(path) -> Optional[str]:
+    """The user's file name of a photo they added (one stored as ``<home>/versions/<source>/photos/<sha256>.jpg``
+    by ``DatasetVersions.add_photos``), from that edit list; None for any other photo."""
+    p = Path(str(path))
+    if p.parent.name != "photos" or p.parent.parent.parent.name != "versions":
+        return None
+    try:
+        edits = json.loads((p.parent.parent / "edits.json").read_text()).get("edits", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    for e in edits:
+        if e.get("kind") == "add" and e.get("sha256") == p.stem:
+            return e.get("name") or Path(e.get("path", p.name)).name
+    return None

@@ -10,7 +10,9 @@ dataset is read:
 * ``keep``: a photo was reviewed and its label kept (``reviewed``: not shown as a
   suspect again); it changes nothing in the dataset;
 * ``add``: a field photo, stored in the workspace by its SHA-256 (checked each
-  time the version is read), with a class, which may be a new one.
+  time the version is read), with a class, which may be a new one, and the user's own
+  file name (``name``). It always trains (``VersionedDataset.train_only``) unless added
+  with ``may_test=True`` (then the split decides, as for any photo: ``data.split``).
 
 Each edit has an id; ``undo(edit_id)`` cancels it (the history keeps it, marked
 undone). The same photo may be edited several times: the edits apply in order.
@@ -25,6 +27,7 @@ Usage::
     versions.keep("healthy/c.jpg")
     versions.reviewed                                           # {"healthy/c.jpg", "healthy/a.jpg"}: kept or moved
     versions.add_photos([("leaf.jpg", jpeg_bytes)], "new class")  # -> [Edit]; all photos checked before any is kept
+    shown_name(edit.path)                                       # "leaf.jpg": the user's name (else the relpath)
     versions.undo(edit_id)
     versions.edits                                              # active edits, oldest first (history: all_edits)
     dataset = versions.dataset()                                # a VersionedDataset: a Dataset with the edits applied
@@ -79,7 +82,8 @@ _FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "
 
 @dataclass(frozen=True)
 class Edit:
-    """One edit. ``path``: the photo's relpath; ``to``: its class (move, add); ``sha256``: an added photo's."""
+    """One edit. ``path``: the photo's relpath; ``to``: its class (move, add); ``sha256``, ``name`` (the user's
+    file name) and ``may_test`` (may be held out for testing): an added photo's."""
 
     id: int
     kind: str
@@ -88,13 +92,30 @@ class Edit:
     sha256: Optional[str] = None
     time: float = 0.0
     undone: Optional[float] = None  # when it was undone
+    name: Optional[str] = None
+    may_test: bool = False
 
     def describe(self) -> str:
+        shown = self.name or shown_name(self.path)
         if self.kind == "move":
-            return f"moved {self.path} to {self.to}"
+            return f"moved {shown} to {self.to}"
         if self.kind == "add":
-            return f"added {self.path.removeprefix(ADDED_PREFIX)} as {self.to}"
-        return f"left out {self.path}" if self.kind == "leave_out" else f"kept {self.path} as it is"
+            return f"added your photo {shown} as {self.to}" + (" (may be held out for testing)" if self.may_test
+                                                              else "")
+        return f"left out {shown}" if self.kind == "leave_out" else f"kept {shown} as it is"
+
+
+_ADDED_NAME = re.compile(r"^[0-9a-f]{16}-")
+
+
+def shown_name(relpath: str, names: Optional[dict] = None) -> str:
+    """A photo's relpath as a person knows it: an added photo by its file name (``names``: relpath -> the name the
+    user gave, from the edits; else the stored name without its hash), a photo of the folder by its relpath."""
+    if not str(relpath).startswith(ADDED_PREFIX):
+        return str(relpath)
+    if names and relpath in names:
+        return names[relpath]
+    return _ADDED_NAME.sub("", str(relpath)[len(ADDED_PREFIX):])
 
 
 def check_class_name(name: str) -> str:
@@ -174,13 +195,18 @@ class DatasetVersions:
         return [e for e in self.all_edits if e.undone is None]
 
     @property
+    def names(self) -> dict[str, str]:
+        """The user's file name of each added photo, by relpath (for ``shown_name``)."""
+        return {e.path: e.name for e in self.all_edits if e.kind == "add" and e.name}
+
+    @property
     def reviewed(self) -> set[str]:
         """Relpaths whose label a person looked at: kept as they are, or moved (not suspects any more)."""
         return {e.path for e in self.edits if e.kind in ("keep", "move")}
 
     def _append(self, data: dict, kind: str, path: str, to: Optional[str] = None,
-                sha256: Optional[str] = None) -> Edit:
-        edit = Edit(int(data["next_id"]), kind, path, to, sha256, time.time())
+                sha256: Optional[str] = None, **extra) -> Edit:
+        edit = Edit(int(data["next_id"]), kind, path, to, sha256, time.time(), **extra)
         data["next_id"] = edit.id + 1
         data["edits"].append({k: v for k, v in edit.__dict__.items()})
         return edit
@@ -223,8 +249,9 @@ class DatasetVersions:
             self._photo_of(relpath, [Edit(**e) for e in data["edits"] if e.get("undone") is None])
             return self._append(data, "keep", relpath)
 
-    def add_photos(self, photos: Sequence[tuple[str, bytes]], label: str) -> list[Edit]:
-        """Add field photos ``[(file name, bytes)]`` with class ``label`` (a new class is allowed).
+    def add_photos(self, photos: Sequence[tuple[str, bytes]], label: str, *, may_test: bool = False) -> list[Edit]:
+        """Add field photos ``[(file name, bytes)]`` with class ``label`` (a new class is allowed); they always
+        train unless ``may_test`` (then the split may hold them out, as any photo).
 
         Every photo is read (``ImageError`` names the first one that cannot be) and the class name checked
         before anything is stored; a photo already in this version is refused too.
@@ -255,7 +282,7 @@ class DatasetVersions:
                 if not (stored.is_file() and file_sha256(stored) == sha):
                     write_atomic(stored, blob)
                 added.append(self._append(data, "add", f"{ADDED_PREFIX}{sha[:16]}-{_safe_name(name)}{suffix}",
-                                          label, sha))
+                                          label, sha, name=Path(str(name)).name[:120], may_test=may_test))
             return added
 
     def undo(self, edit_id: int) -> Edit:
@@ -342,18 +369,22 @@ def apply_edits(base: Dataset, edits: list[Edit], photos_dir: Path, source: str)
     summary = {"added": sum(e.kind == "add" for e in edits), "moved": sum(e.kind == "move" for e in edits),
                "left_out": sum(e.kind == "leave_out" for e in edits)}
     version = {"source": source, "edit_ids": [e.id for e in edits if e.kind != "keep"], "summary": summary}
+    train_only = frozenset(e.path for e in edits if e.kind == "add" and not e.may_test and e.path in label_of)
     return VersionedDataset(base.root, classes, [path_of[r] for r in order],
                             np.asarray([index[label_of[r]] for r in order], dtype=np.int64), base.layout,
                             list(base.skipped), list(base.warnings),
-                            None if listed is None else [listed.get(r) for r in order], names=order, version=version)
+                            None if listed is None else [listed.get(r) for r in order], names=order, version=version,
+                            train_only=train_only)
 
 
 @dataclass
 class VersionedDataset(Dataset):
-    """A ``Dataset`` with edits applied: ``names`` are its relpaths (added photos lie outside ``root``)."""
+    """A ``Dataset`` with edits applied: ``names`` are its relpaths (added photos lie outside ``root``);
+    ``train_only``: relpaths of added photos that always train (``data.split``)."""
 
     names: list[str] = field(default_factory=list)
     version: dict = field(default_factory=dict)
+    train_only: frozenset = frozenset()
 
     def __post_init__(self) -> None:
         if self.names and not self.version.get("id"):
@@ -367,4 +398,5 @@ class VersionedDataset(Dataset):
         idx = list(indices)
         return VersionedDataset(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx], self.layout,
                                 versions=None if self.versions is None else [self.versions[i] for i in idx],
-                                names=[self.names[i] for i in idx], version=self.version)
+                                names=[self.names[i] for i in idx], version=self.version,
+                                train_only=self.train_only)

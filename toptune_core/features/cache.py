@@ -43,7 +43,7 @@ import numpy as np
 from toptune_core.config import Settings
 from toptune_core.data.dataset import Dataset
 from toptune_core.errors import Cancelled, ToptuneError
-from toptune_core.files import file_sha256
+from toptune_core.files import content_hashes
 from toptune_core.features.extractor import ExtractionResult, FeatureExtractor
 from toptune_core.features.views import as_views, n_views
 from toptune_core.progress import CancelCheck, ProgressCallback
@@ -312,29 +312,40 @@ def _add_views(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCach
     return result, meta
 
 
-#: Content hashes already computed in this process, by (path, device, inode, size, mtime): a dashboard's second
-#: version of a dataset, or the near-duplicate reference after a run's own features, does not read every photo again.
-_HASHES: dict[tuple, str] = {}
-_MAX_HASHES = 500_000
-
-
 def _content_hashes(paths: list[Path], should_cancel: Optional[CancelCheck]) -> list[Optional[str]]:
     """Each photo's SHA-256 (None for a file that cannot be read: the extractor reports it)."""
-    hashes: list[Optional[str]] = []
-    for i, path in enumerate(paths):
-        if should_cancel is not None and i % 64 == 0 and should_cancel():
+    def stop() -> None:
+        if should_cancel is not None and should_cancel():
             raise Cancelled("Feature extraction was cancelled.")
+
+    return content_hashes(paths, stop)
+
+
+def photos_not_cached(dataset: Dataset, extractor: FeatureExtractor, cache: FeatureCache) -> int:
+    """How many photos of ``dataset`` ``get_features`` would have to extract views of: 0 when its entry holds the
+    extractor's views, else those whose content no entry of the same extractor holds with that many views (a
+    dataset version with a few photos moved: 0, so its entry is made from the cache in a moment). Photos that
+    cannot be hashed here (objects) count as missing; with nothing in the cache to reuse, no photo is read."""
+    need = extractor.n_views
+    if cache.views_in(cache.key(dataset.fingerprint(), extractor.cache_identity)) >= need:
+        return 0
+    known = hashes_held(cache, extractor.cache_identity, need)
+    if not known:  # nothing to reuse: not worth reading every photo to say so
+        return len(dataset)
+    return sum(h is None or h not in known for h in _content_hashes(list(dataset.paths), None))
+
+
+def hashes_held(cache: FeatureCache, identity: dict, views: int) -> set[str]:
+    """Content hashes of the photos that entries with ``identity`` hold with at least ``views`` views."""
+    found: set[str] = set()
+    for path in cache.root.glob("*/meta.json"):
         try:
-            st = os.stat(path)
-            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if key not in _HASHES:
-                if len(_HASHES) >= _MAX_HASHES:
-                    _HASHES.clear()
-                _HASHES[key] = file_sha256(path)
-            hashes.append(_HASHES[key])
-        except OSError:
-            hashes.append(None)
-    return hashes
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _same_identity(meta, identity) and int(meta.get("n_views") or 0) >= views:
+            found.update(h for h, ok in zip(meta.get("sha256") or [], meta.get("ok") or []) if ok and h)
+    return found
 
 
 def _same_identity(meta: dict, identity: dict) -> bool:

@@ -17,7 +17,6 @@ replaced a moment after it appeared.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,36 +45,17 @@ class ExtractionEstimate:
 def estimate_extraction(dataset, extractor, cache) -> ExtractionEstimate:
     """The extraction a top-tune of ``dataset`` with ``extractor`` (its views and resolution) still needs."""
     from toptune_core.backbones.catalogue import get_backbone
-    from toptune_core.features.cache import _content_hashes
+    from toptune_core.features.cache import photos_not_cached
 
     size = (extractor.resolution / get_backbone(extractor.backbone).input_size) ** 2
     have = cache.views_in(cache.key(dataset.fingerprint(), extractor.cache_identity))
     need = extractor.n_views
-    if have >= need:
-        photos = 0
-    else:
-        known = _hashes_in(cache, extractor.cache_identity, need)
-        photos = sum(h not in known for h in _content_hashes(list(dataset.paths), None))
+    photos = photos_not_cached(dataset, extractor, cache) if have < need else 0
     staged = have == 0 and need > 1 and photos >= MIN_PHOTOS_TO_STAGE
     reference = _reference_passes(dataset, cache, extractor)
     final = photos * (need - have) * size + reference
     first = photos * size + reference if staged else final
     return ExtractionEstimate(photos, first, final, cache.pass_rate(extractor.backbone), staged)
-
-
-def _hashes_in(cache, identity: dict, views: int) -> set[str]:
-    """Content hashes of the photos that entries with ``identity`` hold with at least ``views`` views."""
-    from toptune_core.features.cache import _same_identity
-
-    found: set[str] = set()
-    for path in cache.root.glob("*/meta.json"):
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _same_identity(meta, identity) and int(meta.get("n_views") or 0) >= views:
-            found.update(h for h, ok in zip(meta.get("sha256") or [], meta.get("ok") or []) if ok)
-    return found
 
 
 def _reference_passes(dataset, cache, extractor) -> float:
