@@ -89,9 +89,10 @@ class OnnxRuntimeEngine:
         self.session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
                                             providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name  # the pooled features (a graph may also give its map)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+        return self.session.run([self.output], {self.input: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
 
 
 class OpenVinoEngine:
