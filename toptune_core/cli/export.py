@@ -18,9 +18,20 @@ from toptune_core.config import Settings
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.portable.export import export_run
 
+    import zipfile
+
+    from toptune_core.portable.offline import WEB, ort_available
+
     path = export_run(args.run, args.out, store=run_store(settings), settings=settings)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): unzip it and run `python predict.py PHOTO...` "
           "(needs onnxruntime, numpy and pillow)")
+    with zipfile.ZipFile(path) as z:
+        has_page = any(name.startswith("offline/") for name in z.namelist())
+    if has_page:
+        print("offline/ is the offline diagnosis page: serve that folder over HTTPS (or from localhost) and open "
+              "index.html (README, 'In the field')")
+    elif not ort_available():
+        print(f"no offline page in the zip: onnxruntime-web is not installed (run `npm ci` in {WEB})")
     return 0
 
 
