@@ -12,6 +12,7 @@ import streamlit as st
 
 from pages._charts import probabilities_chart
 from pages._download import model_download_button
+from pages._field import show_offline_page, show_where
 from pages._router import through_router
 from pages._state import predictor_for, settings
 from pages._versions import teach_photos
@@ -89,7 +90,7 @@ def show_nearest(prediction) -> None:
 def show_single(name: str, data: bytes, predictor, strictness: str, run) -> None:
     max_mb = settings().limits.photo_mb
     image = read_uploaded_photo(data, name, max_mb)
-    prediction = predictor.predict(photo_source(data, name, max_mb), strictness=strictness)
+    prediction = predictor.predict(photo_source(data, name, max_mb), strictness=strictness, heatmaps=True)
     left, right = st.columns([2, 3])
     left.image(image, caption=name, width="stretch")
     with right:
@@ -108,6 +109,7 @@ def show_single(name: str, data: bytes, predictor, strictness: str, run) -> None
                 st.warning("The model is unsure about this photo; take another one, closer and in even light.")
             st.plotly_chart(probabilities_chart(prediction.classes, prediction.probabilities), key="probabilities")
         st.caption(f"Classified in {seconds(prediction.seconds)} by run {run.id} ({run.backbone}).")
+    show_where(predictor, photo_source(data, name, max_mb), prediction, [prediction.label])
     show_nearest(prediction)
 
 
@@ -167,6 +169,7 @@ def page() -> None:
                "crops, other problems or no leaf at all should get \"not recognised\"; an unseen disease of the "
                "same crop is often NOT caught (see the Home page).")
     model_download_button(run)
+    show_offline_page(run)
     strictness = strictness_choice(run)
     photos = gather_photos()
     if not photos:
