@@ -38,7 +38,7 @@ from toptune_core.features.views import VIEW_SETS
 
 #: The colour scale of every map (logit units per cell): -COLOUR_SCALE (against the class) .. +COLOUR_SCALE (for it).
 #: Fixed for all photos and runs (L2-normalised features, one penalty), so a healthy leaf is not painted hot.
-COLOUR_SCALE = 15.0
+COLOUR_SCALE = 10.0
 NO_MAP = ("no exact map exists for this classifier: only a linear head (logistic regression) splits its score "
           "over the cells of the backbone's map")
 
