@@ -6,6 +6,7 @@ within 1e-3). Real run, real server, real browser, real onnxruntime-web."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -124,3 +125,34 @@ def test_the_export_zips_offline_folder_served_by_http_server_does_the_same(fiel
         server.terminate()
         server.wait(10)
     _assert_same(got, expected)
+
+
+def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_qr(field_run, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    folder = offline.STATIC_ROOT / offline.PUBLISHED / field_run.run_id
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1366, "height": 1000})
+            page.set_default_timeout(120_000)
+            expect.set_options(timeout=120_000)
+            page.goto(f"{url}/classify?run={field_run.run_id}")
+            page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(
+                str(held_out_photos("bean_rust", 1)[0]))
+            expect(page.get_by_text("What the model saw (centre crop)")).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^Where it sees "))).to_be_visible()
+            page.get_by_text("Offline page for the field").click()
+            page.get_by_role("button", name="Make the offline page").click()
+            link = page.get_by_role("link", name="Open the offline page")
+            expect(link).to_be_visible()
+            expect(page.get_by_text("Scan with the phone's camera")).to_be_visible()
+            href = link.get_attribute("href")
+            assert href == url + offline.published_path(field_run.run_id)
+            with urllib.request.urlopen(href, timeout=30) as resp:
+                assert resp.status == 200 and b'capture="environment"' in resp.read()
+            page.screenshot(path=str(REPO / "test-artifacts" / "classify-map-and-offline-link.png"), full_page=True)
+            browser.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
