@@ -96,7 +96,7 @@ def show_photo_map(run, rows) -> None:
         return
     with st.expander("Where on the leaf: one photo's map (most useful on the mistakes)"):
         names = {f"{Path(str(r.path)).name} · true {r.true} · predicted {r.predicted}": r for r in rows}
-        choice = st.selectbox("Photo", list(names), index=None, key=f"pred_map_{run.id}",
+        choice = st.selectbox("Photo to map", list(names), index=None, key=f"pred_map_{run.id}",
                               placeholder="Choose a photo shown above")
         if choice is None:
             return

@@ -156,3 +156,20 @@ def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_
             browser.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_predictions_shows_one_held_out_photos_map_for_its_predicted_and_true_class(field_run, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 1000})
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
+        page.goto(f"{url}/predictions?run={field_run.run_id}")
+        page.get_by_text("Where on the leaf: one photo's map").click()
+        page.get_by_role("combobox", name="Photo to map", exact=True).click()
+        page.get_by_role("option").first.click()
+        expect(page.get_by_text("What the model saw (centre crop)")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^Where it sees ")).first).to_be_visible()
+        browser.close()
