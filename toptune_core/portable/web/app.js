@@ -113,6 +113,8 @@ function show(result, crop, S) {
   $("timing").textContent = `Diagnosed in ${result.milliseconds} ms on this device (${result.views} view`
     + `${result.views > 1 ? "s" : ""}).`;
   $("classes").innerHTML = "";
+  $("classes").hidden = result.unknown;
+  $("advice").hidden = !result.unknown;
   for (const [c, prob] of result.top) {
     const li = document.createElement("li");
     li.textContent = `${c}: ${(100 * prob).toFixed(1)} %`;
