@@ -60,8 +60,8 @@ def show_offline_page(run) -> None:
         st.caption("One web page with this model inside: a phone opens it once, adds it to the home screen, then "
                    "diagnoses photos with no network (same answers as here). Installing it for offline use needs "
                    "HTTPS or localhost: see the README, \"In the field\".")
-        folder = offline.STATIC_ROOT / offline.PUBLISHED / run.id
-        if not (folder / "files.json").is_file():
+        name = offline.page_name(run.id, store())
+        if not (offline.published_folder(name) / "files.json").is_file():
             if not offline.ort_available():
                 st.info(f"The offline page needs onnxruntime-web: run `npm ci` in {offline.WEB} (make install does).")
                 return
@@ -69,7 +69,7 @@ def show_offline_page(run) -> None:
                 return
             with st.spinner("Writing the offline page…"):
                 offline.publish(run.id, store=store(), settings=settings())
-        address = _base_url() + offline.published_path(run.id)
+        address = _base_url() + offline.published_path(name)
         st.markdown(f"[Open the offline page]({address}) · `{address}`")
         st.image(_qr_png(address), caption="Scan with the phone's camera", width=220)
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -89,9 +90,13 @@ def test_the_dashboard_serves_a_runs_offline_page_that_diagnoses_offline(field_r
     expected = _predict_json(field_run, photos, tmp_path)
     folder = offline.publish(field_run.run_id, store=field_run.store(), settings=field_run.settings)
     try:
-        assert folder == offline.STATIC_ROOT / offline.PUBLISHED / field_run.run_id
+        name = offline.page_name(field_run.run_id, field_run.store())
+        assert folder == offline.STATIC_ROOT / offline.PUBLISHED / name and name.startswith(field_run.run_id + "-")
         with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url:
-            got = diagnose_offline(url + offline.published_path(field_run.run_id), photos)
+            with pytest.raises(urllib.error.HTTPError) as missing:  # not at the run id alone: it needs the token
+                urllib.request.urlopen(f"{url}/app/static/{offline.PUBLISHED}/{field_run.run_id}/index.html")
+            assert missing.value.code == 404
+            got = diagnose_offline(url + offline.published_path(name), photos)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     _assert_same(got, expected)
@@ -130,7 +135,8 @@ def test_the_export_zips_offline_folder_served_by_http_server_does_the_same(fiel
 def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_qr(field_run, tmp_path):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
-    folder = offline.STATIC_ROOT / offline.PUBLISHED / field_run.run_id
+    name = offline.page_name(field_run.run_id, field_run.store())
+    folder = offline.published_folder(name)
     shutil.rmtree(folder, ignore_errors=True)
     try:
         with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p:
@@ -149,7 +155,7 @@ def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_
             expect(link).to_be_visible()
             expect(page.get_by_text("Scan with the phone's camera")).to_be_visible()
             href = link.get_attribute("href")
-            assert href == url + offline.published_path(field_run.run_id)
+            assert href == url + offline.published_path(name)
             with urllib.request.urlopen(href, timeout=30) as resp:
                 assert resp.status == 200 and b'capture="environment"' in resp.read()
             page.screenshot(path=str(REPO / "test-artifacts" / "classify-map-and-offline-link.png"), full_page=True)

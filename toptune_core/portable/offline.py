@@ -17,7 +17,7 @@ page. This module only adds the run's data:
 
 ``offline_files`` gives the folder as {relative path: bytes}: ``export_run``
 puts it in the zip under ``offline/``; ``publish`` writes it where the
-dashboard serves it (``static/field/<run id>/``, Streamlit's static serving).
+dashboard serves it (``static/field/<run id>-<token>/``, Streamlit's static serving).
 """
 
 from __future__ import annotations
@@ -137,27 +137,42 @@ def write_folder(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
-def published_path(run_id: str) -> str:
-    """The page's address on the dashboard's server (append to the server's URL)."""
-    return f"/app/static/{PUBLISHED}/{run_id}/index.html"
+def page_name(run_id: str, store) -> str:
+    """The published page's folder name: the run id and a token from the run's classifier file, which only its
+    owner's photos produced, so that an address cannot be guessed from run ids alone (shared mode keeps each
+    visitor's runs private). Stable while the run's model does not change."""
+    from toptune_core.portable.top import CLASSIFIER_FILE
+
+    return f"{run_id}-{hashlib.sha256(store.model_file(run_id, CLASSIFIER_FILE).read_bytes()).hexdigest()[:16]}"
+
+
+def published_folder(name: str, root: Optional[Path] = None) -> Path:
+    return Path(root or STATIC_ROOT) / PUBLISHED / name
+
+
+def published_path(name: str) -> str:
+    """The page's address on the dashboard's server (append to the server's URL); ``name``: ``page_name``."""
+    return f"/app/static/{PUBLISHED}/{name}/index.html"
 
 
 def publish(run_id: str, *, store=None, settings=None, root: Optional[Path] = None) -> Path:
-    """Write run ``run_id``'s offline page where the dashboard serves it (``static/field/<run id>/``; kept unless
-    the run's model changed), keeping the ``MAX_PUBLISHED`` most recently published runs."""
+    """Write run ``run_id``'s offline page where the dashboard serves it (``static/field/<page_name>/``; kept
+    unless the run's model changed), keeping the ``MAX_PUBLISHED`` most recently published pages."""
+    from toptune_core.config import Settings
     from toptune_core.portable.export import run_files
+    from toptune_core.runs.store import RunStore
 
-    root = Path(root or STATIC_ROOT) / PUBLISHED
-    folder = root / run_id
+    settings = settings or Settings.from_env()
+    store = store or RunStore(settings.runs_root)
+    folder = published_folder(page_name(run_id, store), root)
     files = run_files(run_id, store=store, settings=settings, offline=True)
     page = {k[len("offline/"):]: v for k, v in files.items() if k.startswith("offline/")}
-    if not page:
-        raise ToptuneError(f"Run {run_id} has no offline page (only top-tuned runs have one).")
     current = folder / "files.json"
     if not (current.is_file() and current.read_bytes() == page["files.json"]):
+        folder.parent.mkdir(parents=True, exist_ok=True)
         write_folder(folder, page)
     os.utime(folder)
-    for old in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    for old in sorted((p for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
                       key=lambda p: p.stat().st_mtime, reverse=True)[MAX_PUBLISHED:]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
