@@ -15,6 +15,7 @@ import streamlit as st
 from pages._state import predictor_for, settings, store
 from toptune_core.explain import COLOUR_SCALE, overlay
 from toptune_core.portable import offline
+from toptune_core.portable.top import CLASSIFIER_FILE
 
 MAP_HELP = (f"Red: where the photo adds evidence for this class rather than for the others; blue: against it. One "
             f"fixed scale for every photo (±{COLOUR_SCALE:g} per cell of the 9 x 9 grid over the centre crop the "
@@ -56,10 +57,15 @@ def show_offline_page(run) -> None:
     """The run's offline page: made on request, then its link and a QR code for a phone."""
     if run.method != "toptune":
         return
-    with st.expander("Offline page for the field (works with no network)"):
+    if not st.toggle("Offline page for the field (works with no network)", key=f"field_page_{run.id}"):
+        return
+    with st.container(border=True):
         st.caption("One web page with this model inside: a phone opens it once, adds it to the home screen, then "
                    "diagnoses photos with no network (same answers as here). Installing it for offline use needs "
                    "HTTPS or localhost: see the README, \"In the field\".")
+        if not (store().run_dir(run.id) / CLASSIFIER_FILE).exists():
+            st.caption("This run was trained before models were saved as ONNX: train it again to get its page.")
+            return
         name = offline.page_name(run.id, store())
         if not (offline.published_folder(name) / "files.json").is_file():
             if not offline.ort_available():
