@@ -14,7 +14,9 @@ HOST ?= 127.0.0.1
 # Streamlit's own cap on one upload (MB), matched to shared mode's zip limit.
 MAX_UPLOAD_MB ?= $(or $(TOPTUNE_MAX_ZIP_MB),200)
 
-.PHONY: run serve test install browser clean-venv
+WEB := toptune_core/portable/web
+
+.PHONY: run serve test install browser offline-page clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +24,14 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed offline-page
+
+# The offline diagnosis page's onnxruntime-web, from npm at the version its package-lock.json pins (README, "In the
+# field"). Where npm is missing: one line, and everything else still works.
+offline-page:
+	@if [ -f $(WEB)/node_modules/.package-lock.json ] && [ $(WEB)/node_modules/.package-lock.json -nt $(WEB)/package-lock.json ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then cd $(WEB) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: no offline diagnosis page (README, 'In the field'); everything else works"; fi
 
 run: install
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)

@@ -14,6 +14,7 @@ import streamlit as st
 
 from pages._charts import probabilities_chart
 from pages._download import model_download_button
+from pages._field import show_offline_page, show_where
 from pages._router import through_router
 from pages._state import predictor_for, settings
 from pages._versions import evidence_caption, teach_photos
@@ -92,7 +93,7 @@ def show_single(name: str, data: bytes, predictor, strictness: str, run) -> Opti
     """The photo's answer and evidence; returns the class given (None: not recognised)."""
     max_mb = settings().limits.photo_mb
     image = read_uploaded_photo(data, name, max_mb)
-    prediction = predictor.predict(photo_source(data, name, max_mb), strictness=strictness)
+    prediction = predictor.predict(photo_source(data, name, max_mb), strictness=strictness, heatmaps=True)
     left, right = st.columns([2, 3])
     left.image(image, caption=name, width="stretch")
     with right:
@@ -114,6 +115,7 @@ def show_single(name: str, data: bytes, predictor, strictness: str, run) -> Opti
                 st.warning("The model is unsure about this photo; take another one, closer and in even light.")
             st.plotly_chart(probabilities_chart(prediction.classes, prediction.probabilities), key="probabilities")
         st.caption(f"Classified in {seconds(prediction.seconds)} by run {run.id} ({run.backbone}).")
+    show_where(predictor, photo_source(data, name, max_mb), prediction, [prediction.label])
     show_nearest(prediction)
     return prediction.label if prediction.recognised else None
 
@@ -177,6 +179,7 @@ def page() -> None:
                "crops, other problems or no leaf at all should get \"not recognised\"; an unseen disease of the "
                "same crop is often NOT caught (see the Home page).")
     model_download_button(run)
+    show_offline_page(run)
     strictness = strictness_choice(run)
     photos = gather_photos()
     if not photos:

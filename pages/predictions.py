@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._charts import confusion_figure
+from pages._field import show_photo_map
 from pages._router import through_router
 from pages._state import remembered_run
 from pages._versions import fix_photos
@@ -99,6 +100,8 @@ def page() -> None:
                 col.caption(f"{Path(row.path).name} (photo no longer available) · {caption}")
             else:
                 col.image(thumb, caption=caption, width="stretch")
+    with friendly_errors():
+        show_photo_map(run, rows)
     teachable = [r for r in rows if not bool(r.correct) or (checked and not bool(r.recognised))]
     with friendly_errors():
         fix_photos(teachable, run, "pred_teach", picker="pred_run")

@@ -37,6 +37,8 @@ class Prediction:
     probabilities: np.ndarray  # aligned with classes
     seconds: float
     familiarity: Optional[Familiarity] = None  # None for runs recorded before the check existed
+    heatmaps: Optional[dict] = None  # class -> (rows, cols) class-versus-others map (``explain``), when asked for
+    heatmap_note: str = ""  # why there is no map, when one was asked for
 
     @property
     def recognised(self) -> bool:
@@ -60,7 +62,9 @@ class Prediction:
         return {"path": path, "label": self.label if self.recognised else None, "unknown": not self.recognised,
                 "confidence": self.confidence, "familiarity": None if fam is None else fam.familiarity,
                 "top": [[c, p] for c, p in self.top(None)],
-                "nearest": [] if fam is None else [[p, c, d] for p, c, d in fam.nearest]}
+                "nearest": [] if fam is None else [[p, c, d] for p, c, d in fam.nearest],
+                **({"heatmaps": self.heatmaps, "heatmaps_note": self.heatmap_note} if self.heatmap_note or
+                   self.heatmaps is not None else {})}
 
 
 @dataclass
@@ -95,9 +99,11 @@ class Predictor:
     some milliseconds plus decoding the photo.
     """
 
-    def __init__(self, run: RunRecord, estimator, familiarity: Optional[FamiliarityCheck] = None):
-        self.run, self.estimator, self.check = run, estimator, familiarity
+    def __init__(self, run: RunRecord, estimator, familiarity: Optional[FamiliarityCheck] = None,
+                 store: Optional[RunStore] = None):
+        self.run, self.estimator, self.check, self.store = run, estimator, familiarity, store
         self.classes = list(estimator.classes_)
+        self._head: "Optional[tuple]" = None  # (explain.LinearHead or None, why none), read on first use
 
     @classmethod
     def from_run(cls, run_id: str, store: Optional[RunStore] = None, extractor=None, settings=None) -> "Predictor":
@@ -117,20 +123,64 @@ class Predictor:
         check = None
         if (store.run_dir(run.id) / FAMILIARITY_FILE).exists():
             check = FamiliarityCheck.load(store.model_file(run.id, FAMILIARITY_FILE))
-        return cls(run, estimator, check)
+        return cls(run, estimator, check, store)
 
-    def predict(self, source: ImageSource, *, strictness: str = "normal", n_nearest: int = 5) -> Prediction:
-        """Probabilities, familiarity and nearest training photos for one photo (path, bytes or file object).
+    def predict(self, source: ImageSource, *, strictness: str = "normal", n_nearest: int = 5,
+                heatmaps: bool = False) -> Prediction:
+        """Probabilities, familiarity and nearest training photos for one photo (path, bytes or file object);
+        ``heatmaps``: also where on the photo each class's evidence lies (``explain``; recognised photos only).
         Unreadable photos raise ImageError."""
         if strictness not in STRICTNESS:
             raise ToptuneError(f"Unknown strictness '{strictness}'. Choose one of: {', '.join(STRICTNESS)}.")
         start = time.perf_counter()
-        photo = Photos([source], self.estimator.embed(Photos([source])))
+        view_maps, note = None, ""
+        if heatmaps:
+            head, note = self.linear_head()
+            if head is not None:
+                view_maps = self._view_maps(source)
+        features = view_maps.features if view_maps is not None else self.estimator.embed(Photos([source]))
+        photo = Photos([source], features)
         proba = np.asarray(self.estimator.predict_proba(photo)[0], dtype=np.float64)
         fam = None
         if self.check is not None:
             fam = self.check.check(photo.features, accept=STRICTNESS[strictness], n_nearest=n_nearest)[0]
-        return Prediction(self.classes, proba, time.perf_counter() - start, fam)
+        maps = None
+        if view_maps is not None:
+            if fam is None or fam.recognised:
+                from toptune_core.explain import heatmaps as class_heatmaps
+
+                maps = class_heatmaps(self._head[0], view_maps.maps[0], view_maps.views, self.classes)
+            else:
+                note = "not recognised: no map is shown for a photo unlike the training photos"
+        return Prediction(self.classes, proba, time.perf_counter() - start, fam, maps, note)
+
+    def _view_maps(self, source: ImageSource):
+        from toptune_core.features.featuremap import features_and_maps
+
+        extractor = self.estimator.extractor
+        return features_and_maps(extractor, extractor.load_pixels(source)[None])
+
+    def linear_head(self) -> "tuple[Optional[object], str]":
+        """(the run's top classifier as an ``explain.LinearHead``, "") or (None, why there is no exact map)."""
+        if self._head is None:
+            self._head = self._read_head()
+        return self._head
+
+    def _read_head(self) -> tuple:
+        import json
+
+        from toptune_core.explain import NO_MAP, linear_head
+        from toptune_core.portable.top import CLASSIFIER_FILE, META_FILE
+
+        if self.run.method != "toptune" or self.store is None:
+            return None, "maps are made for top-tuned runs only (a frozen backbone and a linear top classifier)"
+        folder = self.store.run_dir(self.run.id)
+        if not ((folder / CLASSIFIER_FILE).exists() and (folder / META_FILE).exists()):
+            return None, "this run has no ONNX top classifier to read the weights from"
+        meta = json.loads(self.store.model_file(self.run.id, META_FILE).read_text())
+        head = linear_head(self.store.model_file(self.run.id, CLASSIFIER_FILE).read_bytes(), meta["class_index"],
+                           len(meta["classes"]))
+        return (head, "") if head is not None else (None, f"{self.run.classifier}: {NO_MAP}")
 
     def diagnose(self, sources: Sequence[ImageSource], *, strictness: str = "normal") -> Diagnosis:
         """Up to ``MAX_PHOTOS_PER_PLANT`` photos of one plant: each photo's verdict, and the average of the

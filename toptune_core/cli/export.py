@@ -4,7 +4,10 @@
 as ONNX (backbone graph and top classifier, or the fine-tuned network), its
 class names, preprocessing settings and familiarity data, a README and a
 ``predict.py`` that needs only ``onnxruntime``, ``numpy`` and ``pillow``
-(``toptune_core.portable.export``).
+(``toptune_core.portable.export``); a top-tuned run's zip also holds its offline page (``offline/``).
+
+``python -m toptune_core bench-field --run RUN_ID PHOTOS...`` times that page in headless chromium at 1, 2 and 8
+views and measures its files (``toptune_core.bench.field``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,37 @@ from toptune_core.config import Settings
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.portable.export import export_run
 
+    import zipfile
+
+    from toptune_core.portable.offline import WEB, ort_available
+
     path = export_run(args.run, args.out, store=run_store(settings), settings=settings)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): unzip it and run `python predict.py PHOTO...` "
           "(needs onnxruntime, numpy and pillow)")
+    with zipfile.ZipFile(path) as z:
+        has_page = any(name.startswith("offline/") for name in z.namelist())
+    if has_page:
+        print("offline/ is the offline diagnosis page: serve that folder over HTTPS (or from localhost) and open "
+              "index.html (README, 'In the field')")
+    elif not ort_available():
+        print(f"no offline page in the zip: onnxruntime-web is not installed (run `npm ci` in {WEB})")
+    return 0
+
+
+def cmd_bench_field(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.field import bench_field, report
+    from toptune_core.cli.common import write_json
+    from toptune_core.cli.predict import photo_paths
+
+    photos = photo_paths(args.photos)[:args.limit]
+    result = bench_field(args.run, photos, store=run_store(settings), settings=settings)
+    print(report(result))
+    write_json(args.json, result)
     return 0
 
 
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
-COMMANDS = ("export",)
+COMMANDS = ("export", "bench-field")
 
 
 def add_parsers(sub) -> None:
@@ -33,3 +59,11 @@ def add_parsers(sub) -> None:
                                                "onnxruntime, numpy and pillow only")
     p.add_argument("--run", required=True, help="run id (see: python -m toptune_core runs)")
     p.add_argument("out", help="the zip file to write, e.g. model.zip")
+
+    p = add_command(sub, "bench-field", cmd_bench_field, "time the run's offline page in headless chromium at 1, 2 "
+                                                         "and 8 views, and measure its files")
+    p.add_argument("--run", required=True, help="a top-tuned run's id")
+    p.add_argument("--limit", type=int, default=6, help="photos to time per view count, the first a warm-up "
+                                                         "(default 6)")
+    p.add_argument("--json", help="write the measurements as JSON to this file")
+    p.add_argument("photos", nargs="+", help="photo files and/or folders")

@@ -5,7 +5,8 @@ takes photo files and folders (searched recursively for photos), or s3:// object
 model once and prints one line per photo: the class, or "NOT RECOGNISED" for
 a photo unlike the training photos, with the familiarity score and every
 class's probability. An unreadable file gets an error line and does not
-stop the others. ``--json`` writes ``{"run_id", "predictions": [...]}``.
+stop the others. ``--json`` writes ``{"run_id", "predictions": [...]}``; ``--heatmaps`` adds each recognised photo's class maps
+(``toptune_core.explain``).
 
 ``python -m toptune_core unseen --data DIR`` trains with each class left out
 in turn and reports how many photos of the left-out class are refused.
@@ -73,7 +74,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     entries = []
     for path in paths:
         try:
-            entry = predictor.predict(path, strictness=args.strictness).as_dict(path)
+            entry = predictor.predict(path, strictness=args.strictness, heatmaps=args.heatmaps).as_dict(path)
         except ToptuneError as e:  # an unreadable photo: its own entry, the others go on
             entry = {"path": path, "error": str(e)}
         entries.append(entry)
@@ -122,6 +123,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--top", type=int, default=3, help="how many classes to show per line (default 3)")
     p.add_argument("--strictness", default=DEFAULT_STRICTNESS, choices=list(STRICTNESS), help=strict_help)
     p.add_argument("--json", help="write every prediction as JSON to this file")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="with --json: for each recognised photo, where on it each class's evidence lies: 'heatmaps', "
+                        "per class a 2-D list (rows x columns over the photo's centre crop, in the photo's "
+                        "orientation; logit units; logistic regression only)")
     p.add_argument("images", nargs="+", help="photo files and/or folders (searched recursively); s3:// objects or prefixes")
 
     p = add_command(sub, "unseen", cmd_unseen, "train with each class left out; how many of its photos are refused",

@@ -4,8 +4,13 @@ One graph per feature-cache identity (backbone, weights, preprocessing, timm
 version) and ``GRAPH_FORMAT``, kept under ``$TOPTUNE_HOME/graphs/`` beside the
 feature cache. The graph takes what the pixel pipeline produces, (N, H, W, 3)
 uint8 pixels, and does timm's normalisation ((x / 255 - mean) / std) and the
-channels transpose itself, so a caller needs only NumPy and Pillow; it returns
-(N, dim) float32 pooled features.
+channels transpose itself, so a caller needs only NumPy and Pillow; its first
+output ``features`` is the (N, dim) float32 pooled features (what every engine
+reads), and for a backbone whose ``forward_features`` gives a spatial map its
+second output ``feature_map`` is that map before pooling, (N, dim, rows, cols)
+float32 (NCHW; 1280 x 9 x 9 for tf_efficientnet_lite0 at 288 px), whose mean
+over the cells is ``features``: the class maps (``toptune_core.explain``) read
+it through ``features.featuremap``.
 
 Built once (``prepare_graph``): exported from the PyTorch model
 (``torch.onnx.export``) to a temporary file, checked against PyTorch's f32
@@ -54,12 +59,12 @@ from toptune_core.files import file_sha256
 if TYPE_CHECKING:
     import torch
 
-GRAPH_FORMAT = 1  # uint8 NHWC pixels in, normalisation inside, pooled features out
+GRAPH_FORMAT = 2  # uint8 NHWC pixels in, normalisation inside, pooled features out (+ the map before pooling)
 TOLERANCE = 1e-4  # f32: largest absolute difference from PyTorch's features
 BF16_MIN_COSINE = 0.995  # bf16: every check photo's cosine similarity to PyTorch's f32 features, at least
 BF16_MEAN_COSINE = 0.998  # bf16: and their mean, at least
 BF16_CHECK_PHOTOS = 8  # real leaf photos of the demo set the bf16 check runs on
-INPUT, OUTPUT = "pixels", "features"
+INPUT, OUTPUT, MAP_OUTPUT = "pixels", "features", "feature_map"
 OPSET = 17
 
 
@@ -219,21 +224,58 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def export_graph(model: "torch.nn.Module", data_config: dict, path: Path) -> None:
-    """Export ``model`` (pooled features) behind timm's normalisation: uint8 NHWC pixels in, features out."""
+def export_graph(model: "torch.nn.Module", data_config: dict, path: Path, *, with_map: bool = True) -> None:
+    """Export ``model`` (pooled features) behind timm's normalisation: uint8 NHWC pixels in, features out; and,
+    when ``with_map`` and the model is a timm model whose ``forward_features`` gives a (N, C, H, W) map, that
+    map as the second output ``feature_map`` (pooled by ``forward_head``, so ``features`` is unchanged)."""
     import torch
 
     size = int(data_config["input_size"][-1])
-    wrapped = pixels_model(model, data_config["mean"], data_config["std"])
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    wrapped = pixels_model(model, data_config["mean"], data_config["std"])
+    outputs = [OUTPUT]
+    if with_map and _has_spatial_map(model, size):
+        wrapped, outputs = pixels_model(_WithMap(model), data_config["mean"], data_config["std"]), [OUTPUT, MAP_OUTPUT]
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "n"}, OUTPUT: {0: "n"}}, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(wrapped, (example,), str(path), input_names=[INPUT], output_names=outputs,
+                              dynamic_axes={INPUT: {0: "n"}, **{name: {0: "n"} for name in outputs}},
+                              opset_version=OPSET, dynamo=False)
     except Exception as e:  # any exporter failure means "no graph": the caller falls back to PyTorch
         raise GraphError(f"the backbone could not be exported to ONNX ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:160]})") from None
+
+
+def _has_spatial_map(model, size: int) -> bool:
+    """Whether ``model`` is a timm model whose ``forward_features`` gives a (N, C, H, W) map (CNNs; not ViTs)."""
+    import torch
+
+    if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
+        return False
+    try:
+        with torch.no_grad():
+            x = torch.zeros((1, 3, size, size), device=next(model.parameters()).device)
+            return model.forward_features(x).ndim == 4
+    except Exception:  # a model that cannot say: export the pooled features only
+        return False
+
+
+def _WithMap(model):  # noqa: N802 - torch module classes are made on first use (no torch at import)
+    import torch
+
+    class WithMap(torch.nn.Module):
+        """(pooled features, the map before pooling) of a timm model."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            feature_map = self.model.forward_features(x)
+            return self.model.forward_head(feature_map), feature_map
+
+    return WithMap(model).eval()
 
 
 def pixels_model(model: "torch.nn.Module", mean, std) -> "torch.nn.Module":

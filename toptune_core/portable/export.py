@@ -4,7 +4,9 @@ The zip holds ``backbone.onnx`` (uint8 pixels -> features; normalisation
 inside), ``classifier.onnx`` (features -> probabilities), ``model.json``
 (class names, preprocessing settings, familiarity settings, where it came
 from), ``familiarity.npz`` (the unknown-photo check's data, as the run saved
-it), a ``README.md`` and ``predict.py`` (``portable/predict.py``).
+it), a ``README.md`` and ``predict.py`` (``portable/predict.py``); for a
+top-tuned run also ``offline/``, the offline diagnosis page (``portable.offline``:
+serve the folder over HTTPS and a phone keeps it for use with no network).
 
 * A top-tuning run: the backbone's exported graph (``features.graph``, checked
   against PyTorch) and the run's ``classifier.onnx`` (converted now from
@@ -32,6 +34,7 @@ import numpy as np
 from toptune_core.config import Settings
 from toptune_core.errors import ToptuneError
 from toptune_core.features.views import VIEW_SETS
+from toptune_core.portable import offline as offline_page
 from toptune_core.trust.familiarity import FILE as FAMILIARITY_FILE
 from toptune_core.trust.familiarity import STRICTNESS
 
@@ -40,7 +43,18 @@ PREDICT_SCRIPT = Path(__file__).with_name("predict.py")
 
 
 def export_run(run_id: str, out: "str | Path", *, store=None, settings: Optional[Settings] = None) -> Path:
-    """Write run ``run_id``'s model to the zip ``out``; returns its path."""
+    """Write run ``run_id``'s model to the zip ``out``; returns its path. A top-tuned run's zip also holds its
+    offline page (``offline/``, ``portable.offline``) where onnxruntime-web is installed (``npm ci``)."""
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise ToptuneError(f"Name the export file '….zip' (got '{out.name}').")
+    return _write_zip(out, run_files(run_id, store=store, settings=settings))
+
+
+def run_files(run_id: str, *, store=None, settings: Optional[Settings] = None, offline: Optional[bool] = None
+              ) -> dict[str, bytes]:
+    """The export's files, {name: bytes}; ``offline``: add the offline page under ``offline/`` (None: for a
+    top-tuned run where onnxruntime-web is installed; True: a one-line error where it is not)."""
     from toptune_core.backbones.pixels import resize_side
     from toptune_core.runs.store import RunStore
 
@@ -49,9 +63,6 @@ def export_run(run_id: str, out: "str | Path", *, store=None, settings: Optional
     run = store.get(run_id)
     if run.status != "completed":
         raise ToptuneError(f"Run {run.id} is {run.status}, not completed; choose a completed run to export.")
-    out = Path(out)
-    if out.suffix.lower() != ".zip":
-        raise ToptuneError(f"Name the export file '….zip' (got '{out.name}').")
     parts = _toptune_parts(store, run, settings) if run.method == "toptune" else _finetune_parts(store, run)
     cfg, views = parts.pop("data_config"), parts.pop("views")
     model = {"format": FORMAT, "run_id": run.id, "method": run.method, "backbone": run.backbone,
@@ -67,7 +78,21 @@ def export_run(run_id: str, out: "str | Path", *, store=None, settings: Optional
              "predict.py": PREDICT_SCRIPT.read_bytes()}
     if (store.run_dir(run.id) / FAMILIARITY_FILE).exists():
         files[FAMILIARITY_FILE] = store.model_file(run.id, FAMILIARITY_FILE).read_bytes()
-    return _write_zip(out, files)
+    if run.method == "toptune" and (offline or (offline is None and offline_page.ort_available())):
+        files.update({f"offline/{name}": data for name, data in _offline_files(store, run, files, model).items()})
+    elif offline:
+        raise ToptuneError(f"Run {run.id} is fine-tuned: the offline page is made for top-tuned runs.")
+    return files
+
+
+def _offline_files(store, run, files: dict, model: dict) -> dict[str, bytes]:
+    from toptune_core.explain import NO_MAP, linear_head
+    from toptune_core.trust.familiarity import FamiliarityCheck
+
+    check = FamiliarityCheck.load(store.model_file(run.id, FAMILIARITY_FILE)) if FAMILIARITY_FILE in files else None
+    head = linear_head(files["classifier.onnx"], model["class_index"], len(model["classes"]))
+    note = "" if head is not None else f"{run.classifier}: {NO_MAP}"
+    return offline_page.offline_files(files["backbone.onnx"], files["classifier.onnx"], model, check, head, note)
 
 
 def _write_zip(out: Path, files: dict[str, bytes]) -> Path:

@@ -85,7 +85,7 @@ def main(argv):
         except Exception as e:  # one unreadable photo does not stop the others
             print(json.dumps({"path": path, "error": f"{type(e).__name__}: {e}"}), flush=True)
             continue
-        features = backbone.run(None, {"pixels": views(x)})[0]  # one row per view
+        features = backbone.run(["features"], {"pixels": views(x)})[0]  # one row per view
         proba = np.zeros(len(classes))
         proba[index] = classifier.run(["probabilities"], {"features": features})[0].mean(axis=0)
         share, recognised = familiarity(photo_embedding(features), strictness) if has_familiarity else ([None], [True])
