@@ -4,6 +4,7 @@ TOPTUNE_HOME of its own (the per-test home of ``conftest.toptune_home`` would no
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ class FieldRun:
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_env({"TOPTUNE_HOME": str(self.home)})
+        return Settings.from_env({**os.environ, "TOPTUNE_HOME": str(self.home)})  # (the suite's precision too)
 
     def store(self):
         from toptune_core.runs.store import RunStore
@@ -48,7 +49,7 @@ def field_run(tmp_path_factory) -> FieldRun:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOPTUNE_HOME", str(home))
         mp.setenv("CUDA_VISIBLE_DEVICES", "")
-        settings = Settings.from_env({"TOPTUNE_HOME": str(home)})
+        settings = Settings.from_env({**os.environ, "TOPTUNE_HOME": str(home)})
         run = run_toptuning(data, extractor=FeatureExtractor("tf_efficientnet_lite0", device="cpu", settings=settings),
                             classifier="logreg", views="dihedral", resolution=288)
     return FieldRun(home, run.id)
