@@ -72,12 +72,15 @@ def green_share(pixels: np.ndarray, grid: int) -> np.ndarray:
 
 
 class MapModel:
-    """The backbone (PyTorch) and its pixel pipeline, loaded once."""
+    """The backbone (PyTorch) and its pixel pipeline, loaded once. ``stages``: None for the map the pooled
+    features come from (after the head convolution); a number n for a mid-level map instead, the output of the
+    first n stages of blocks averaged over each cell's 3 x 3 neighbourhood (PatchCore's local features)."""
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, resolution: Optional[int] = None):
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, resolution: Optional[int] = None,
+                 stages: Optional[int] = None):
         from toptune_core.backbones.pixels import PixelPipeline, eval_data_config
 
-        self.backbone = backbone
+        self.backbone, self.stages = backbone, stages
         self.resolution = resolution or DEFAULT_RESOLUTION.get(backbone)
         self.pipeline = PixelPipeline(eval_data_config(backbone, resolution=self.resolution))
         self._model = None
@@ -89,6 +92,18 @@ class MapModel:
 
             self._model = create_model(self.backbone, num_classes=0)
         return self._model
+
+    def forward(self, x):
+        """(n, dim, h, w): the map before pooling, or the mid-level map when ``stages``."""
+        m = self.model
+        if self.stages is None:
+            return m.forward_features(x)
+        import torch.nn.functional as F
+
+        x = m.bn1(m.conv_stem(x))
+        for block in m.blocks[:self.stages]:
+            x = block(x)
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
 def feature_maps(sources: Sequence, model: MapModel, *, batch_size: int = 16,
@@ -106,7 +121,7 @@ def feature_maps(sources: Sequence, model: MapModel, *, batch_size: int = 16,
             idx = list(range(start, min(start + batch_size, len(sources))))
             batch = model.pipeline.load_batch(sources, idx)
             ok = np.asarray(batch.ok, dtype=bool)
-            fmap = model.model.forward_features(model.pipeline.to_tensor(batch.pixels)) if ok.any() else None
+            fmap = model.forward(model.pipeline.to_tensor(batch.pixels)) if ok.any() else None
             parts.append(_cells(fmap, batch.pixels, ok) if fmap is not None else len(idx))
             meter.update(idx[-1] + 1)
     shaped = next((p for p in parts if not isinstance(p, int)), None)
@@ -143,6 +158,8 @@ def cached_feature_maps(dataset, model: MapModel, *, home: Optional[Path] = None
     home = Path(home) if home is not None else Settings.from_env().ensure_home()
     identity = {"fingerprint": dataset.fingerprint(), "backbone": model.backbone, "resolution": model.resolution,
                 "view": "identity", "dtype": "float16"}
+    if model.stages is not None:
+        identity["stages"] = model.stages
     key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     path = home / "patch_maps" / f"{key}.npz"
     if path.exists():

@@ -12,7 +12,8 @@
   class-centred variance (ViM's residual, Wang et al. 2022);
 * ``margin``: minus the classifier's log-probability margin between its two most probable classes;
 * ``class_knn``: the k-th nearest distance among training photos of the class the classifier predicts;
-* ``patch`` / ``patch_leaf``: PatchCore-lite (``trust.patches``), all cells / green (leaf) cells only.
+* ``patch`` / ``patch_leaf``: PatchCore-lite (``trust.patches``), all cells / green (leaf) cells only;
+  ``patch_mid``: the same on a mid-level map (PatchCore's own choice of layer) with a 1 % coreset.
 
 Fused variants (``VARIANTS``) combine components after standardising each by the median and interquartile
 range of its out-of-fold scores on training photos (``standardise``). Every setting is fixed in advance.
@@ -32,6 +33,8 @@ from toptune_core.trust.patches import PatchBank, PatchMaps, leaf_cells, top_mea
 
 K = 10  # the k of today's check
 RESIDUAL_VARIANCE = 0.95  # the principal subspace of ``residual`` holds 95 % of the class-centred variance
+MID_STAGES = 5  # the mid-level map: lite0's first 5 stages (112 channels, stride 16: 18 x 18 cells at 288 px)
+MID_CORESET_SHARE = 0.01  # its bank: a 1 % coreset (PatchCore's usual share; 4 times the cells of the head map)
 
 
 @dataclass
@@ -39,7 +42,8 @@ class PhotoData:
     """Every photo's pooled features per view and (optionally) its maps, in one index space."""
 
     views: np.ndarray  # (n, n_views, dim)
-    maps: Optional[PatchMaps] = None
+    maps: Optional[PatchMaps] = None  # the map before pooling (``trust.patches``)
+    mid_maps: Optional[PatchMaps] = None  # a mid-level map (``MapModel(stages=MID_STAGES)``)
 
     def __post_init__(self):
         self.emb = photo_embedding(self.views)
@@ -71,8 +75,13 @@ VARIANTS: dict[str, tuple[str, Callable[[dict, dict], np.ndarray]]] = {
                        lambda s, oof: np.maximum(_z("knn")(s, oof), _z("patch")(s, oof))),
     "max(knn,patch_leaf)": ("max of z(k-NN), z(patch_leaf)",
                             lambda s, oof: np.maximum(_z("knn")(s, oof), _z("patch_leaf")(s, oof))),
+    "patch_mid": ("PatchCore-lite on the mid-level map (stage 5 of 7, 3 x 3 neighbourhood mean, 324 cells), "
+                  "1 % coreset", lambda s, oof: s["patch_mid"]),
+    "max(knn,patch_mid)": ("max of z(k-NN), z(patch_mid)",
+                           lambda s, oof: np.maximum(_z("knn")(s, oof), _z("patch_mid")(s, oof))),
 }
 PATCH_VARIANTS = {"patch", "patch_leaf", "max(knn,patch)", "max(knn,patch_leaf)"}
+MID_VARIANTS = {"patch_mid", "max(knn,patch_mid)"}
 
 
 class ScoreBoard:
@@ -82,9 +91,17 @@ class ScoreBoard:
         self.data, self.k, self.seed, self.classifier = data, k, seed, classifier
         self.seconds: dict[str, float] = {}  # time spent scoring queries, per component (fits excluded)
         self.n_scored = 0
+        self.banks_: list[PatchBank] = []  # every patch bank built, in order (its cells' photos: ``cell_photo_``)
 
     def compute(self, train: np.ndarray, query: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-        """Every component's score of the ``query`` photos, fitted on the ``train`` photos (``labels[train]``)."""
+        """Every component's score of the ``query`` photos, fitted on the ``train`` photos (``labels[train]``).
+        Linear algebra on one BLAS thread (on a shared machine two threads wait for each other)."""
+        from toptune_core.system import one_blas_thread
+
+        with one_blas_thread():
+            return self._compute(train, query, labels)
+
+    def _compute(self, train: np.ndarray, query: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         train, query = np.asarray(train), np.asarray(query)
         if np.intersect1d(train, query).size:
             raise ValueError("a photo may not be scored against itself")
@@ -104,6 +121,10 @@ class ScoreBoard:
                 out["class_knn"][rows] = _kth_distances(Q[rows], Z[y == c], k)[0]
         if self.data.maps is not None:
             out.update(self._patches(train, query))
+        if self.data.mid_maps is not None:
+            bank = PatchBank(share=MID_CORESET_SHARE, seed=self.seed).fit(self.data.mid_maps.subset(train), train)
+            with self._timed("patch_mid", len(query)):
+                out["patch_mid"] = bank.score(self.data.mid_maps.subset(query))
         self.n_scored += len(query)
         return out
 
@@ -150,15 +171,13 @@ class ScoreBoard:
         """(predicted class, log-probability margin of the two most probable classes) of each query photo."""
         from toptune_core.features.views import average
         from toptune_core.methods.classifiers import make_classifier
-        from toptune_core.system import one_blas_thread
 
         X, rows_y, _ = flatten(self.data.views[train], y)
         clf = make_classifier(self.classifier, random_state=self.seed)
-        with one_blas_thread():
-            clf.fit(X, rows_y)
-            t0 = time.perf_counter()
-            Vq = self.data.views[query]
-            proba = average(clf.predict_proba(Vq.reshape(-1, Vq.shape[-1])), Vq.shape[1])
+        clf.fit(X, rows_y)
+        t0 = time.perf_counter()
+        Vq = self.data.views[query]
+        proba = average(clf.predict_proba(Vq.reshape(-1, Vq.shape[-1])), Vq.shape[1])
         logp = np.log(np.clip(proba, 1e-12, None))
         top2 = -np.sort(-logp, axis=1)[:, :2]
         self.seconds["margin"] = self.seconds.get("margin", 0.0) + time.perf_counter() - t0
@@ -167,7 +186,7 @@ class ScoreBoard:
     def _patches(self, train: np.ndarray, query: np.ndarray) -> dict[str, np.ndarray]:
         maps = self.data.maps
         bank = PatchBank(seed=self.seed).fit(maps.subset(train), train)
-        self.last_bank_ = bank
+        self.banks_.append(bank)
         q = maps.subset(query)
         with self._timed("patch", len(query)):
             d = bank.cell_distances(q)

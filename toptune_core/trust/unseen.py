@@ -32,7 +32,7 @@ import numpy as np
 from toptune_core.backbones.catalogue import DEFAULT_BACKBONE
 from toptune_core.data.split import load_data, stratified_split
 from toptune_core.methods.photos import Photos
-from toptune_core.progress import CancelCheck, ProgressCallback
+from toptune_core.progress import CancelCheck, ProgressCallback, ProgressMeter
 from toptune_core.trust.familiarity import STRICTNESS, FamiliarityCheck
 
 
@@ -95,8 +95,8 @@ def far_photos() -> dict[str, bytes]:
     return out
 
 
-def out_of_fold(board, train: np.ndarray, labels: np.ndarray, folds: int = FOLDS, seed: int = 0
-                ) -> dict[str, np.ndarray]:
+def out_of_fold(board, train: np.ndarray, labels: np.ndarray, folds: int = FOLDS, seed: int = 0,
+                meter: Optional[ProgressMeter] = None) -> dict[str, np.ndarray]:
     """Every component's score of each training photo, fitted on the other folds' photos only (stratified)."""
     y = labels[train]
     rng = np.random.default_rng(seed)
@@ -110,6 +110,8 @@ def out_of_fold(board, train: np.ndarray, labels: np.ndarray, folds: int = FOLDS
         scores = board.compute(train[~inside], train[inside], labels)
         for name, values in scores.items():
             out.setdefault(name, np.empty(len(train), dtype=np.asarray(values).dtype))[inside] = values
+        if meter is not None:
+            meter.update(f + 1)
     return out
 
 
@@ -136,17 +138,20 @@ def variant_figures(score, oof: np.ndarray, known: slice, unseen: slice, far: sl
             "accuracy_accepted": float(correct[ok_known].mean()) if ok_known.any() else None,
             "refused_unseen": float(refused_unseen.mean()),
             "refused_unseen_ci": _interval(refused_unseen.sum(), refused_unseen.size),
-            "auroc": float(roc_auc_score(is_unseen, both)), "far_refused": float(refused_far.mean()),
+            "auroc": float(roc_auc_score(is_unseen, both)),
+            "far_refused": float(refused_far.mean()) if refused_far.size else None,
             "far_refused_n": int(refused_far.sum())}
 
 
 def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, *, seed: int = 0,
                         test_size: float = 0.25, accept: float = 0.95, far_idx: Optional[np.ndarray] = None,
-                        variants: Optional[list[str]] = None) -> dict:
+                        variants: Optional[list[str]] = None, board=None,
+                        progress: Optional[ProgressCallback] = None) -> dict:
     """The figures of every score with class ``left_out`` never learned (module docstring). ``data``: a
-    ``trust.scores.PhotoData`` over the dataset's photos (``y``), then any far photos (``far_idx``)."""
+    ``trust.scores.PhotoData`` over the dataset's photos (``y``), then any far photos (``far_idx``); ``board``:
+    the ``ScoreBoard`` to use (None: a new one)."""
     from toptune_core.data.split import stratified_split
-    from toptune_core.trust.scores import PATCH_VARIANTS, VARIANTS, ScoreBoard
+    from toptune_core.trust.scores import MID_VARIANTS, PATCH_VARIANTS, VARIANTS, ScoreBoard
 
     n = len(y)
     far_idx = np.arange(n, n) if far_idx is None else np.asarray(far_idx)
@@ -157,16 +162,19 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
     train = split.train_idx[y[split.train_idx] != left_out]
     test = split.test_idx[y[split.test_idx] != left_out]
     unseen = np.flatnonzero(y == left_out)
-    board = ScoreBoard(data, seed=seed)
+    board = board or ScoreBoard(data, seed=seed)
     t0 = time.perf_counter()
-    oof = out_of_fold(board, train, labels, seed=seed)
+    meter = ProgressMeter(f"scores without {classes[left_out]}", FOLDS + 1, progress, "fits")
+    oof = out_of_fold(board, train, labels, seed=seed, meter=meter)
     board.seconds, board.n_scored = {}, 0  # cost per photo: the final scoring only
     query = np.concatenate([test, unseen, far_idx])
     scores = board.compute(train, query, labels)
+    meter.update(FOLDS + 1)
     known, unseen_part = slice(0, len(test)), slice(len(test), len(test) + len(unseen))
     far = slice(len(test) + len(unseen), len(query))
     correct = scores["pred"][known] == labels[test]
-    names = [v for v in (variants or VARIANTS) if data.maps is not None or v not in PATCH_VARIANTS]
+    names = [v for v in (variants or VARIANTS) if (data.maps is not None or v not in PATCH_VARIANTS)
+             and (data.mid_maps is not None or v not in MID_VARIANTS)]
     figures = {name: variant_figures(VARIANTS[name][1](scores, oof), VARIANTS[name][1](oof, oof), known,
                                      unseen_part, far, correct, accept) for name in names}
     return {"left_out": classes[left_out], "learned": [classes[c] for c in kept], "n_train": int(len(train)),
@@ -177,7 +185,8 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
 
 
 def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: int = 0, test_size: float = 0.25,
-                  strictness: str = "normal", views=None, resolution=None, patches: bool = True, extractor=None,
+                  strictness: str = "normal", views=None, resolution=None, patches: bool = True,
+                  mid_level: bool = False, extractor=None,
                   cache=None, home: Optional[Path] = None, variants: Optional[list[str]] = None,
                   progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None) -> dict:
     """``leave_one_class_out`` for every class of ``data``: the cached pooled features (views, resolution as a
@@ -195,7 +204,13 @@ def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: i
     far = far_photos()
     far_views = reader.extractor.features_of_photos([io.BytesIO(b) for b in far.values()])
     views_all = np.concatenate([table.features, far_views]).astype(np.float32)  # features: readable photos only
-    maps, maps_seconds = None, None
+    maps, maps_seconds, mid_maps = None, None, None
+    if patches and mid_level:
+        from toptune_core.trust.scores import MID_STAGES
+
+        mid = MapModel(backbone, reader.extractor.resolution, stages=MID_STAGES)
+        mid_maps = PatchMaps.concat([cached_feature_maps(dataset, mid, home=home, progress=progress).subset(ok),
+                                     feature_maps([io.BytesIO(b) for b in far.values()], mid)])
     if patches:
         model = MapModel(backbone, reader.extractor.resolution)
         maps_ds = cached_feature_maps(dataset, model, home=home, progress=progress).subset(ok)
@@ -204,13 +219,14 @@ def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: i
         maps_seconds = (time.perf_counter() - t0) / len(far)
         maps = PatchMaps.concat([maps_ds, maps_far])
     y = dataset.labels[ok]
-    photo_data = PhotoData(views_all, maps)
+    photo_data = PhotoData(views_all, maps, mid_maps)
     far_idx = np.arange(len(y), len(y) + len(far))
     folds = [leave_one_class_out(photo_data, y, dataset.classes, c, seed=seed, test_size=test_size,
-                                 accept=STRICTNESS[strictness], far_idx=far_idx, variants=variants)
+                                 accept=STRICTNESS[strictness], far_idx=far_idx, variants=variants, progress=progress)
              for c in range(len(dataset.classes))]
     return {"strictness": strictness, "accept": STRICTNESS[strictness], "seed": seed, "test_size": test_size,
             "backbone": backbone, "views": reader.extractor.views, "resolution": reader.extractor.resolution,
             "n_photos": int(len(y)), "far_photos": list(far), "maps_seconds_per_photo": maps_seconds,
             "maps": None if maps is None else "one view (the photo as it is), float16 unit cells",
+            "mid_level_maps": mid_maps is not None,
             "folds": folds}

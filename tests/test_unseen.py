@@ -1,0 +1,111 @@
+"""A disease it never learned: the honest protocol of ``unseen`` on real photos and real weights (small subsets).
+
+The protocol's promises: out-of-fold calibration never scores a photo against
+itself, the patch bank holds cells of training photos only, the maps pool to
+exactly the features the extractor gives, and the command prints and writes
+every score's figures per left-out class.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import copy_subset
+from toptune_core.config import DEMO_DATASET
+from toptune_core.data.split import load_data, stratified_split
+from toptune_core.trust.patches import MapModel, PatchBank, feature_maps
+from toptune_core.trust.scores import VARIANTS, PhotoData, ScoreBoard
+from toptune_core.trust.unseen import leave_one_class_out, out_of_fold
+
+
+class RecordingBoard(ScoreBoard):
+    """A ScoreBoard that remembers which photos each call fitted on and scored."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def compute(self, train, query, labels):
+        self.calls.append((np.asarray(train).copy(), np.asarray(query).copy()))
+        return super().compute(train, query, labels)
+
+
+@pytest.fixture(scope="session")
+def small(small_dataset, lite0_extractor):
+    """60 demo photos (20 per class): one-view 224 px features and their 7 x 7 maps."""
+    dataset, _ = load_data(small_dataset)
+    paths = [str(p) for p in dataset.paths]
+    model = MapModel("tf_efficientnet_lite0", 224)
+    maps = feature_maps(paths, model)
+    return dataset, PhotoData(lite0_extractor.features_of_photos(paths), maps), maps, paths
+
+
+def test_maps_pool_to_the_features_the_extractor_gives(small, lite0_extractor):
+    _, data, maps, _ = small
+    assert maps.cells.shape == (60, 49, 1280) and maps.cells.dtype == np.float16 and maps.ok.all()
+    np.testing.assert_allclose(np.linalg.norm(maps.cells.astype(np.float32), axis=2), 1.0, atol=2e-3)
+    pooled, extracted = maps.pooled, data.views[:, 0]
+    cos = (pooled * extracted).sum(1) / np.linalg.norm(pooled, axis=1) / np.linalg.norm(extracted, axis=1)
+    assert cos.min() > 0.9999  # the map before pooling is the one the check's features come from
+
+
+def test_out_of_fold_calibration_never_scores_a_photo_against_itself(small):
+    dataset, data, _, _ = small
+    labels = dataset.labels.copy()
+    train = np.arange(0, 60, 2)
+    board = RecordingBoard(PhotoData(data.views), k=1)  # no maps: the photo-level scores
+    oof = out_of_fold(board, train, labels)
+    assert len(board.calls) == 5
+    queried = np.concatenate([q for _, q in board.calls])
+    assert sorted(queried) == sorted(train)  # every training photo scored once...
+    for fitted, query in board.calls:  # ...by a model fitted without it
+        assert not np.intersect1d(fitted, query).size and set(fitted) | set(query) == set(train)
+    assert (oof["knn"] > 0).all()  # a photo scored against itself would find itself at distance 0
+    with pytest.raises(ValueError, match="against itself"):
+        board.compute(train, train[:3], labels)
+
+
+def test_the_patch_bank_is_built_from_training_photos_only(small):
+    dataset, data, _, _ = small
+    y = dataset.labels
+    board = RecordingBoard(data)
+    row = leave_one_class_out(data, y, dataset.classes, 0, board=board)
+    assert len(board.banks_) == 6  # five out-of-fold banks and the final one
+    for (fitted, _), bank in zip(board.calls, board.banks_):
+        assert set(bank.cell_photo_) <= set(fitted)
+    split = stratified_split(y, test_size=0.25, seed=0)
+    final = set(board.banks_[-1].cell_photo_)
+    assert not final & set(split.test_idx) and not final & set(np.flatnonzero(y == 0))  # no held-out, no left-out
+    assert set(row["variants"]) == set(VARIANTS)
+    knn = row["variants"]["knn"]
+    assert 0 <= knn["refused_unseen"] <= 1 and 0.5 <= knn["acceptance"] <= 1
+
+
+def test_a_bank_keeps_a_coreset_of_the_cells(small):
+    _, _, maps, _ = small
+    bank = PatchBank(share=0.1).fit(maps.subset(np.arange(10)), np.arange(100, 110))
+    assert len(bank.cells_) == 49 and set(bank.cell_photo_) <= set(range(100, 110))
+    scores = bank.score(maps.subset(np.arange(10, 14)))
+    assert scores.shape == (4,) and (scores > 0).all()
+
+
+def test_unseen_command_prints_and_writes_every_score(tmp_path, subprocess_env):
+    data = copy_subset(DEMO_DATASET, tmp_path / "beans", 12)
+    out = tmp_path / "unseen.json"
+    proc = subprocess.run([sys.executable, "-m", "toptune_core", "unseen", "--data", str(data), "--views", "1",
+                           "--resolution", "224", "--json", str(out)], env=subprocess_env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [f["left_out"] for f in report["folds"]] == ["angular_leaf_spot", "bean_rust", "healthy"]
+    for fold in report["folds"]:
+        assert set(fold["variants"]) == set(VARIANTS)
+        for figures in fold["variants"].values():
+            assert {"acceptance", "accuracy_accepted", "refused_unseen", "auroc", "far_refused"} <= set(figures)
+    assert "angular_leaf_spot never learned" in proc.stdout and "| max(knn,patch) |" in proc.stdout
+    assert report["load_average"] and report["maps_seconds_per_photo"] > 0
