@@ -87,8 +87,10 @@ MID_VARIANTS = {"patch_mid", "max(knn,patch_mid)"}
 class ScoreBoard:
     """All component scores of query photos against one set of training photos."""
 
-    def __init__(self, data: PhotoData, *, k: int = K, seed: int = 0, classifier: str = "logreg"):
+    def __init__(self, data: PhotoData, *, k: int = K, seed: int = 0, classifier: str = "logreg",
+                 components: Optional[set] = None):
         self.data, self.k, self.seed, self.classifier = data, k, seed, classifier
+        self.components = components  # None: every component the data allows; else only these (and ``knn``)
         self.seconds: dict[str, float] = {}  # time spent scoring queries, per component (fits excluded)
         self.n_scored = 0
         self.banks_: list[PatchBank] = []  # every patch bank built, in order (its cells' photos: ``cell_photo_``)
@@ -111,22 +113,27 @@ class ScoreBoard:
         out: dict[str, np.ndarray] = {}
         with self._timed("knn", len(query)):
             out["knn"] = _kth_distances(Q, Z, k)[0]
-        out.update(self._mahalanobis(Z, y, Q))
-        pred, margin = self._classify(train, y, query)
-        out["pred"], out["margin"] = pred, -margin
-        with self._timed("class_knn", len(query)):
-            out["class_knn"] = np.empty(len(query), dtype=np.float32)
-            for c in np.unique(pred):
-                rows = pred == c
-                out["class_knn"][rows] = _kth_distances(Q[rows], Z[y == c], k)[0]
-        if self.data.maps is not None:
+        if self._wants("maha_lw"):
+            out.update(self._mahalanobis(Z, y, Q))
+        if self._wants("margin"):
+            pred, margin = self._classify(train, y, query)
+            out["pred"], out["margin"] = pred, -margin
+            with self._timed("class_knn", len(query)):
+                out["class_knn"] = np.empty(len(query), dtype=np.float32)
+                for c in np.unique(pred):
+                    rows = pred == c
+                    out["class_knn"][rows] = _kth_distances(Q[rows], Z[y == c], k)[0]
+        if self.data.maps is not None and self._wants("patch"):
             out.update(self._patches(train, query))
-        if self.data.mid_maps is not None:
+        if self.data.mid_maps is not None and self._wants("patch_mid"):
             bank = PatchBank(share=MID_CORESET_SHARE, seed=self.seed).fit(self.data.mid_maps.subset(train), train)
             with self._timed("patch_mid", len(query)):
                 out["patch_mid"] = bank.score(self.data.mid_maps.subset(query))
         self.n_scored += len(query)
         return out
+
+    def _wants(self, component: str) -> bool:
+        return self.components is None or component in self.components
 
     def _timed(self, name: str, n: int):
         board = self

@@ -135,7 +135,7 @@ def variant_figures(score, oof: np.ndarray, known: slice, unseen: slice, far: sl
     is_unseen = np.r_[np.zeros(len(score[known])), np.ones(len(score[unseen]))]
     return {"threshold": threshold, "acceptance": float(ok_known.mean()),
             "acceptance_ci": _interval(ok_known.sum(), ok_known.size),
-            "accuracy_accepted": float(correct[ok_known].mean()) if ok_known.any() else None,
+            "accuracy_accepted": float(correct[ok_known].mean()) if ok_known.any() and correct is not None else None,
             "refused_unseen": float(refused_unseen.mean()),
             "refused_unseen_ci": _interval(refused_unseen.sum(), refused_unseen.size),
             "auroc": float(roc_auc_score(is_unseen, both)),
@@ -172,14 +172,14 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
     meter.update(FOLDS + 1)
     known, unseen_part = slice(0, len(test)), slice(len(test), len(test) + len(unseen))
     far = slice(len(test) + len(unseen), len(query))
-    correct = scores["pred"][known] == labels[test]
+    correct = scores["pred"][known] == labels[test] if "pred" in scores else None  # no classifier asked for
     names = [v for v in (variants or VARIANTS) if (data.maps is not None or v not in PATCH_VARIANTS)
              and (data.mid_maps is not None or v not in MID_VARIANTS)]
     figures = {name: variant_figures(VARIANTS[name][1](scores, oof), VARIANTS[name][1](oof, oof), known,
                                      unseen_part, far, correct, accept) for name in names}
     return {"left_out": classes[left_out], "learned": [classes[c] for c in kept], "n_train": int(len(train)),
             "n_test_learned": int(len(test)), "n_unseen": int(len(unseen)), "n_far": int(len(far_idx)),
-            "accuracy_all": float(correct.mean()), "seconds": round(time.perf_counter() - t0, 1),
+            "accuracy_all": None if correct is None else float(correct.mean()), "seconds": round(time.perf_counter() - t0, 1),
             "ms_per_photo": {k: round(1000 * v / len(query), 3) for k, v in board.seconds.items()},
             "variants": figures}
 
