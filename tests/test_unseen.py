@@ -20,7 +20,7 @@ from tests.conftest import copy_subset
 from toptune_core.config import DEMO_DATASET
 from toptune_core.data.split import load_data, stratified_split
 from toptune_core.trust.patches import MapModel, PatchBank, feature_maps
-from toptune_core.trust.scores import MID_VARIANTS, VARIANTS, PhotoData, ScoreBoard
+from toptune_core.trust.scores import VARIANTS, PhotoData, ScoreBoard, components_for
 from toptune_core.trust.unseen import leave_one_class_out, out_of_fold
 
 
@@ -98,21 +98,30 @@ def test_a_bank_keeps_a_coreset_of_the_cells(small):
     assert scores.shape == (4,) and (scores > 0).all()
 
 
-def test_unseen_command_prints_and_writes_every_score(tmp_path, subprocess_env):
+def test_unseen_command_prints_and_writes_the_figures_of_each_score(tmp_path, subprocess_env):
     data = copy_subset(DEMO_DATASET, tmp_path / "beans", 12)
     out = tmp_path / "unseen.json"
+    scores = ["knn", "knn+margin", "class_knn", "patch", "max(knn,patch)"]  # every kind but the 1280-d Mahalanobis
     proc = subprocess.run([sys.executable, "-m", "toptune_core", "unseen", "--data", str(data), "--views", "1",
-                           "--resolution", "224", "--json", str(out)], env=subprocess_env, capture_output=True,
-                          text=True, timeout=300)
+                           "--resolution", "224", "--json", str(out), "--scores", *scores],
+                          env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert [f["left_out"] for f in report["folds"]] == ["angular_leaf_spot", "bean_rust", "healthy"]
     for fold in report["folds"]:
-        assert set(fold["variants"]) == set(VARIANTS) - MID_VARIANTS  # the mid-level map: --mid-level only
+        assert list(fold["variants"]) == scores
         for figures in fold["variants"].values():
             assert {"acceptance", "accuracy_accepted", "refused_unseen", "auroc", "far_refused"} <= set(figures)
     assert "angular_leaf_spot never learned" in proc.stdout and "| max(knn,patch) |" in proc.stdout
     assert report["load_average"] and report["maps_seconds_per_photo"] > 0
+    bad = subprocess.run([sys.executable, "-m", "toptune_core", "unseen", "--data", str(data), "--scores", "nope"],
+                         env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Unknown score 'nope'" in bad.stderr
+
+
+def test_every_variant_names_what_it_needs():
+    assert components_for(list(VARIANTS)) == {"knn", "margin", "maha_lw", "patch", "patch_mid"}
+    assert components_for(["knn"]) == {"knn", "margin"}
 
 
 def test_the_checks_threshold_is_stored_with_the_run_and_the_exported_bundle_agrees(tmp_path, lite0_extractor):

@@ -95,7 +95,8 @@ def cmd_unseen(args: argparse.Namespace, settings: Settings) -> int:
 
     report = unseen_report(args.data, backbone=args.backbone, seed=args.seed, test_size=args.test_size,
                            strictness=args.strictness, cache=feature_cache(settings), home=settings.ensure_home(),
-                           patches=not args.no_patches, mid_level=args.mid_level, progress=TextProgressBar(), **feature_settings(args))
+                           patches=not args.no_patches, mid_level=args.mid_level,
+                           variants=args.scores, progress=TextProgressBar(), **feature_settings(args))
     report["load_average"] = [round(v, 2) for v in os.getloadavg()]
     for fold in report["folds"]:
         print(f"\n{fold['left_out']} never learned ({fold['n_unseen']} photos; trained on "
@@ -135,6 +136,8 @@ def add_parsers(sub) -> None:
                                                "unfamiliarity score refuses", data=True)
     p.add_argument("--no-patches", action="store_true", help="skip the patch scores (they need the maps before "
                                                              "pooling: minutes the first time)")
+    p.add_argument("--scores", nargs="+", help="the scores to measure, e.g. knn 'max(knn,patch)' (default: every one; "
+                                               "see trust/scores.py)")
     p.add_argument("--mid-level", action="store_true", help="also the patch score on a mid-level map (PatchCore's "
                                                             "layer choice; more minutes the first time)")
     p.add_argument("--strictness", default=DEFAULT_STRICTNESS, choices=list(STRICTNESS), help=strict_help)

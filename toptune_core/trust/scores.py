@@ -84,6 +84,20 @@ PATCH_VARIANTS = {"patch", "patch_leaf", "max(knn,patch)", "max(knn,patch_leaf)"
 MID_VARIANTS = {"patch_mid", "max(knn,patch_mid)"}
 
 
+def components_for(variants) -> set:
+    """The ``ScoreBoard`` components the ``variants`` need (the classifier always: accuracy on accepted photos)."""
+    from toptune_core.errors import ToptuneError
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ToptuneError(f"Unknown score '{unknown[0]}'. Choose from: {', '.join(VARIANTS)}.")
+    need = {"knn", "margin"}
+    for v in variants:
+        need |= {"maha_lw"} if v in ("maha_lw", "maha_oas", "rmaha_lw", "residual") else set()
+        need |= {"patch"} if v in PATCH_VARIANTS else {"patch_mid"} if v in MID_VARIANTS else set()
+    return need
+
+
 class ScoreBoard:
     """All component scores of query photos against one set of training photos."""
 

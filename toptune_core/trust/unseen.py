@@ -151,7 +151,7 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
     ``trust.scores.PhotoData`` over the dataset's photos (``y``), then any far photos (``far_idx``); ``board``:
     the ``ScoreBoard`` to use (None: a new one)."""
     from toptune_core.data.split import stratified_split
-    from toptune_core.trust.scores import MID_VARIANTS, PATCH_VARIANTS, VARIANTS, ScoreBoard
+    from toptune_core.trust.scores import MID_VARIANTS, PATCH_VARIANTS, VARIANTS, ScoreBoard, components_for
 
     n = len(y)
     far_idx = np.arange(n, n) if far_idx is None else np.asarray(far_idx)
@@ -162,7 +162,7 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
     train = split.train_idx[y[split.train_idx] != left_out]
     test = split.test_idx[y[split.test_idx] != left_out]
     unseen = np.flatnonzero(y == left_out)
-    board = board or ScoreBoard(data, seed=seed)
+    board = board or ScoreBoard(data, seed=seed, components=components_for(variants or VARIANTS))
     t0 = time.perf_counter()
     meter = ProgressMeter(f"scores without {classes[left_out]}", FOLDS + 1, progress, "fits")
     oof = out_of_fold(board, train, labels, seed=seed, meter=meter)
@@ -195,8 +195,10 @@ def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: i
 
     from toptune_core.methods.toptuner import TopTuner
     from toptune_core.trust.patches import MapModel, PatchMaps, cached_feature_maps, feature_maps
-    from toptune_core.trust.scores import PhotoData
+    from toptune_core.trust.scores import PhotoData, components_for
 
+    if variants:
+        components_for(variants)  # an unknown name: one line, before any work
     dataset, _ = load_data(data)
     reader = TopTuner(backbone, "logreg", seed, views=views, resolution=resolution, extractor=extractor, cache=cache)
     table = reader.read(dataset, progress=progress, should_cancel=should_cancel)
