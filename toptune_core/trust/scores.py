@@ -167,14 +167,14 @@ class ScoreBoard:
         classes = np.unique(y)
         means = np.stack([Z[y == c].mean(axis=0) for c in classes])
         R = (Z - means[np.searchsorted(classes, y)]).astype(np.float64)
-        out = {}
+        out, precision = {}, {}
         for name, shrink in (("maha_lw", ledoit_wolf), ("maha_oas", oas)):
-            precision = np.linalg.inv(shrink(R, assume_centered=True)[0])
+            precision[name] = np.linalg.inv(shrink(R, assume_centered=True)[0])
             with self._timed(name, len(Q)):
-                out[name] = _min_quadratic(Q, means, precision)
+                out[name] = _quadratic(Q, means, precision[name]).min(axis=1)
         background = np.linalg.inv(ledoit_wolf(Z.astype(np.float64))[0])
         with self._timed("rmaha_lw", len(Q)):
-            relative = _quadratic(Q, means, np.linalg.inv(ledoit_wolf(R, assume_centered=True)[0]))
+            relative = _quadratic(Q, means, precision["maha_lw"])
             relative -= _quadratic(Q, Z.mean(axis=0, keepdims=True), background)
             out["rmaha_lw"] = relative.min(axis=1)
         _, s, vt = np.linalg.svd(R, full_matrices=False)
@@ -223,7 +223,3 @@ def _quadratic(Q: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.nd
         d = Q.astype(np.float64) - m
         out[:, j] = np.einsum("ij,ij->i", d @ precision, d)
     return out
-
-
-def _min_quadratic(Q: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    return _quadratic(Q, means, precision).min(axis=1)
