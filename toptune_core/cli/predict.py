@@ -93,7 +93,8 @@ def cmd_unseen(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.trust.scores import VARIANTS
     from toptune_core.trust.unseen import unseen_report
 
-    report = unseen_report(args.data, backbone=args.backbone, seed=args.seed, test_size=args.test_size,
+    report = unseen_report(args.data, backbone=args.backbone, classifier=args.classifier, seed=args.seed,
+                           test_size=args.test_size,
                            strictness=args.strictness, cache=feature_cache(settings), home=settings.ensure_home(),
                            patches=not args.no_patches, mid_level=args.mid_level,
                            variants=args.scores, progress=TextProgressBar(), **feature_settings(args))
@@ -134,6 +135,8 @@ def add_parsers(sub) -> None:
 
     p = add_command(sub, "unseen", cmd_unseen, "train with each class left out; how many of its photos each "
                                                "unfamiliarity score refuses", data=True)
+    p.add_argument("--classifier", default="logreg", help="top classifier behind the margin and the accuracy "
+                                                          "(default logreg)")
     p.add_argument("--no-patches", action="store_true", help="skip the patch scores (they need the maps before "
                                                              "pooling: minutes the first time)")
     p.add_argument("--scores", nargs="+", help="the scores to measure, e.g. knn 'max(knn,patch)' (default: every one; "

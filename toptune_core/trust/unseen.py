@@ -146,7 +146,7 @@ def variant_figures(score, oof: np.ndarray, known: slice, unseen: slice, far: sl
 def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, *, seed: int = 0,
                         test_size: float = 0.25, accept: float = 0.95, far_idx: Optional[np.ndarray] = None,
                         variants: Optional[list[str]] = None, board=None,
-                        progress: Optional[ProgressCallback] = None) -> dict:
+                        classifier: str = "logreg", progress: Optional[ProgressCallback] = None) -> dict:
     """The figures of every score with class ``left_out`` never learned (module docstring). ``data``: a
     ``trust.scores.PhotoData`` over the dataset's photos (``y``), then any far photos (``far_idx``); ``board``:
     the ``ScoreBoard`` to use (None: a new one)."""
@@ -162,7 +162,8 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
     train = split.train_idx[y[split.train_idx] != left_out]
     test = split.test_idx[y[split.test_idx] != left_out]
     unseen = np.flatnonzero(y == left_out)
-    board = board or ScoreBoard(data, seed=seed, components=components_for(variants or VARIANTS))
+    board = board or ScoreBoard(data, seed=seed, classifier=classifier,
+                                components=components_for(variants or VARIANTS))
     t0 = time.perf_counter()
     meter = ProgressMeter(f"scores without {classes[left_out]}", FOLDS + 1, progress, "fits")
     oof = out_of_fold(board, train, labels, seed=seed, meter=meter)
@@ -179,12 +180,14 @@ def leave_one_class_out(data, y: np.ndarray, classes: list[str], left_out: int, 
                                      unseen_part, far, correct, accept) for name in names}
     return {"left_out": classes[left_out], "learned": [classes[c] for c in kept], "n_train": int(len(train)),
             "n_test_learned": int(len(test)), "n_unseen": int(len(unseen)), "n_far": int(len(far_idx)),
-            "accuracy_all": None if correct is None else float(correct.mean()), "seconds": round(time.perf_counter() - t0, 1),
+            "accuracy_all": None if correct is None else float(correct.mean()),
+            "seconds": round(time.perf_counter() - t0, 1),
             "ms_per_photo": {k: round(1000 * v / len(query), 3) for k, v in board.seconds.items()},
             "variants": figures}
 
 
-def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: int = 0, test_size: float = 0.25,
+def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, classifier: str = "logreg", seed: int = 0,
+                  test_size: float = 0.25,
                   strictness: str = "normal", views=None, resolution=None, patches: bool = True,
                   mid_level: bool = False, extractor=None,
                   cache=None, home: Optional[Path] = None, variants: Optional[list[str]] = None,
@@ -197,8 +200,11 @@ def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: i
     from toptune_core.trust.patches import MapModel, PatchMaps, cached_feature_maps, feature_maps
     from toptune_core.trust.scores import PhotoData, components_for
 
+    from toptune_core.methods.classifiers import make_classifier
+
+    make_classifier(classifier)  # an unknown classifier or score name: one line, before any work
     if variants:
-        components_for(variants)  # an unknown name: one line, before any work
+        components_for(variants)
     dataset, _ = load_data(data)
     reader = TopTuner(backbone, "logreg", seed, views=views, resolution=resolution, extractor=extractor, cache=cache)
     table = reader.read(dataset, progress=progress, should_cancel=should_cancel)
@@ -225,9 +231,11 @@ def unseen_report(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, seed: i
     photo_data = PhotoData(views_all, maps, mid_maps)
     far_idx = np.arange(len(y), len(y) + len(far))
     folds = [leave_one_class_out(photo_data, y, dataset.classes, c, seed=seed, test_size=test_size,
-                                 accept=STRICTNESS[strictness], far_idx=far_idx, variants=variants, progress=progress)
+                                 accept=STRICTNESS[strictness], far_idx=far_idx, variants=variants,
+                                 classifier=classifier, progress=progress)
              for c in range(len(dataset.classes))]
-    return {"strictness": strictness, "accept": STRICTNESS[strictness], "seed": seed, "test_size": test_size,
+    return {"strictness": strictness, "accept": STRICTNESS[strictness], "classifier": classifier, "seed": seed,
+            "test_size": test_size,
             "backbone": backbone, "views": reader.extractor.views, "resolution": reader.extractor.resolution,
             "n_photos": int(len(y)), "far_photos": list(far), "maps_seconds_per_photo": maps_seconds,
             "maps": None if maps is None else "one view (the photo as it is), float16 unit cells",
