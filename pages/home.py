@@ -66,8 +66,9 @@ st.markdown(
     "class, with what to do next. The check is set on the training photos only so that it accepts about 95 % of "
     "photos like them (measured on each model's held-out photos and shown beside it).\n\n"
     "**Its limit, stated plainly:** a *new disease of the same crop* usually still looks like a leaf of that crop. "
-    "On the bean photos, a model trained with one disease left out refused only 3 % to 19 % of that disease's "
-    "photos (see the README for the figures on the full bean set); the rest got one of the classes it knows. "
+    "On the bean photos, a model trained with one disease left out refused only 17 % to 32 % of that disease's "
+    "photos (see the README for the figures on the full bean set and the other checks tried); the rest got one "
+    "of the classes it knows. "
     "Do not rely on it to catch a disease the model was never taught."
 )
 

@@ -8,13 +8,15 @@ class's probability. An unreadable file gets an error line and does not
 stop the others. ``--json`` writes ``{"run_id", "predictions": [...]}``; ``--heatmaps`` adds each recognised photo's class maps
 (``toptune_core.explain``).
 
-``python -m toptune_core unseen --data DIR`` trains with each class left out
-in turn and reports how many photos of the left-out class are refused.
+``python -m toptune_core unseen --data DIR [--json OUT]`` leaves each class out in turn and reports, for every
+unfamiliarity score tried (``trust.scores``), the learned photos accepted, the left-out class's photos refused,
+the AUROC and the far photos refused, at a threshold set on out-of-fold training scores (``trust.unseen``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from toptune_core.cli.common import add_command, feature_cache, feature_settings, run_store, write_json
@@ -89,20 +91,28 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_unseen(args: argparse.Namespace, settings: Settings) -> int:
     from toptune_core.progress import TextProgressBar
-    from toptune_core.trust.unseen import unseen_class_report
+    from toptune_core.trust.scores import VARIANTS
+    from toptune_core.trust.unseen import unseen_report
 
-    rows = unseen_class_report(args.data, backbone=args.backbone, classifier=args.classifier, seed=args.seed,
-                               test_size=args.test_size, strictness=args.strictness, cache=feature_cache(settings),
-                               **feature_settings(args),
-                               progress=TextProgressBar())
-    print("| class left out | its photos | refused (not recognised) | learned classes' held-out photos "
-          "accepted | accuracy on those |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        acc = r["accuracy_learned_recognised"]
-        print(f"| {r['left_out']} | {r['n_unseen']} | {r['refused_unseen']:.1%} | {r['coverage_learned']:.1%} | "
-              + ("-" if acc is None else f"{acc:.3f}") + " |")
-    write_json(args.json, {"strictness": args.strictness, "rows": rows})
+    report = unseen_report(args.data, backbone=args.backbone, classifier=args.classifier, seed=args.seed,
+                           test_size=args.test_size,
+                           strictness=args.strictness, cache=feature_cache(settings), home=settings.ensure_home(),
+                           patches=not args.no_patches, mid_level=args.mid_level,
+                           variants=args.scores, progress=TextProgressBar(), **feature_settings(args))
+    report["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    for fold in report["folds"]:
+        print(f"\n{fold['left_out']} never learned ({fold['n_unseen']} photos; trained on "
+              f"{fold['n_train']} photos of {', '.join(fold['learned'])}; {fold['n_test_learned']} held out; "
+              f"threshold: {report['accept']:.0%} of out-of-fold training scores)")
+        print("| score | learned accepted | accuracy on accepted | left-out refused | AUROC | far refused |")
+        print("|---|---|---|---|---|---|")
+        for name, f in fold["variants"].items():
+            acc = "-" if f["accuracy_accepted"] is None else f"{f['accuracy_accepted']:.3f}"
+            print(f"| {name} | {f['acceptance']:.1%} | {acc} | {f['refused_unseen']:.1%} | {f['auroc']:.3f} | "
+                  f"{f['far_refused_n']}/{fold['n_far']} |")
+    print("\nscores: " + "; ".join(f"{k}: {v[0]}" for k, v in VARIANTS.items()))
+    print(f"load average at the end: {report['load_average']}")
+    write_json(args.json, report)
     return 0
 
 
@@ -129,7 +139,14 @@ def add_parsers(sub) -> None:
                         "orientation; logit units; logistic regression only)")
     p.add_argument("images", nargs="+", help="photo files and/or folders (searched recursively); s3:// objects or prefixes")
 
-    p = add_command(sub, "unseen", cmd_unseen, "train with each class left out; how many of its photos are refused",
-                    data=True)
-    p.add_argument("--classifier", default="logreg", help="top classifier (default logreg)")
+    p = add_command(sub, "unseen", cmd_unseen, "train with each class left out; how many of its photos each "
+                                               "unfamiliarity score refuses", data=True)
+    p.add_argument("--classifier", default="logreg", help="top classifier behind the margin and the accuracy "
+                                                          "(default logreg)")
+    p.add_argument("--no-patches", action="store_true", help="skip the patch scores (they need the maps before "
+                                                             "pooling: minutes the first time)")
+    p.add_argument("--scores", nargs="+", help="the scores to measure, e.g. knn 'max(knn,patch)' (default: every one; "
+                                               "see trust/scores.py)")
+    p.add_argument("--mid-level", action="store_true", help="also the patch score on a mid-level map (PatchCore's "
+                                                            "layer choice; more minutes the first time)")
     p.add_argument("--strictness", default=DEFAULT_STRICTNESS, choices=list(STRICTNESS), help=strict_help)

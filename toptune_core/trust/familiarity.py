@@ -135,11 +135,14 @@ class FamiliarityCheck:
 
     def describe(self) -> dict:
         """What the run record says about the check."""
-        return {"k": self.k_, "accept": self.accept, "threshold": self.threshold_,
+        return {"score": "knn", "k": self.k_, "accept": self.accept, "threshold": self.threshold_,
                 "thresholds": {name: self.threshold(a) for name, a in STRICTNESS.items()},
                 "calibration": (f"{self.folds}-fold cross-validation on the {len(self.reference_)} training photos "
                                 "only (each scored against the other folds); held-out photos never used"),
-                "distance": "k-th nearest training photo, Euclidean on L2-normalised backbone features"}
+                "distance": "k-th nearest training photo, Euclidean on L2-normalised backbone features",
+                "kept": ("no other score tried (shrunk Mahalanobis, residual, classifier margin, class k-NN, patch "
+                         "nearest neighbours) refused more of a left-out disease in both disease folds: README, "
+                         "'A disease it never learned: what was tried'")}
 
     def save(self, folder: Path) -> list[str]:
         np.savez(Path(folder) / FILE, reference=self.reference_.astype(np.float32), labels=self.labels_,
