@@ -120,7 +120,7 @@ def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path)
 
             open_page("Predictions")
             expect(page.get_by_role("heading", name="5 · Predictions")).to_be_visible()
-            expect(page.get_by_text("75 photo(s), least confident first")).to_be_visible()
+            expect(page.get_by_text("67 photo(s), least confident first")).to_be_visible()
             cells = page.locator(".js-plotly-plot .scatterlayer .point")
             expect(cells).to_have_count(9)
             cells.nth(4).click(force=True)  # row bean_rust, column bean_rust: the rust leaves it got right
@@ -128,7 +128,7 @@ def test_new_user_gets_from_home_to_a_prediction(server, toptune_home, tmp_path)
                 '- combobox "True class": bean_rust')
             expect(page.get_by_role("combobox", name="Predicted class")).to_match_aria_snapshot(
                 '- combobox "Predicted class": bean_rust')
-            expect(page.get_by_text("75 photo(s), least confident first")).to_have_count(0)
+            expect(page.get_by_text("67 photo(s), least confident first")).to_have_count(0)
             gallery = page.get_by_test_id("stImage")
             expect(gallery.first).to_contain_text("Right · true: bean_rust · predicted: bean_rust")
             expect(gallery.filter(has_not_text="true: bean_rust · predicted: bean_rust")).to_have_count(0)
