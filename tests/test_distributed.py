@@ -38,14 +38,15 @@ def cli(args: list[str], env: dict, timeout: float = 300) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A local Ray runtime with 2 CPUs for the module; its address. (ray.init sets environment variables of
-    this process, e.g. PYTHONBREAKPOINT: they are put back afterwards.)"""
+    """A local Ray runtime of its own with 2 CPUs for the module (not one another process started on this machine);
+    its address. (ray.init sets environment variables of this process, e.g. PYTHONBREAKPOINT: they are put back
+    afterwards.)"""
     import os
 
     import ray
 
     environ = dict(os.environ)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
