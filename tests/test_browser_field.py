@@ -173,9 +173,17 @@ def test_predictions_shows_one_held_out_photos_map_for_its_predicted_and_true_cl
         page.set_default_timeout(120_000)
         expect.set_options(timeout=120_000)
         page.goto(f"{url}/predictions?run={field_run.run_id}")
+        expect(page.get_by_text(re.compile(r"photo\(s\), least confident first"))).to_be_visible()  # page drawn
         page.get_by_text("Where on the leaf: one photo's map").click()
-        page.get_by_role("combobox", name="Photo to map", exact=True).click()
-        page.get_by_role("option").first.click()
+        options = page.get_by_role("option")
+        for _ in range(3):  # a rerun still drawing the page closes an open list: open it again
+            page.get_by_role("combobox", name="Photo to map", exact=True).click()
+            try:
+                expect(options.first).to_be_visible(timeout=15_000)
+                break
+            except AssertionError:
+                continue
+        options.first.click()
         expect(page.get_by_text("What the model saw (centre crop)")).to_be_visible()
         expect(page.get_by_text(re.compile(r"^Where it sees ")).first).to_be_visible()
         browser.close()

@@ -114,7 +114,7 @@ def test_two_visitors_are_kept_apart_on_a_shared_server(toptune_home, tmp_path, 
             expect(b.get_by_role("option")).to_have_text(["roots", "roots/beans"])
             b.get_by_role("option", name="roots/beans").click()
             b.get_by_role("button", name="Use this folder").click()
-            expect(b.get_by_text("Server folder roots/beans (12 photos)").first).to_be_visible()
+            expect(b.get_by_text("Server folder roots/beans · 12 photos").first).to_be_visible()  # the sidebar
             b.screenshot(path=str(artifacts / "04-b-server-folder.png"), full_page=True)
 
             # A's reload keeps A's workspace: the dataset, the run; B's choice did not reach A.
