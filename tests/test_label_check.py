@@ -8,6 +8,7 @@ into a module-scoped data folder that every test here reads.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def label_home(tmp_path_factory) -> Path:
 def checked(planted, label_home, tmp_path_factory) -> dict:
     """``check-labels`` run once on the planted set through the command line's entry function: its JSON."""
     out = tmp_path_factory.mktemp("out") / "suspects.json"
-    settings = Settings.from_env({"TOPTUNE_HOME": str(label_home)})
+    settings = Settings.from_env({**os.environ, "TOPTUNE_HOME": str(label_home)})
     assert main(["check-labels", "--data", str(planted[0]), "--json", str(out)], settings=settings) == 0
     return json.loads(out.read_text())
 
@@ -77,7 +78,7 @@ def test_the_json_lists_suspects_most_suspect_first(planted, checked):
 
 
 def test_the_table_and_a_second_run_from_the_cache(planted, checked, label_home, capsys):
-    settings = Settings.from_env({"TOPTUNE_HOME": str(label_home)})
+    settings = Settings.from_env({**os.environ, "TOPTUNE_HOME": str(label_home)})
     assert main(["check-labels", "--data", str(planted[0]), "--top", "5"], settings=settings) == 0
     out = capsys.readouterr().out
     assert "features from the cache" in out
@@ -211,6 +212,6 @@ def test_data_page_photos_to_check(planted, checked, label_home, monkeypatch):
 
     out = label_home / "after_edits.json"  # the command line reads the same workspace's version
     assert main(["check-labels", "--data", str(root), "--json", str(out)],
-                settings=Settings.from_env({"TOPTUNE_HOME": str(label_home)})) == 0
+                settings=Settings.from_env({**os.environ, "TOPTUNE_HOME": str(label_home)})) == 0
     after = json.loads(out.read_text())
     assert after["n_checked"] == 299 and not {s["path"] for s in after["suspects"]} & set(first)
