@@ -309,7 +309,8 @@ def test_the_data_page_reads_a_bucket_and_shows_its_photos(s3):
     at.text_input(key="s3_url").input(DEMO_URL).run()
     button(at, "Use this prefix").click().run()
     no_problems(at)
-    assert at.subheader[0].value == f"Object storage {DEMO_URL} (300 photos)"
+    assert at.subheader[0].value == f"Object storage {DEMO_URL}"  # (the count is the version's: the metric)
+    assert at.metric[0].label == "Photos" and at.metric[0].value == "300"
     assert metrics(at)["Photos"] == "300" and metrics(at)["Files skipped"] == "0"
     assert len(at.image) == 12, "four thumbnails per class, read from the store"
     sizes = [m.value for m in at.markdown if m.value.startswith("Checked ")]

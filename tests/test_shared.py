@@ -266,7 +266,8 @@ def test_shared_data_page_offers_allowed_folders_and_no_path(shared, roots, monk
     folders.set_value(str((roots / "beans").resolve())).run()
     button(at, "Use this folder").click().run()
     no_problems(at)
-    assert at.subheader[0].value == "Server folder roots/beans (12 photos)"
+    assert at.subheader[0].value == "Server folder roots/beans"  # (the count is the version's: the metric)
+    assert at.metric[0].label == "Photos" and at.metric[0].value == "12"
     assert texts(at.caption).count(f"Folder: {(roots / 'beans').resolve()}") == 0, "no server path is shown"
 
 
