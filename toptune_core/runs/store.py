@@ -95,9 +95,7 @@ class RunStore:
         self.runs_dir = self.root / "runs"
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            with self._connect() as conn:
-                conn.execute(_SCHEMA)
-                self._add_missing_columns(conn)
+            self._create_schema()
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError):
                 raise self._unwritable(e) from None
@@ -107,6 +105,22 @@ class RunStore:
         except OSError as e:
             raise self._unwritable(e) from None
         self.mark_interrupted()
+
+    def _create_schema(self, wait_s: float = 30.0) -> None:
+        """The table (and any column added since), once. Two processes opening a new store at the same moment can
+        find it locked while the other switches it to WAL, which SQLite reports at once rather than through the
+        busy timeout: try again for up to ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self._connect() as conn:
+                    conn.execute(_SCHEMA)
+                    self._add_missing_columns(conn)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _unwritable(self, e: BaseException) -> ToptuneError:
         return ToptuneError(f"Cannot write to the data folder '{self.root}' ({_one_line(e)}). Check that it exists, "
