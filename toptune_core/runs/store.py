@@ -193,12 +193,19 @@ class RunStore:
     def start(self, *, method: str, backbone: str, dataset: str, classifier: Optional[str] = None,
               params: Optional[dict] = None, pid: Optional[int] = None) -> RunRecord:
         """Record a new run as ``running`` and make its folder."""
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
         pid = pid or os.getpid()
-        try:
-            (self.runs_dir / run_id).mkdir(parents=True)
-        except OSError as e:
-            raise self._unwritable(e) from None
+        for attempt in range(100):
+            # The id is the second plus 4 random hex digits: many sessions starting runs in one second can draw
+            # the same one, so the folder (made atomically) decides, and a taken id is drawn again.
+            run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+            try:
+                (self.runs_dir / run_id).mkdir(parents=True)
+                break
+            except FileExistsError as e:
+                if attempt == 99:
+                    raise self._unwritable(e) from None
+            except OSError as e:
+                raise self._unwritable(e) from None
         try:
             self._write("INSERT INTO runs (id, created, method, status, backbone, classifier, dataset, params, pid,"
                         " host, proc_start) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
