@@ -219,6 +219,18 @@ def test_cpu_plan_follows_the_cpus_this_process_may_use(monkeypatch, cpus, lanes
     assert extractor._model is None  # planning loads nothing
 
 
+@pytest.mark.parametrize("cpus, decode", [(1, 0), (2, 1), (16, 4)])
+def test_openvino_runs_one_request_on_every_cpu_fed_by_decoding_threads(monkeypatch, cpus, decode):
+    """OpenVINO parallelises one request itself (faster than single-thread lanes: ``plan_for``)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: None)
+    plan = FeatureExtractor("tf_efficientnet_lite0", views="1", device="cpu", engine="openvino", precision="f32").plan()
+    assert (plan.engine, plan.lanes, plan.threads, plan.decode_workers) == ("openvino", 1, cpus, decode)
+    explicit = FeatureExtractor("tf_efficientnet_lite0", views="1", device="cpu", engine="openvino", precision="f32",
+                                lanes=2, threads=1).plan()
+    assert (explicit.lanes, explicit.threads) == (2, 1)  # an explicit setting wins
+
+
 def test_a_cgroup_cpu_quota_caps_the_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: 1.5)  # docker --cpus=1.5 on a 64-core host
