@@ -124,16 +124,23 @@ def record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> N
         store.finish(run_id, "failed", str(e) or type(e).__name__, curve=curve)
 
 
-def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel) -> tuple:
+def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel, *,
+           reference: bool = True) -> tuple:
     """The split of ``data.split`` over the readable photos, with the reference features that find near-duplicates.
 
     Returns (labels, photos, split, reference features, seconds of the grouping work). Session groups
     (``data.groups``: likely the same plant or session, near-duplicates included) for the grouped split are found
     among the training folder's photos; the groups handed to ``fit`` (for its cross-validation: the kernel's
     leave-one-out, the automatic choice's estimate) among the training photos only, so held-out photos never
-    shape them.
+    shape them. ``reference=False`` (a split that needs no groups, for a fit that reads none): no reference
+    features yet (None, and no groups); ``_with_reference`` adds them later, to the same split.
     """
     seed, test_size, kind = how
+    if not reference and kind != "grouped":
+        labels, paths, split = split_for(datasets[0], datasets[1] if len(datasets) > 1 else None, tables[0].ok,
+                                         tables[1].ok if len(datasets) > 1 else None, seed=seed, test_size=test_size,
+                                         split=kind, groups=None)
+        return labels, Photos([str(p) for p in paths], None), split, None, 0.0
     reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel)
     t0 = time.perf_counter()
     n_folder = int(tables[0].ok.sum())
@@ -141,9 +148,21 @@ def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, prog
     labels, paths, split = split_for(datasets[0], datasets[1] if len(datasets) > 1 else None, tables[0].ok,
                                      tables[1].ok if len(datasets) > 1 else None, seed=seed, test_size=test_size,
                                      split=kind, groups=groups)
-    features = np.concatenate([t.features for t in tables]) if tables[0].features is not None else None
-    photos = Photos([str(p) for p in paths], features)
+    photos = Photos([str(p) for p in paths], None)
     photos.groups = np.full(len(paths), -1)
+    photos.groups[split.train_idx] = session_groups(reference[split.train_idx])
+    return labels, photos, split, reference, seconds + time.perf_counter() - t0
+
+
+def _with_reference(fixed: tuple, estimator, datasets: list, tables: list[PhotoTable], progress,
+                    should_cancel) -> tuple:
+    """``fixed`` (a ``_split`` made without reference features) with them and the training photos' groups."""
+    labels, photos, split, reference, seconds = fixed
+    if reference is not None:
+        return fixed
+    reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel)
+    t0 = time.perf_counter()
+    photos = Photos(photos.paths, None, np.full(len(photos.paths), -1))
     photos.groups[split.train_idx] = session_groups(reference[split.train_idx])
     return labels, photos, split, reference, seconds + time.perf_counter() - t0
 
@@ -160,7 +179,12 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
     for k, stage in enumerate(stages):
         try:
             tables = [stage.read(ds, progress=progress, should_cancel=should_cancel) for ds in datasets]
-            fixed = fixed or _split(stage, datasets, tables, how, progress, should_cancel)
+            # A first model whose fit reads no groups, on a split that needs none, comes before the near-duplicate
+            # reference (a second extraction): the reference follows it, for the final model and its report.
+            early = k < len(stages) - 1 and not stage.fits_with_groups()
+            fixed = fixed or _split(stage, datasets, tables, how, progress, should_cancel, reference=not early)
+            if not early:
+                fixed = _with_reference(fixed, stage, datasets, tables, progress, should_cancel)
             record = _fit_and_record(stage, store, run, datasets, tables, fixed, curve, start, progress,
                                      should_cancel, done, final=k == len(stages) - 1)
         except (Cancelled, KeyboardInterrupt) as e:
@@ -214,8 +238,9 @@ def _fit_and_record(estimator, store: RunStore, run: RunRecord, datasets: list, 
     notes = dict(estimator.split_notes())
     if "val_paths" in notes:
         notes["val_files"] = [_relpath(p, roots) for p in notes.pop("val_paths")]
-    leakage = leakage_report(reference, split.train_idx, split.test_idx, [_relpath(p, roots) for p in photos.paths],
-                             correct=result.predictions["correct"].to_numpy())
+    leakage = None if reference is None else leakage_report(  # None: found after the first model
+        reference, split.train_idx, split.test_idx, [_relpath(p, roots) for p in photos.paths],
+        correct=result.predictions["correct"].to_numpy())
     split_record = {**split.describe(), "n_train": int(len(split.train_idx)), **notes, "test_files": test.paths,
                     "unreadable": _unreadable(datasets, tables), "near_duplicates": leakage}
     fitted = {**estimator.timings(), "familiarity_seconds": familiarity_seconds,

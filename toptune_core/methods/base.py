@@ -79,6 +79,11 @@ class PhotoEstimator(BaseEstimator):
         run's model: a first model fast, then the final one (the last, ``self``). One stage by default."""
         return [self]
 
+    def fits_with_groups(self) -> bool:
+        """Whether ``fit`` reads ``Photos.groups`` (near-duplicate groups for its own cross-validation); a run
+        finds them before such a fit. True unless an estimator knows better."""
+        return True
+
     def split_notes(self) -> dict:
         """Extra facts for the run record's split (e.g. the fine-tune's validation photos)."""
         return {}

@@ -108,6 +108,10 @@ class TopTuner(PhotoEstimator):
                          extractor=extractor.reconfigured(views=views), cache=self.cache)
                 for views in stages_for(extractor.views)]
 
+    def fits_with_groups(self) -> bool:
+        """Only the classifiers that cross-validate (kernel, auto) read the groups."""
+        return bool(getattr(make_classifier(self.classifier), "_fits_with_progress", False))
+
     def _features(self, photos: Photos, progress=None, should_cancel=None) -> np.ndarray:
         if photos.features is not None:
             return photos.features
