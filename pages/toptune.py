@@ -21,6 +21,8 @@ from toptune_core.data.duplicates import describe_leakage
 from toptune_core.features import engines
 from toptune_core.experiment import run_toptuning
 from toptune_core.jobs.view import JobView
+from toptune_core.leakage import reference_comes_first
+from toptune_core.methods.toptuner import TopTuner
 from toptune_core.methods.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 from toptune_core.reports import runs_frame
 from toptune_core.runs.store import RunRecord, RunStore
@@ -127,10 +129,10 @@ def feature_choices(backbone: str) -> tuple[str, int]:
     return views, resolution
 
 
-def extraction_cost(ds, extractor, cache) -> str:
+def extraction_cost(ds, extractor, cache, reference_first: bool = True) -> str:
     """What this run will extract, in plain words: the photos and views not yet in the cache, and when the first
     and the final model should be ready at this machine's measured rate (``features.estimate``)."""
-    est = estimate_extraction(ds, extractor, cache)
+    est = estimate_extraction(ds, extractor, cache, reference_first=reference_first)
     if est.final_passes == 0:
         return "every feature is in the cache: training takes a second or two."
     line = (f"{est.photos_to_extract:,} of the {len(ds):,} photos need {extractor.n_views} view(s) each read by the "
@@ -224,7 +226,8 @@ def page() -> None:
         st.caption(":material/bolt: The features of these photos with these settings are in the cache: training "
                    "takes a second or two.")
     else:
-        st.caption(f":material/schedule: This run: {extraction_cost(ds, extractor, cache)} After that the features "
+        first = reference_comes_first(split_kind(), TopTuner(backbone, classifier))
+        st.caption(f":material/schedule: This run: {extraction_cost(ds, extractor, cache, first)} After that the features "
                    "come from the cache and every run takes a second or two.")
 
     job = job_for("toptune")

@@ -37,11 +37,15 @@ def test_a_first_run_fits_a_first_model_then_the_same_final_model_as_one_extract
     staged_store, staged_cache = RunStore(tmp_path / "staged"), FeatureCache(tmp_path / "staged" / "features")
     seen = []
     staged = run_toptuning(small_dataset, store=staged_store, cache=staged_cache, extractor=extractor,
-                           views="dihedral", resolution=288, on_stage=lambda run: seen.append(run.metrics["stages"]))
+                           views="dihedral", resolution=288,
+                           on_stage=lambda run: seen.append((run.metrics["stages"], run.split["near_duplicates"])))
     stages = staged.metrics["stages"]
     assert [s["status"] for s in stages] == ["first", "final"] and [s["n_views"] for s in stages] == [1, 8]
     assert stages[0]["seconds"] < stages[1]["seconds"]
-    assert [len(s) for s in seen] == [1, 2]  # the first model was recorded (and usable) before the final one
+    assert [len(s) for s, _ in seen] == [1, 2]  # the first model was recorded (and usable) before the final one
+    # The near-duplicate reference (a second extraction) came after the first model: the random split and the
+    # logistic regression need no groups; the final model's record has the report.
+    assert seen[0][1] is None and seen[1][1]["n_test"] == len(staged.split["test_files"])
     assert stages[1]["accuracy"] == staged.accuracy and staged.params["n_views"] == 8
     out = summary(staged)
     assert out["stages"][-1]["accuracy"] == out["accuracy"] and out["views"] == "dihedral"
@@ -58,6 +62,7 @@ def test_a_first_run_fits_a_first_model_then_the_same_final_model_as_one_extract
                         resolution=288)
     assert [s["status"] for s in one.metrics["stages"]] == ["final"]
     assert one.split["test_files"] == staged.split["test_files"]
+    assert one.split["near_duplicates"]["pairs_across"] == staged.split["near_duplicates"]["pairs_across"]
     assert np.abs(_probabilities(one_store, one) - _probabilities(staged_store, staged)).max() <= 1e-5
 
 
@@ -95,3 +100,24 @@ def test_cancel_after_the_first_stage_keeps_its_model_and_views_and_the_next_run
     meta = json.loads((cache.path(key) / "meta.json").read_text())
     assert meta["n_views"] == 8 and [views for views, _ in meta["stage_seconds"]] == [1, 8]
     assert meta["n_extended"] == len(ds)  # 7 views of each photo added to the kept first views
+
+
+def test_the_reference_comes_before_the_first_model_only_where_the_run_needs_it(small_dataset, extractor,
+                                                                               tmp_path):
+    """A grouped split is cut from the session groups and the kernel's and the automatic choice's fits read them:
+    there the reference comes first, and the page's estimate of the first model counts it."""
+    from toptune_core.leakage import reference_comes_first
+    from toptune_core.methods.toptuner import TopTuner
+
+    assert not reference_comes_first("random", TopTuner(classifier="logreg"))
+    assert not reference_comes_first("random", TopTuner(classifier="rf"))
+    assert reference_comes_first("grouped", TopTuner(classifier="logreg"))
+    assert reference_comes_first("random", TopTuner(classifier="kernel"))
+    assert reference_comes_first("random", TopTuner(classifier="auto"))
+    ds, cache = load_dataset(small_dataset), FeatureCache(tmp_path / "features")
+    first = estimate_extraction(ds, extractor, cache, reference_first=True)
+    later = estimate_extraction(ds, extractor, cache, reference_first=False)
+    assert first.staged and later.final_passes == first.final_passes
+    size = (288 / 224) ** 2  # passes are counted at the backbone's own 224 px
+    assert later.first_passes == pytest.approx(len(ds) * size)  # one view a photo, no reference
+    assert first.first_passes == pytest.approx(len(ds) * (size + 1))  # and one 224-px reference pass a photo

@@ -23,7 +23,7 @@ from toptune_core.data.split import load_data, split_for
 from toptune_core.data.version_history import run_version
 from toptune_core.errors import Cancelled, JobInterrupted, ProcessStopped
 from toptune_core.evaluation import evaluate
-from toptune_core.leakage import run_reference
+from toptune_core.leakage import reference_comes_first, run_reference
 from toptune_core.methods.base import PhotoEstimator, Photos, PhotoTable
 from toptune_core.progress import CancelCheck, ProgressCallback, check_cancel
 from toptune_core.runs.store import RunRecord, RunStore
@@ -181,7 +181,7 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
             tables = [stage.read(ds, progress=progress, should_cancel=should_cancel) for ds in datasets]
             # A first model whose fit reads no groups, on a split that needs none, comes before the near-duplicate
             # reference (a second extraction): the reference follows it, for the final model and its report.
-            early = k < len(stages) - 1 and not stage.fits_with_groups()
+            early = k < len(stages) - 1 and not reference_comes_first(how[2], stage)
             fixed = fixed or _split(stage, datasets, tables, how, progress, should_cancel, reference=not early)
             if not early:
                 fixed = _with_reference(fixed, stage, datasets, tables, progress, should_cancel)

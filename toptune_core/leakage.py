@@ -56,6 +56,13 @@ def reference_extractor(extractor=None):
     return reference
 
 
+def reference_comes_first(split: str, estimator) -> bool:
+    """Whether a run needs the reference features before its first model: a grouped split is cut from the session
+    groups, and a fit that reads groups (``PhotoEstimator.fits_with_groups``) needs them. Otherwise a progressive
+    run fits its first model without them and reads them after it, for the final model and its report."""
+    return split == "grouped" or estimator.fits_with_groups()
+
+
 def run_reference(estimator, datasets: list, tables: list[PhotoTable], progress=None, should_cancel=None
                   ) -> tuple[np.ndarray, float]:
     """Reference features of a run's readable photos (training folder, then test folder) and the seconds taken."""

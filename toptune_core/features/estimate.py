@@ -4,7 +4,7 @@ Counted from what the cache lacks (``features.cache``): the views the entry of
 these photos does not hold yet, or, without an entry, the photos whose content
 no entry of the same extractor holds with all the views (a dataset version
 re-uses the rest), plus the near-duplicate reference (``leakage``) when its
-entry is missing. Seconds come from the rate of the newest extraction with the
+entry is missing (before the first model only where the run needs it there). Seconds come from the rate of the newest extraction with the
 backbone in this cache (``FeatureCache.pass_rate``: measured on this machine),
 so there are none until one extraction has run here.
 
@@ -42,8 +42,10 @@ class ExtractionEstimate:
         return self.final_passes / self.rate if self.rate else None
 
 
-def estimate_extraction(dataset, extractor, cache) -> ExtractionEstimate:
-    """The extraction a top-tune of ``dataset`` with ``extractor`` (its views and resolution) still needs."""
+def estimate_extraction(dataset, extractor, cache, *, reference_first: bool = True) -> ExtractionEstimate:
+    """The extraction a top-tune of ``dataset`` with ``extractor`` (its views and resolution) still needs;
+    ``reference_first``: whether the run reads the near-duplicate reference before its first model
+    (``leakage.reference_comes_first``) or after it."""
     from toptune_core.backbones.catalogue import get_backbone
     from toptune_core.features.cache import photos_not_cached
 
@@ -54,7 +56,7 @@ def estimate_extraction(dataset, extractor, cache) -> ExtractionEstimate:
     staged = have == 0 and need > 1 and photos >= MIN_PHOTOS_TO_STAGE
     reference = _reference_passes(dataset, cache, extractor)
     final = photos * (need - have) * size + reference
-    first = photos * size + reference if staged else final
+    first = photos * size + (reference if reference_first else 0.0) if staged else final
     return ExtractionEstimate(photos, first, final, cache.pass_rate(extractor.backbone), staged)
 
 
