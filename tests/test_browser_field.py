@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests.field_run import field_run, held_out_photos  # noqa: F401 - the session's run
 from tests.streamlit_server import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, streamlit_server
+from toptune_core.bench.field import diagnose, offline_page
 from toptune_core.portable import offline
 
 pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
@@ -48,29 +49,13 @@ def _predict_json(run, photos: list[str], tmp_path: Path) -> list[dict]:
 def diagnose_offline(url: str, photos: list[str], views: str = "dihedral", shots: Path | None = None) -> list[dict]:
     """Open the page at ``url``, wait until it is kept for offline use, turn the network off, reload, and diagnose
     each photo through the file input; the ``#result`` JSON of each."""
-    from playwright.sync_api import sync_playwright
-
     results = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context()
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector("#offline[data-state=ready]", timeout=180_000)
-            context.set_offline(True)
-            page.reload()
-            page.wait_for_selector("#photo:not([disabled])", timeout=180_000)
-            page.check(f"input[name=views][value='{views}']")
-            for i, photo in enumerate(photos):
-                page.evaluate("document.getElementById('result').textContent = ''")
-                page.set_input_files("#photo", photo)
-                page.wait_for_function("document.getElementById('result').textContent.length > 0", timeout=180_000)
-                results.append(json.loads(page.text_content("#result")))
-                if shots is not None:
-                    page.screenshot(path=str(shots / f"offline-page-{i}.png"), full_page=True)
-        finally:
-            browser.close()
+    with offline_page(url, timeout_ms=180_000) as (_, page, _ms):
+        page.check(f"input[name=views][value='{views}']")
+        for i, photo in enumerate(photos):
+            results.append(diagnose(page, photo, timeout_ms=180_000))
+            if shots is not None:
+                page.screenshot(path=str(shots / f"offline-page-{i}.png"), full_page=True)
     return results
 
 

@@ -11,6 +11,7 @@ check); the first photo of each view count is a warm-up and not counted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import http.server
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from toptune_core.errors import ToptuneError
 
@@ -79,7 +80,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _in_chromium(url: str, photos: Sequence[str]) -> dict:
+@contextlib.contextmanager
+def offline_page(url: str, timeout_ms: int = 300_000) -> Iterator[tuple]:
+    """Headless chromium on the offline page at ``url``: loaded until it says it is kept for offline use, the
+    network turned off, reloaded until the photo input is enabled. Yields (browser, page, milliseconds of the
+    offline reload)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -88,28 +93,33 @@ def _in_chromium(url: str, photos: Sequence[str]) -> dict:
             context = browser.new_context()
             page = context.new_page()
             page.goto(url)
-            page.wait_for_selector("#offline[data-state=ready]", timeout=300_000)
+            page.wait_for_selector("#offline[data-state=ready]", timeout=timeout_ms)
             context.set_offline(True)
             start = time.perf_counter()
             page.reload()
-            page.wait_for_selector("#photo:not([disabled])", timeout=300_000)
-            load_ms = (time.perf_counter() - start) * 1000
-            rows = []
-            for name, n in VIEWS:
-                page.check(f"input[name=views][value='{name}']")
-                ms = [_diagnose(page, photo)["milliseconds"] for photo in photos][1:]
-                rows.append({"views": n, "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
-                             "n": len(ms)})
-            return {"browser": f"chromium {browser.version}", "offline_load_ms": load_ms, "rows": rows}
+            page.wait_for_selector("#photo:not([disabled])", timeout=timeout_ms)
+            yield browser, page, (time.perf_counter() - start) * 1000
         finally:
             browser.close()
 
 
-def _diagnose(page, photo: str) -> dict:
+def diagnose(page, photo: str, timeout_ms: int = 300_000) -> dict:
+    """One photo through the offline page's file input: its ``#result`` JSON."""
     page.evaluate("document.getElementById('result').textContent = ''")
     page.set_input_files("#photo", str(photo))
-    page.wait_for_function("document.getElementById('result').textContent.length > 0", timeout=300_000)
+    page.wait_for_function("document.getElementById('result').textContent.length > 0", timeout=timeout_ms)
     return json.loads(page.text_content("#result"))
+
+
+def _in_chromium(url: str, photos: Sequence[str]) -> dict:
+    with offline_page(url) as (browser, page, load_ms):
+        rows = []
+        for name, n in VIEWS:
+            page.check(f"input[name=views][value='{name}']")
+            ms = [diagnose(page, photo)["milliseconds"] for photo in photos][1:]
+            rows.append({"views": n, "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+                         "n": len(ms)})
+        return {"browser": f"chromium {browser.version}", "offline_load_ms": load_ms, "rows": rows}
 
 
 def report(result: dict) -> str:

@@ -3,9 +3,10 @@
 ``bench first`` (a new dataset's first top-tune, to the first and the final model, ``bench.first``),
 ``bench engines`` (extraction, training and prediction speed, ``toptune_core.bench.run``), ``bench views`` (what
 view sets and resolutions cost, ``bench.views``), ``bench labels`` (planted wrong labels, ``bench.labels``),
-``bench ray`` (extraction here and on Ray side by side, ``bench.ray_vs_local``) and ``bench versions`` (adding
-photos and training again, ``bench.versions``). The older names (``bench --data ...``, ``bench-ray``,
-``bench-views``, ``bench-labels``, ``bench-versions``, ``bench-first``) still work: ``new_names`` rewrites them.
+``bench ray`` (extraction here and on Ray side by side, ``bench.ray_vs_local``), ``bench versions`` (adding
+photos and training again, ``bench.versions``) and ``bench field`` (a run's offline page in headless chromium,
+``bench.field``). The older names (``bench --data ...``, ``bench-ray``, ``bench-views``, ``bench-labels``,
+``bench-versions``, ``bench-first``, ``bench-field``) still work: ``new_names`` rewrites them.
 """
 
 from __future__ import annotations
@@ -131,12 +132,24 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_field(args: argparse.Namespace, settings: Settings) -> int:
+    from toptune_core.bench.field import bench_field, report
+    from toptune_core.cli.common import run_store
+    from toptune_core.cli.predict import photo_paths
+
+    photos = photo_paths(args.photos)[:args.limit]
+    result = bench_field(args.run, photos, store=run_store(settings), settings=settings)
+    print(report(result))
+    write_json(args.json, result)
+    return 0
+
+
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
 COMMANDS = ("bench",)
 
 #: The older command names and what they are now (``new_names``).
 OLD_NAMES = {"bench-ray": "ray", "bench-views": "views", "bench-labels": "labels", "bench-versions": "versions",
-             "bench-first": "first"}
+             "bench-first": "first", "bench-field": "field"}
 
 
 def new_names(argv: list[str]) -> list[str]:
@@ -226,16 +239,26 @@ def _add_versions(bench) -> None:
 
 
 #: The benchmarks, in the order ``bench --help`` lists them: each adds its parser to ``bench``'s sub-commands.
+def _add_field(bench) -> None:
+    p = add_command(bench, "field", cmd_field, "time a run's offline page in headless chromium at 1, 2 and 8 views, "
+                                               "and measure its files")
+    p.add_argument("--run", required=True, help="a top-tuned run's id")
+    p.add_argument("--limit", type=int, default=6, help="photos to time per view count, the first a warm-up "
+                                                         "(default 6)")
+    p.add_argument("--json", help="write the measurements as JSON to this file")
+    p.add_argument("photos", nargs="+", help="photo files and/or folders")
+
+
 #: A new benchmark (e.g. ``bench first``) is a ``cmd_`` handler and an ``_add_`` function above, and a row here.
-BENCHMARKS = (_add_first, _add_engines, _add_views, _add_labels, _add_ray, _add_versions)
+BENCHMARKS = (_add_first, _add_engines, _add_views, _add_labels, _add_ray, _add_versions, _add_field)
 
 
 def add_parsers(sub) -> None:
     names = ", ".join(f.__name__.removeprefix("_add_") for f in BENCHMARKS)
     bench = sub.add_parser("bench", help=f"benchmarks, each printing a table: {names}",
                            description="Benchmarks, each printing a table. The older names bench-ray, bench-views, "
-                                       "bench-labels, bench-versions, bench-first and 'bench --data ...' (bench "
-                                       "engines) still work.")
+                                       "bench-labels, bench-versions, bench-first, bench-field and 'bench --data "
+                                       "...' (bench engines) still work.")
     commands = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for add in BENCHMARKS:
         add(commands)

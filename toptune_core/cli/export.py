@@ -6,8 +6,8 @@ class names, preprocessing settings and familiarity data, a README and a
 ``predict.py`` that needs only ``onnxruntime``, ``numpy`` and ``pillow``
 (``toptune_core.portable.export``); a top-tuned run's zip also holds its offline page (``offline/``).
 
-``python -m toptune_core bench-field --run RUN_ID PHOTOS...`` times that page in headless chromium at 1, 2 and 8
-views and measures its files (``toptune_core.bench.field``).
+``python -m toptune_core bench field --run RUN_ID PHOTOS...`` (``cli.bench``) times that page in headless chromium
+at 1, 2 and 8 views and measures its files (``toptune_core.bench.field``).
 """
 
 from __future__ import annotations
@@ -38,20 +38,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_bench_field(args: argparse.Namespace, settings: Settings) -> int:
-    from toptune_core.bench.field import bench_field, report
-    from toptune_core.cli.common import write_json
-    from toptune_core.cli.predict import photo_paths
-
-    photos = photo_paths(args.photos)[:args.limit]
-    result = bench_field(args.run, photos, store=run_store(settings), settings=settings)
-    print(report(result))
-    write_json(args.json, result)
-    return 0
-
-
 #: The commands ``add_parsers`` adds (``cli.main`` builds only the parser of the command it runs).
-COMMANDS = ("export", "bench-field")
+COMMANDS = ("export",)
 
 
 def add_parsers(sub) -> None:
@@ -60,10 +48,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--run", required=True, help="run id (see: python -m toptune_core runs)")
     p.add_argument("out", help="the zip file to write, e.g. model.zip")
 
-    p = add_command(sub, "bench-field", cmd_bench_field, "time the run's offline page in headless chromium at 1, 2 "
-                                                         "and 8 views, and measure its files")
-    p.add_argument("--run", required=True, help="a top-tuned run's id")
-    p.add_argument("--limit", type=int, default=6, help="photos to time per view count, the first a warm-up "
-                                                         "(default 6)")
-    p.add_argument("--json", help="write the measurements as JSON to this file")
-    p.add_argument("photos", nargs="+", help="photo files and/or folders")

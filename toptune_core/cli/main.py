@@ -1,7 +1,7 @@
 """The command line: ``python -m toptune_core <command> ...``; builds the parser and dispatches.
 
 The sub-commands live in ``cli.toptune`` (toptune, runs), ``cli.predict`` (predict, unseen),
-``cli.export`` (export, bench-field), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep, grid), ``cli.bench`` (bench
+``cli.export`` (export), ``cli.finetune`` (finetune, compare), ``cli.sweep`` (sweep, grid), ``cli.bench`` (bench
 engines|views|labels|ray|versions), ``cli.extract`` (extract, here or on Ray), ``cli.eden`` (eden list, eden download) and
 ``cli.showcase`` (showcase, visitors: a shared server's operator) and ``cli.check_labels``
 (check-labels: the photos whose label looks wrong). The

@@ -4,7 +4,8 @@ Counted from what the cache lacks (``features.cache``): the views the entry of
 these photos does not hold yet, or, without an entry, the photos whose content
 no entry of the same extractor holds with all the views (a dataset version
 re-uses the rest), plus the near-duplicate reference (``leakage``) when its
-entry is missing (before the first model only where the run needs it there). Seconds come from the rate of the newest extraction with the
+entry is missing (before the first model only where the run needs it
+there). Seconds come from the rate of the newest extraction with the
 backbone in this cache (``FeatureCache.pass_rate``: measured on this machine),
 so there are none until one extraction has run here.
 

@@ -3,13 +3,13 @@
 ``plan_for(extractor)`` is ``FeatureExtractor.plan``: explicit constructor settings win; otherwise, on a CPU,
 one lane per CPU this process may use (``system.thread_policy``: the affinity mask and any cgroup CPU quota, not
 the host's cores), up to ``system.MAX_LANES``, each with ``cpus // lanes`` engine threads - so one
-single-threaded lane per core on small machines; OpenVINO instead runs one request on all of them, fed by
-decoding threads (it parallelises one request better than it runs several: figures in ``plan_for``). A lane decodes its batch (about 0.5 ms a 256-px photo, 25-50 ms
+single-threaded lane per core on small machines. A lane decodes its batch (about 0.5 ms a 256-px photo, 25-50 ms
 a 12-MP camera JPEG in draft mode) and runs the engine on it (about 6 ms a photo for EfficientNet-Lite0 with ONNX
 Runtime on one core of the reference machine, 13 ms with PyTorch); the lanes' phases interleave, so every core is
-always computing and none waits at a barrier for a core that is decoding - which is what one multi-threaded model
-plus decoding threads did: on 2 CPUs, decoding threads took turns with the model's threads and the extraction ran
-at less than half the model's speed. Batches of ``CPU_BATCH_SIZE`` model inputs: small batches keep the
+always computing and none waits at a barrier for a core that is decoding - which is what one multi-threaded
+PyTorch model plus decoding threads did: on 2 CPUs, decoding threads took turns with the model's threads and the
+extraction ran at less than half the model's speed. OpenVINO is the exception: it runs one request on all the
+CPUs, fed by decoding threads, which measured faster than its single-thread lanes (figures in ``plan_for``). Batches of ``CPU_BATCH_SIZE`` model inputs: small batches keep the
 activations in cache (the bench prints the ceiling per batch size). On CUDA the GPU computes (PyTorch); every
 CPU but the one feeding it decodes, ``CUDA_BATCH_SIZE`` inputs a batch.
 """
