@@ -124,47 +124,38 @@ def record_end(store: RunStore, run_id: str, e: BaseException, curve: list) -> N
         store.finish(run_id, "failed", str(e) or type(e).__name__, curve=curve)
 
 
-def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel, *,
-           reference: bool = True) -> tuple:
-    """The split of ``data.split`` over the readable photos, with the reference features that find near-duplicates.
-
-    Returns (labels, photos, split, reference features, seconds of the grouping work). Session groups
-    (``data.groups``: likely the same plant or session, near-duplicates included) for the grouped split are found
-    among the training folder's photos; the groups handed to ``fit`` (for its cross-validation: the kernel's
-    leave-one-out, the automatic choice's estimate) among the training photos only, so held-out photos never
-    shape them. ``reference=False`` (a split that needs no groups, for a fit that reads none): no reference
-    features yet (None, and no groups); ``_with_reference`` adds them later, to the same split.
-    """
+def _split(estimator, datasets: list, tables: list[PhotoTable], how: tuple, progress, should_cancel) -> tuple:
+    """The split of ``data.split`` over the readable photos: (labels, photos, split, reference features, seconds
+    of the grouping work). Only the grouped split reads the reference features that find near-duplicates here
+    (its session groups, ``data.groups``: likely the same plant or session, near-duplicates included, found among
+    the training folder's photos); otherwise they are None until ``_with_reference``."""
     seed, test_size, kind = how
-    if not reference and kind != "grouped":
-        labels, paths, split = split_for(datasets[0], datasets[1] if len(datasets) > 1 else None, tables[0].ok,
-                                         tables[1].ok if len(datasets) > 1 else None, seed=seed, test_size=test_size,
-                                         split=kind, groups=None)
-        return labels, Photos([str(p) for p in paths], None), split, None, 0.0
-    reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel)
+    reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel) if kind == "grouped" \
+        else (None, 0.0)
     t0 = time.perf_counter()
     n_folder = int(tables[0].ok.sum())
     groups = session_groups(reference[:n_folder]) if kind == "grouped" and len(datasets) == 1 else None
     labels, paths, split = split_for(datasets[0], datasets[1] if len(datasets) > 1 else None, tables[0].ok,
                                      tables[1].ok if len(datasets) > 1 else None, seed=seed, test_size=test_size,
                                      split=kind, groups=groups)
-    photos = Photos([str(p) for p in paths], None)
-    photos.groups = np.full(len(paths), -1)
-    photos.groups[split.train_idx] = session_groups(reference[split.train_idx])
-    return labels, photos, split, reference, seconds + time.perf_counter() - t0
+    return labels, Photos([str(p) for p in paths], None), split, reference, seconds + time.perf_counter() - t0
 
 
 def _with_reference(fixed: tuple, estimator, datasets: list, tables: list[PhotoTable], progress,
                     should_cancel) -> tuple:
-    """``fixed`` (a ``_split`` made without reference features) with them and the training photos' groups."""
+    """``fixed`` (a ``_split``) with the reference features and the groups handed to ``fit`` (for its
+    cross-validation: the kernel's leave-one-out, the automatic choice's estimate), found among the training photos
+    only, so held-out photos never shape them."""
     labels, photos, split, reference, seconds = fixed
-    if reference is not None:
+    if photos.groups is not None:
         return fixed
-    reference, seconds = run_reference(estimator, datasets, tables, progress, should_cancel)
+    if reference is None:
+        reference, more = run_reference(estimator, datasets, tables, progress, should_cancel)
+        seconds += more
     t0 = time.perf_counter()
-    photos = Photos(photos.paths, None, np.full(len(photos.paths), -1))
-    photos.groups[split.train_idx] = session_groups(reference[split.train_idx])
-    return labels, photos, split, reference, seconds + time.perf_counter() - t0
+    groups = np.full(len(photos.paths), -1)
+    groups[split.train_idx] = session_groups(reference[split.train_idx])
+    return labels, Photos(photos.paths, None, groups), split, reference, seconds + time.perf_counter() - t0
 
 
 def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_dataset, how: tuple,
@@ -182,7 +173,7 @@ def _train_and_test(estimator, store: RunStore, run: RunRecord, dataset, test_da
             # A first model whose fit reads no groups, on a split that needs none, comes before the near-duplicate
             # reference (a second extraction): the reference follows it, for the final model and its report.
             early = k < len(stages) - 1 and not reference_comes_first(how[2], stage)
-            fixed = fixed or _split(stage, datasets, tables, how, progress, should_cancel, reference=not early)
+            fixed = fixed or _split(stage, datasets, tables, how, progress, should_cancel)
             if not early:
                 fixed = _with_reference(fixed, stage, datasets, tables, progress, should_cancel)
             record = _fit_and_record(stage, store, run, datasets, tables, fixed, curve, start, progress,
