@@ -63,3 +63,34 @@ def streamlit_server(home: Path, log_path: Path, env: Optional[dict] = None,
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@contextmanager
+def browser_page(pw, folder: Path, timeout_ms: int = 60_000) -> Iterator[tuple]:
+    """Debian's chromium, headless (``CHROMIUM_ARGS``), and one 1366 x 1000 page whose waits and ``expect`` checks
+    default to ``timeout_ms``: yields (page, shot), ``shot`` a ``Screenshots`` into ``folder``. A failure inside
+    saves ``folder/failure.png``; the browser is closed at the end."""
+    from playwright.sync_api import expect
+
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1366, "height": 1000})
+    page.set_default_timeout(timeout_ms)
+    expect.set_options(timeout=timeout_ms)
+    try:
+        yield page, Screenshots(page, folder)
+    except BaseException:
+        page.screenshot(path=str(folder / "failure.png"), full_page=True)
+        raise
+    finally:
+        browser.close()
+
+
+class Screenshots:
+    """Numbered full-page screenshots of ``page`` in ``folder``: ``shot("home")`` writes 01-home.png, then 02-..."""
+
+    def __init__(self, page, folder: Path):
+        self.page, self.folder, self.step = page, folder, 0
+
+    def __call__(self, name: str) -> None:
+        self.step += 1
+        self.page.screenshot(path=str(self.folder / f"{self.step:02d}-{name}.png"), full_page=True)
