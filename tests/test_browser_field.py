@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.field_run import field_run, held_out_photos  # noqa: F401 - the session's run
-from tests.streamlit_server import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, streamlit_server
+from tests.streamlit_server import CHROMIUM, REPO, browser_page, free_port, streamlit_server
 from toptune_core.bench.field import diagnose, offline_page
 from toptune_core.portable import offline
 
@@ -124,11 +124,8 @@ def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_
     folder = offline.published_folder(name)
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1366, "height": 1000})
-            page.set_default_timeout(120_000)
-            expect.set_options(timeout=120_000)
+        with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p, \
+                browser_page(p, tmp_path, timeout_ms=120_000) as (page, _):
             page.goto(f"{url}/classify?run={field_run.run_id}")
             page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(
                 str(held_out_photos("bean_rust", 1)[0]))
@@ -144,7 +141,6 @@ def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_
             with urllib.request.urlopen(href, timeout=30) as resp:
                 assert resp.status == 200 and b'capture="environment"' in resp.read()
             page.screenshot(path=str(REPO / "test-artifacts" / "classify-map-and-offline-link.png"), full_page=True)
-            browser.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -152,11 +148,8 @@ def test_classify_shows_the_map_beside_the_photo_and_the_offline_pages_link_and_
 def test_predictions_shows_one_held_out_photos_map_for_its_predicted_and_true_class(field_run, tmp_path):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
-    with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 1000})
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=120_000)
+    with streamlit_server(field_run.home, tmp_path / "streamlit.log") as url, sync_playwright() as p, \
+            browser_page(p, tmp_path, timeout_ms=120_000) as (page, _):
         page.goto(f"{url}/predictions?run={field_run.run_id}")
         expect(page.get_by_text(re.compile(r"photo\(s\), least confident first"))).to_be_visible()  # page drawn
         page.get_by_text("Where on the leaf: one photo's map").click()
@@ -171,4 +164,3 @@ def test_predictions_shows_one_held_out_photos_map_for_its_predicted_and_true_cl
         page.keyboard.press("Enter")  # the first photo, focused in the open list (which may open below the page)
         expect(page.get_by_text("What the model saw (centre crop)")).to_be_visible()
         expect(page.get_by_text(re.compile(r"^Where it sees ")).first).to_be_visible()
-        browser.close()
