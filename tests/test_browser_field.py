@@ -154,10 +154,11 @@ def test_predictions_shows_one_held_out_photos_map_for_its_predicted_and_true_cl
         expect(page.get_by_text(re.compile(r"photo\(s\), least confident first"))).to_be_visible()  # page drawn
         page.get_by_text("Where on the leaf: one photo's map").click()
         options = page.get_by_role("option")
-        for _ in range(3):  # a rerun still drawing the page closes an open list: open it again
+        for _ in range(6):  # a rerun still drawing the page closes an open list: wait for it, open the list again
+            expect(page.get_by_test_id("stStatusWidgetRunningIcon")).to_have_count(0)
             page.get_by_role("combobox", name="Photo to map", exact=True).click()
             try:
-                expect(options.first).to_be_visible(timeout=15_000)
+                expect(options.first).to_be_visible(timeout=5_000)
                 break
             except AssertionError:
                 continue
