@@ -21,15 +21,6 @@ from toptune_core.config import DEMO_DATASET, Settings
 PLANTED_PER_CLASS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def product_precision():
-    """This module's tests run the product's own engine choice (bf16 where the CPU has it), as a user's check of
-    the labels does: they compare no two paths to 1e-5 (the reason the rest of the suite runs f32)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOPTUNE_PRECISION", "auto")
-        yield
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(dataset folder, {relpath of a planted photo: its true class}): 5 photos of each class moved into the
