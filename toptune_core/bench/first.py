@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from toptune_core.bench.engine_rate import TARGET_VS_EAGER
 from toptune_core.bench.measure import OtherCpuUse, load_average
 
 TARGET_FIRST_S = 15.0
 TARGET_FINAL_S = 60.0
-TARGET_VS_EAGER = 2.8
 
 
 def _one_process(data: str, home: Path, log: Callable[[str], None]) -> dict:

@@ -144,7 +144,7 @@ class FeatureCache:
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            self._put_in_place(tmp, key)
+            self._put_in_place(tmp, key, record["n_views"])
         except OSError as e:  # disk full, read-only: nothing half-written is left
             shutil.rmtree(tmp, ignore_errors=True)
             raise _cache_error(self.root, e) from None
@@ -157,12 +157,12 @@ class FeatureCache:
                                f"'{self.root}'.")
         return entry
 
-    def _put_in_place(self, tmp: Path, key: str) -> None:
-        """Rename the written folder ``tmp`` to the entry's place. An entry already there with fewer views is
-        replaced (moved aside, then removed); one with as many or more is kept (another process was faster)."""
+    def _put_in_place(self, tmp: Path, key: str, views: int) -> None:
+        """Rename the written folder ``tmp`` (an entry of ``views`` views) to the entry's place. An entry already
+        there with fewer views is replaced (moved aside, then removed); one with as many or more is kept (another
+        process was faster)."""
         target = self.path(key)
-        held = self.views_in(key) if target.exists() else 0
-        if target.exists() and held >= int(json.loads((tmp / "meta.json").read_text())["n_views"]):
+        if self.views_in(key) >= views:
             shutil.rmtree(tmp, ignore_errors=True)
             return
         old = self.root / f".old-{key}-{uuid.uuid4().hex[:8]}"

@@ -68,7 +68,7 @@ def _reference_passes(dataset, cache, extractor) -> float:
     from toptune_core.leakage import reference_extractor
 
     reference = reference_extractor(extractor)
-    if extractor.model_identity == reference.model_identity and extractor.n_views >= 1:
+    if extractor.model_identity == reference.model_identity:
         return 0.0
     if cache.views_in(cache.key(dataset.fingerprint(), reference.cache_identity)):
         return 0.0
