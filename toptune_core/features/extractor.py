@@ -219,7 +219,8 @@ class FeatureExtractor:
 
     def plan(self) -> ExtractionPlan:
         """How an extraction uses this machine (``features.plan.plan_for``): explicit constructor settings win;
-        otherwise one single-threaded lane per CPU on small machines, and decoding threads feeding a GPU."""
+        otherwise one single-threaded lane per CPU on small machines (OpenVINO: one request on every CPU, fed by
+        decoding threads), and decoding threads feeding a GPU."""
         return plan_for(self)
 
     # --- the engine ----------------------------------------------------------------------------------
