@@ -62,8 +62,9 @@ def show_run(run: RunRecord) -> None:
     c2.metric("Classifier training", seconds(t.get("fit_seconds")))
     c3.metric("Total", seconds(t.get("total_seconds")))
     show_choice(run)
-    if stages_line(run):
-        st.info(stages_line(run), icon=":material/layers:")
+    changed = stages_line(run)
+    if changed:
+        st.info(changed, icon=":material/layers:")
     st.caption(":material/content_copy: " + describe_leakage(s.get("near_duplicates") or {}))
     if s.get("unreadable"):
         with st.expander(f"{len(s['unreadable'])} photo(s) could not be read and were skipped"):
@@ -219,7 +220,8 @@ def page() -> None:
     extractor = choose_extractor(backbone, views, resolution)
     cache = feature_cache()
     cached = cache.views_in(cache.key(ds.fingerprint(), extractor.cache_identity)) >= extractor.n_views
-    st.caption(f":material/memory: Engine: {engines.describe(extractor.engine_name, precision=extractor.engine_precision)}"
+    engine = engines.describe(extractor.engine_name, precision=extractor.engine_precision)
+    st.caption(f":material/memory: Engine: {engine}"
                + (" (bf16 where this CPU computes it natively; TOPTUNE_PRECISION=f32 turns it off)"
                   if extractor.engine_precision == "bf16" else ""))
     if cached:
@@ -227,8 +229,8 @@ def page() -> None:
                    "takes a second or two.")
     else:
         first = reference_comes_first(split_kind(), TopTuner(backbone, classifier))
-        st.caption(f":material/schedule: This run: {extraction_cost(ds, extractor, cache, first)} After that the features "
-                   "come from the cache and every run takes a second or two.")
+        st.caption(f":material/schedule: This run: {extraction_cost(ds, extractor, cache, first)} After that the "
+                   "features come from the cache and every run takes a second or two.")
 
     job = job_for("toptune")
     busy = job is not None and job.view().active

@@ -189,8 +189,9 @@ class OpenVinoEngine:
     threads) from a pool: compiled when no idle one is left (about 2 s each for lite0), kept for the next call,
     whichever thread makes it, so a later extraction or prediction compiles nothing. (One compiled model of several
     streams shared by the lanes' synchronous requests hung now and then on the reference machine; a THROUGHPUT-hint
-    model of 2 streams fed by an ``AsyncInferQueue`` measured no faster than two such lanes: README, "Engine
-    precision: bf16 where the CPU has it".)"""
+    model of 2 streams fed by an ``AsyncInferQueue`` measured no faster than two such lanes, and one request on
+    every CPU measured faster than both, so an extraction now runs one caller: ``features.plan.plan_for``; README,
+    "Engine precision: bf16 where the CPU has it".)"""
 
     name = "openvino"
 

@@ -9,9 +9,10 @@ Runtime on one core of the reference machine, 13 ms with PyTorch); the lanes' ph
 always computing and none waits at a barrier for a core that is decoding - which is what one multi-threaded
 PyTorch model plus decoding threads did: on 2 CPUs, decoding threads took turns with the model's threads and the
 extraction ran at less than half the model's speed. OpenVINO is the exception: it runs one request on all the
-CPUs, fed by decoding threads, which measured faster than its single-thread lanes (figures in ``plan_for``). Batches of ``CPU_BATCH_SIZE`` model inputs: small batches keep the
-activations in cache (the bench prints the ceiling per batch size). On CUDA the GPU computes (PyTorch); every
-CPU but the one feeding it decodes, ``CUDA_BATCH_SIZE`` inputs a batch.
+CPUs, fed by decoding threads, which measured faster than its single-thread lanes (figures in ``plan_for``).
+Batches of ``CPU_BATCH_SIZE`` model inputs: small batches keep the activations in cache (the bench prints the
+ceiling per batch size). On CUDA the GPU computes (PyTorch); every CPU but the one feeding it decodes,
+``CUDA_BATCH_SIZE`` inputs a batch.
 """
 
 from __future__ import annotations
